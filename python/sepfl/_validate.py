@@ -1,0 +1,124 @@
+"""Argument checks shared by every public entry point of sepfl.
+
+One place for the errors a user sees: TypeError for a wrong dtype, ValueError
+for a wrong shape or an out-of-range value, IndexError for an index outside
+its array. Each helper accepts a numpy array or a torch tensor, converts it
+explicitly (never silently inside native code) and returns the same kind of
+object: C-contiguous, float32 for values, int64 for indices.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+Array = Any  # numpy.ndarray or torch.Tensor
+
+
+def is_tensor(x: Array) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def _describe(x: Array) -> str:
+    return f"{type(x).__name__} of dtype {x.dtype} and shape {tuple(x.shape)}"
+
+
+def _as_array(x: Array, name: str) -> Array:
+    if is_tensor(x) or isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (list, tuple)) or np.isscalar(x):
+        return np.asarray(x)
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _check_ndim(x: Array, name: str, ndim: int, shape: Sequence[int | None] | None) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
+    if shape is not None:
+        for axis, want in enumerate(shape):
+            if want is not None and x.shape[axis] != want:
+                expected = tuple("*" if s is None else s for s in shape)
+                raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+
+
+def as_values(x: Array, name: str, ndim: int,
+              shape: Sequence[int | None] | None = None) -> Array:
+    """``x`` as C-contiguous float32; TypeError unless it holds floating-point values."""
+    x = _as_array(x, name)
+    floating = x.is_floating_point() if is_tensor(x) else np.issubdtype(x.dtype, np.floating)
+    if not floating:
+        raise TypeError(f"{name} must hold floating-point values, got {_describe(x)}")
+    _check_ndim(x, name, ndim, shape)
+    if is_tensor(x):
+        return x.detach().to(torch.float32).contiguous()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def as_indices(x: Array, name: str, ndim: int,
+               shape: Sequence[int | None] | None = None) -> Array:
+    """``x`` as C-contiguous int64; TypeError unless it holds integers (bool is refused)."""
+    x = _as_array(x, name)
+    if is_tensor(x):
+        integral = not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+    else:
+        integral = np.issubdtype(x.dtype, np.integer)
+    if not integral:
+        raise TypeError(f"{name} must hold integer indices, got {_describe(x)}")
+    _check_ndim(x, name, ndim, shape)
+    if is_tensor(x):
+        return x.detach().to(torch.int64).contiguous()
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def check_probability(value: float, name: str) -> float:
+    """``value`` as a float in [0, 1]; ValueError otherwise (NaN included)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_finite(x: Array, name: str) -> None:
+    """ValueError, with the count, when ``x`` holds NaN or inf."""
+    bad = ~torch.isfinite(x) if is_tensor(x) else ~np.isfinite(x)
+    count = int(bad.sum())
+    if count:
+        raise ValueError(f"{name} holds {count} NaN or inf value(s)")
+
+
+def check_index_range(x: Array, name: str, upper: int, allow_missing: bool = False) -> None:
+    """IndexError unless every entry is in [0, upper) (or -1, when ``allow_missing``)."""
+    if (x.numel() if is_tensor(x) else x.size) == 0:
+        return
+    low, high = (int(x.min()), int(x.max()))
+    floor = -1 if allow_missing else 0
+    if low < floor or high >= upper:
+        bad = low if low < floor else high
+        allowed = f"[-1, {upper})" if allow_missing else f"[0, {upper})"
+        raise IndexError(f"{name} holds index {bad} outside {allowed}")
+
+
+def same_device(*xs: Array) -> str:
+    """'cpu' or 'cuda'; ValueError when numpy arrays and tensors of several devices are mixed."""
+    devices = {x.device.type if is_tensor(x) else "cpu" for x in xs if x is not None}
+    kinds = {is_tensor(x) for x in xs if x is not None}
+    if len(devices) > 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(devices)}")
+    device = devices.pop() if devices else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; sepfl runs on cpu or cuda")
+    if device == "cuda" and kinds != {True}:
+        raise ValueError("numpy arrays cannot be mixed with CUDA tensors")
+    return device
