@@ -1,0 +1,179 @@
+// pybind11 glue of sepfl._core: numpy buffers in, pointers to the CPU kernels,
+// numpy arrays out. Arrays must already be C-contiguous float32 / int64 (the
+// Python layer converts explicitly; `noconvert` makes pybind11 refuse anything
+// else rather than copying). Shapes are re-checked here so a direct call cannot go out of bounds.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <tuple>
+
+#include "check.h"
+#include "ops_cpu.h"
+
+namespace py = pybind11;
+
+namespace bind {
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style>;
+using Floats = Array<float>;
+using Indices = Array<int64_t>;
+
+template <typename T>
+void require_ndim(const Array<T>& x, py::ssize_t ndim, const char* name) {
+  SEPFL_CHECK(x.ndim() == ndim, name << " must have " << ndim << " dimension(s), got " << x.ndim());
+}
+
+template <typename T>
+void require_dim(const Array<T>& x, py::ssize_t axis, py::ssize_t size, const char* name) {
+  SEPFL_CHECK(x.shape(axis) == size, name << " has size " << x.shape(axis) << " on axis " << axis
+                                          << ", expected " << size);
+}
+
+Floats density(const Floats& sims, float rho) {
+  require_ndim(sims, 2, "sims");
+  const int64_t n = sims.shape(0), k = sims.shape(1);
+  Floats out(n);
+  {
+    py::gil_scoped_release release;
+    sepfl::density_cpu(sims.data(), n, k, rho, out.mutable_data());
+  }
+  return out;
+}
+
+std::tuple<Indices, Indices> select_pairs(const Indices& nbrs, const Floats& density,
+                                          int64_t max_per_node) {
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(density, 1, "density");
+  const int64_t n = nbrs.shape(0), k = nbrs.shape(1);
+  require_dim(density, 0, n, "density");
+  SEPFL_CHECK(max_per_node >= 1, "max_per_node must be >= 1, got " << max_per_node);
+  std::vector<int64_t> padded(static_cast<size_t>(n * max_per_node));
+  int64_t count;
+  {
+    py::gil_scoped_release release;
+    count = sepfl::select_pairs_cpu(nbrs.data(), density.data(), n, k, max_per_node,
+                                    padded.data());
+  }
+  Indices src(count), dst(count);
+  sepfl::compact_pairs_cpu(padded.data(), n, max_per_node, src.mutable_data(),
+                           dst.mutable_data());
+  return {src, dst};
+}
+
+std::tuple<Indices, Indices, Indices> train_pairs(const Indices& nbrs, const Indices& labels,
+                                                  int64_t ranks) {
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(labels, 1, "labels");
+  const int64_t n = nbrs.shape(0), k = nbrs.shape(1);
+  require_dim(labels, 0, n, "labels");
+  const int64_t count = sepfl::count_train_pairs_cpu(nbrs.data(), n, k, ranks);
+  Indices src(count), dst(count), target(count);
+  {
+    py::gil_scoped_release release;
+    sepfl::train_pairs_cpu(nbrs.data(), labels.data(), n, k, ranks, src.mutable_data(),
+                           dst.mutable_data(), target.mutable_data());
+  }
+  return {src, dst, target};
+}
+
+Floats gather(const Floats& features, const Indices& nbrs, const Indices& node_ids) {
+  require_ndim(features, 2, "features");
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(node_ids, 1, "node_ids");
+  const int64_t n = features.shape(0), d = features.shape(1);
+  const int64_t k = nbrs.shape(1), b = node_ids.shape(0);
+  require_dim(nbrs, 0, n, "nbrs");
+  Floats out({b, k, d});
+  {
+    py::gil_scoped_release release;
+    sepfl::gather_cpu(features.data(), nbrs.data(), node_ids.data(), n, k, d, b,
+                      out.mutable_data());
+  }
+  return out;
+}
+
+Floats gather_add(const Floats& a, const Floats& bproj, const Indices& nbrs,
+                  const Indices& node_ids, const std::optional<Floats>& bias, bool gelu) {
+  require_ndim(a, 2, "a");
+  require_ndim(bproj, 2, "bproj");
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(node_ids, 1, "node_ids");
+  const int64_t n = a.shape(0), h = a.shape(1);
+  const int64_t k = nbrs.shape(1), b = node_ids.shape(0);
+  require_dim(bproj, 0, n, "bproj");
+  require_dim(bproj, 1, h, "bproj");
+  require_dim(nbrs, 0, n, "nbrs");
+  if (bias) {
+    require_ndim(*bias, 1, "bias");
+    require_dim(*bias, 0, h, "bias");
+  }
+  const float* bias_ptr = bias ? bias->data() : nullptr;
+  Floats out({b, k, h});
+  {
+    py::gil_scoped_release release;
+    sepfl::gather_add_cpu(a.data(), bproj.data(), nbrs.data(), node_ids.data(), bias_ptr, gelu,
+                          n, k, h, b, out.mutable_data());
+  }
+  return out;
+}
+
+Floats aggregate(const Floats& weights, const Floats& features, const Indices& nbrs,
+                 const Indices& node_ids) {
+  require_ndim(weights, 2, "weights");
+  require_ndim(features, 2, "features");
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(node_ids, 1, "node_ids");
+  const int64_t n = features.shape(0), d = features.shape(1);
+  const int64_t k = nbrs.shape(1), b = node_ids.shape(0);
+  require_dim(nbrs, 0, n, "nbrs");
+  require_dim(weights, 0, b, "weights");
+  require_dim(weights, 1, k, "weights");
+  Floats out({b, d});
+  {
+    py::gil_scoped_release release;
+    sepfl::aggregate_cpu(weights.data(), features.data(), nbrs.data(), node_ids.data(), n, k, d,
+                         b, out.mutable_data());
+  }
+  return out;
+}
+
+Indices link(const Indices& src, const Indices& dst, const std::optional<Floats>& scores,
+             float threshold, int64_t num_nodes) {
+  require_ndim(src, 1, "src");
+  require_ndim(dst, 1, "dst");
+  const int64_t e = src.shape(0);
+  require_dim(dst, 0, e, "dst");
+  if (scores) {
+    require_ndim(*scores, 1, "scores");
+    require_dim(*scores, 0, e, "scores");
+  }
+  SEPFL_CHECK(num_nodes >= 0, "num_nodes must be >= 0, got " << num_nodes);
+  const float* scores_ptr = scores ? scores->data() : nullptr;
+  Indices labels(num_nodes);
+  {
+    py::gil_scoped_release release;
+    sepfl::link_cpu(src.data(), dst.data(), scores_ptr, threshold, e, num_nodes,
+                    labels.mutable_data());
+  }
+  return labels;
+}
+
+}  // namespace bind
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "sepfl CPU kernels (float32 values, int64 indices, C-contiguous numpy arrays)";
+  m.def("density", &bind::density, py::arg("sims").noconvert(), py::arg("rho"));
+  m.def("select_pairs", &bind::select_pairs, py::arg("nbrs").noconvert(), py::arg("density").noconvert(),
+        py::arg("max_per_node"));
+  m.def("train_pairs", &bind::train_pairs, py::arg("nbrs").noconvert(), py::arg("labels").noconvert(), py::arg("ranks"));
+  m.def("gather", &bind::gather, py::arg("features").noconvert(), py::arg("nbrs").noconvert(), py::arg("node_ids").noconvert());
+  m.def("gather_add", &bind::gather_add, py::arg("a").noconvert(), py::arg("bproj").noconvert(), py::arg("nbrs").noconvert(),
+        py::arg("node_ids").noconvert(), py::arg("bias").noconvert(), py::arg("gelu"));
+  m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(), py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
+        py::arg("node_ids").noconvert());
+  m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(), py::arg("scores").noconvert(), py::arg("threshold"),
+        py::arg("num_nodes"));
+}

@@ -1,0 +1,146 @@
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "check.h"
+#include "ops_cpu.h"
+
+namespace sepfl {
+
+namespace {
+
+// exp(x) for x <= 0, built from float arithmetic alone so the compiler can
+// vectorise the loops that call it (libm's expf/erff stop vectorisation).
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 Taylor
+// polynomial: relative error below 2e-7 on [-87, 0].
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.f);
+  const float round_magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504f + round_magic) - round_magic;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// Exact-form GELU, x * Phi(x), with erf from the rational approximation of
+// Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7, so the result agrees
+// with torch.nn.GELU() to float32 rounding scale).
+inline float gelu_erf(float x) {
+  const float z = std::fabs(x) * 0.70710678f;
+  const float t = 1.f / (1.f + 0.3275911f * z);
+  float poly = 1.061405429f;
+  poly = poly * t - 1.453152027f;
+  poly = poly * t + 1.421413741f;
+  poly = poly * t - 0.284496736f;
+  poly = poly * t + 0.254829592f;
+  const float erf_abs = 1.f - poly * t * exp_nonpositive(-z * z);
+  const float erf = x < 0.f ? -erf_abs : erf_abs;
+  return 0.5f * x * (1.f + erf);
+}
+
+// Validates node_ids once before the parallel loops (it is short), so the
+// loops only check neighbour entries.
+void check_node_ids(const int64_t* node_ids, int64_t b, int64_t n) {
+  for (int64_t i = 0; i < b; ++i) {
+    SEPFL_CHECK_INDEX(node_ids[i] >= 0 && node_ids[i] < n,
+                      "node_ids[" << i << "] = " << node_ids[i] << " is outside [0, " << n << ")");
+  }
+}
+
+// Neighbour entries are checked where they are read; the first bad one is
+// reported after the loop (no exception may leave an OpenMP region).
+struct BadNeighbour {
+  int64_t node = -1, value = 0;
+  void record(int64_t u, int64_t v) {
+#pragma omp critical(sepfl_bad_neighbour)
+    if (node < 0) node = u, value = v;
+  }
+  void raise_if_any(int64_t n) const {
+    SEPFL_CHECK_INDEX(node < 0, "nbrs row " << node << " holds index " << value
+                                            << " outside [-1, " << n << ")");
+  }
+};
+
+}  // namespace
+
+void gather_cpu(const float* features, const int64_t* nbrs, const int64_t* node_ids, int64_t n,
+                int64_t k, int64_t d, int64_t b, float* out) {
+  check_node_ids(node_ids, b, n);
+  BadNeighbour bad;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < b * k; ++row) {
+    const int64_t u = node_ids[row / k];
+    const int64_t v = nbrs[u * k + row % k];
+    float* dst = out + row * d;
+    if (v >= 0 && v < n) {
+      std::memcpy(dst, features + v * d, sizeof(float) * d);
+    } else {
+      if (v != -1) bad.record(u, v);
+      std::memset(dst, 0, sizeof(float) * d);
+    }
+  }
+  bad.raise_if_any(n);
+}
+
+void gather_add_cpu(const float* a, const float* bproj, const int64_t* nbrs,
+                    const int64_t* node_ids, const float* bias, bool gelu, int64_t n, int64_t k,
+                    int64_t h, int64_t b, float* out) {
+  check_node_ids(node_ids, b, n);
+  BadNeighbour bad;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < b * k; ++row) {
+    const int64_t u = node_ids[row / k];
+    const int64_t v = nbrs[u * k + row % k];
+    const float* arow = a + u * h;
+    float* dst = out + row * h;
+    const bool has_nbr = v >= 0 && v < n;
+    if (!has_nbr && v != -1) bad.record(u, v);
+    const float* brow = has_nbr ? bproj + v * h : nullptr;
+    for (int64_t c = 0; c < h; ++c) {
+      float x = arow[c];
+      if (brow) x += brow[c];
+      if (bias) x += bias[c];
+      dst[c] = x;
+    }
+    if (gelu) {
+      for (int64_t c = 0; c < h; ++c) dst[c] = gelu_erf(dst[c]);
+    }
+  }
+  bad.raise_if_any(n);
+}
+
+void aggregate_cpu(const float* weights, const float* features, const int64_t* nbrs,
+                   const int64_t* node_ids, int64_t n, int64_t k, int64_t d, int64_t b,
+                   float* out) {
+  check_node_ids(node_ids, b, n);
+  BadNeighbour bad;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t u = node_ids[i];
+    float* dst = out + i * d;
+    std::fill(dst, dst + d, 0.f);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t v = nbrs[u * k + j];
+      if (v < 0 || v >= n) {
+        if (v != -1) bad.record(u, v);
+        continue;
+      }
+      const float w = weights[i * k + j];
+      const float* src = features + v * d;
+      for (int64_t c = 0; c < d; ++c) dst[c] += w * src[c];
+    }
+  }
+  bad.raise_if_any(n);
+}
+
+}  // namespace sepfl

@@ -1,0 +1,349 @@
+"""The graph operations of SEPFL, running on native CPU or CUDA kernels.
+
+Every function accepts numpy arrays or torch tensors and returns the same kind:
+numpy in, numpy out; a torch tensor in, a tensor on the same device out. CPU
+work runs in ``sepfl._core`` (C++/OpenMP), CUDA tensors in ``sepfl._cuda`` on
+the current torch stream, with outputs allocated by torch.
+
+Conventions: values are float32, indices int64 (other float / integer dtypes
+are converted once, here). ``nbrs`` is an ``[N, k]`` kNN table with each row's
+own index at rank 0; an entry ``-1`` (faiss's marker for a missing neighbour)
+is an empty slot: it is never chosen as a pair partner and contributes a zero
+feature vector to :func:`gather`, :func:`gather_add` and :func:`aggregate`.
+Any other index outside ``[0, N)`` raises IndexError.
+
+Errors: TypeError for a wrong dtype, ValueError for a wrong shape or value
+(NaN similarities, ``rho`` or ``threshold`` outside [0, 1]), IndexError for an
+index out of range.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from sepfl import _core
+from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
+                             check_positive_int, check_probability, is_tensor, same_device)
+
+try:
+    from sepfl import _cuda
+except ImportError:
+    _cuda = None
+
+
+def _cuda_module():
+    if _cuda is None:
+        raise RuntimeError("CUDA tensors were given, but this sepfl build has no CUDA module "
+                           "(install with a CUDA compiler present, or pass CPU data)")
+    return _cuda
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _ptr(x: Optional[torch.Tensor]) -> int:
+    return 0 if x is None else x.data_ptr()
+
+
+def _to_numpy(x: Optional[Array]) -> Optional[np.ndarray]:
+    return x.numpy() if is_tensor(x) else x
+
+
+def _wrap(out: np.ndarray, as_tensor: bool) -> Array:
+    return torch.from_numpy(out) if as_tensor else out
+
+
+def _check_nbrs_cuda(nbrs: torch.Tensor) -> None:
+    check_index_range(nbrs, "nbrs", nbrs.shape[0], allow_missing=True)
+
+
+def density(sims: Array, rho: float = 0.7) -> Array:
+    """Combined density of every sample (SEPFL §2).
+
+    Parameters
+    ----------
+    sims : float [N, k]
+        Cosine similarities of each sample to its k nearest neighbours, self included.
+    rho : float in [0, 1]
+        Similarity at or above which a neighbour counts towards the density.
+
+    Returns
+    -------
+    density : float32 [N]
+        ``(a / max a + c / max c) / 2`` with ``a`` the row sums of ``clip(sims, 0, 1)``
+        and ``c`` the number of clipped similarities ``>= rho``.
+    """
+    sims = as_values(sims, "sims", 2)
+    rho = check_probability(rho, "rho")
+    if same_device(sims) == "cuda":
+        if bool(torch.isnan(sims).any()):
+            raise ValueError("sims holds NaN")
+        n, k = sims.shape
+        out = torch.empty(n, dtype=torch.float32, device=sims.device)
+        workspace = torch.empty(n + 2, dtype=torch.float32, device=sims.device)
+        _cuda_module().density(sims.data_ptr(), n, k, rho, out.data_ptr(), workspace.data_ptr(),
+                               _stream())
+        return out
+    return _wrap(_core.density(_to_numpy(sims), rho), is_tensor(sims))
+
+
+def select_pairs(nbrs: Array, density: Array, max_per_node: int = 1) -> Tuple[Array, Array]:
+    """Inference pairs: each node's first strictly denser neighbours in kNN order (SEPFL §3).
+
+    Parameters
+    ----------
+    nbrs : int [N, k]
+        kNN table, self at rank 0, -1 for a missing neighbour.
+    density : float [N]
+        Density of each node (:func:`density`).
+    max_per_node : int
+        How many distinct denser neighbours to take per node (1 in SEPFL).
+
+    Returns
+    -------
+    src, dst : int64 [P]
+        Pairs ordered by source node, then kNN rank. A node with no denser
+        neighbour (a local density peak) has no pair, so ``P <= N * max_per_node``.
+    """
+    nbrs = as_indices(nbrs, "nbrs", 2)
+    density = as_values(density, "density", 1, shape=(nbrs.shape[0],))
+    max_per_node = check_positive_int(max_per_node, "max_per_node")
+    check_finite(density, "density")
+    if same_device(nbrs, density) == "cuda":
+        _check_nbrs_cuda(nbrs)
+        n, k = nbrs.shape
+        padded = torch.empty((n, max_per_node), dtype=torch.int64, device=nbrs.device)
+        _cuda_module().select_pairs(nbrs.data_ptr(), density.data_ptr(), n, k, max_per_node,
+                                    padded.data_ptr(), _stream())
+        src, slot = (padded >= 0).nonzero(as_tuple=True)
+        return src, padded[src, slot]
+    src, dst = _core.select_pairs(_to_numpy(nbrs), _to_numpy(density), max_per_node)
+    return _wrap(src, is_tensor(nbrs)), _wrap(dst, is_tensor(nbrs))
+
+
+def train_pairs(nbrs: Array, labels: Array, ranks: int = 39) -> Tuple[Array, Array, Array]:
+    """Training candidates: every node paired with its neighbours at ranks 1..ranks.
+
+    Parameters
+    ----------
+    nbrs : int [N, k]
+        kNN table, self at rank 0; requires ``ranks < k``.
+    labels : int [N]
+        Identity of each node.
+    ranks : int
+        Deepest rank paired (39 in SEPFL: the top 40 without the node itself).
+
+    Returns
+    -------
+    src, dst, target : int64 [P]
+        Pairs ordered by source node, then rank; ``target`` is 1 where the two
+        labels match. Entries that are -1 or the node itself are skipped.
+    """
+    nbrs = as_indices(nbrs, "nbrs", 2)
+    labels = as_indices(labels, "labels", 1, shape=(nbrs.shape[0],))
+    ranks = check_positive_int(ranks, "ranks")
+    if ranks >= nbrs.shape[1]:
+        raise ValueError(f"ranks must be < k = {nbrs.shape[1]} (rank 0 is the node itself), "
+                         f"got {ranks}")
+    if same_device(nbrs, labels) == "cuda":
+        _check_nbrs_cuda(nbrs)
+        n, k = nbrs.shape
+        dst = torch.empty((n, ranks), dtype=torch.int64, device=nbrs.device)
+        target = torch.empty_like(dst)
+        _cuda_module().train_pairs(nbrs.data_ptr(), labels.data_ptr(), n, k, ranks,
+                                   dst.data_ptr(), target.data_ptr(), _stream())
+        src, slot = (dst >= 0).nonzero(as_tuple=True)
+        return src, dst[src, slot], target[src, slot]
+    outs = _core.train_pairs(_to_numpy(nbrs), _to_numpy(labels), ranks)
+    return tuple(_wrap(x, is_tensor(nbrs)) for x in outs)
+
+
+def balanced_sample(target: Array, n_per_class: int, seed: int = 0) -> Array:
+    """Indices of a class-balanced sample of binary targets, drawn without replacement.
+
+    Parameters
+    ----------
+    target : int [P]
+        0 / 1 targets (:func:`train_pairs`).
+    n_per_class : int
+        Pairs wanted from each class; capped by the smaller class, so both
+        classes are always equally represented.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    index : int64 [2 * m]
+        Sorted positions into ``target``, ``m = min(n_per_class, #positives, #negatives)``.
+    """
+    target = as_indices(target, "target", 1)
+    n_per_class = check_positive_int(n_per_class, "n_per_class")
+    values = _to_numpy(target.cpu() if is_tensor(target) else target)
+    if values.size and not np.isin(values, (0, 1)).all():
+        raise ValueError("target must hold only 0 and 1")
+    positives, negatives = np.flatnonzero(values == 1), np.flatnonzero(values == 0)
+    if positives.size == 0 or negatives.size == 0:
+        raise ValueError(f"cannot balance {positives.size} positive and {negatives.size} "
+                         "negative pairs: both classes are needed")
+    m = min(n_per_class, positives.size, negatives.size)
+    rng = np.random.default_rng(seed)
+    index = np.sort(np.concatenate([rng.choice(positives, m, replace=False),
+                                    rng.choice(negatives, m, replace=False)]))
+    return torch.from_numpy(index).to(target.device) if is_tensor(target) else index
+
+
+def gather(features: Array, nbrs: Array, node_ids: Array) -> Array:
+    """Neighbour features of the given nodes.
+
+    Parameters
+    ----------
+    features : float [N, D]
+    nbrs : int [N, k]
+    node_ids : int [B]
+
+    Returns
+    -------
+    out : float32 [B, k, D]
+        ``out[b, j] = features[nbrs[node_ids[b], j]]``, zeros for a -1 slot.
+    """
+    features = as_values(features, "features", 2)
+    nbrs = as_indices(nbrs, "nbrs", 2, shape=(features.shape[0], None))
+    node_ids = as_indices(node_ids, "node_ids", 1)
+    if same_device(features, nbrs, node_ids) == "cuda":
+        _check_node_inputs_cuda(nbrs, node_ids)
+        (n, d), k, b = features.shape, nbrs.shape[1], node_ids.shape[0]
+        out = torch.empty((b, k, d), dtype=torch.float32, device=features.device)
+        _cuda_module().gather(features.data_ptr(), nbrs.data_ptr(), node_ids.data_ptr(), n, k, d,
+                              b, out.data_ptr(), _stream())
+        return out
+    out = _core.gather(_to_numpy(features), _to_numpy(nbrs), _to_numpy(node_ids))
+    return _wrap(out, is_tensor(features))
+
+
+def gather_add(a: Array, bproj: Array, nbrs: Array, node_ids: Array,
+               bias: Optional[Array] = None, gelu: bool = True) -> Array:
+    """Fused first channel-mixing layer over gathered neighbours.
+
+    Parameters
+    ----------
+    a : float [N, H]
+        Per-node projection of the centre feature.
+    bproj : float [N, H]
+        Per-node projection of the neighbour feature.
+    nbrs : int [N, k]
+    node_ids : int [B]
+    bias : float [H], optional
+    gelu : bool
+        Apply the exact (erf) GELU.
+
+    Returns
+    -------
+    out : float32 [B, k, H]
+        ``act(a[u] + bproj[nbrs[u, j]] + bias)`` for ``u = node_ids[b]``; a -1 slot
+        contributes no ``bproj`` term.
+    """
+    a = as_values(a, "a", 2)
+    bproj = as_values(bproj, "bproj", 2, shape=a.shape)
+    nbrs = as_indices(nbrs, "nbrs", 2, shape=(a.shape[0], None))
+    node_ids = as_indices(node_ids, "node_ids", 1)
+    if bias is not None:
+        bias = as_values(bias, "bias", 1, shape=(a.shape[1],))
+    if same_device(a, bproj, nbrs, node_ids, bias) == "cuda":
+        _check_node_inputs_cuda(nbrs, node_ids)
+        (n, h), k, b = a.shape, nbrs.shape[1], node_ids.shape[0]
+        out = torch.empty((b, k, h), dtype=torch.float32, device=a.device)
+        _cuda_module().gather_add(a.data_ptr(), bproj.data_ptr(), nbrs.data_ptr(),
+                                  node_ids.data_ptr(), _ptr(bias), bool(gelu), n, k, h, b,
+                                  out.data_ptr(), _stream())
+        return out
+    out = _core.gather_add(_to_numpy(a), _to_numpy(bproj), _to_numpy(nbrs), _to_numpy(node_ids),
+                           _to_numpy(bias), bool(gelu))
+    return _wrap(out, is_tensor(a))
+
+
+def aggregate(weights: Array, features: Array, nbrs: Array, node_ids: Array) -> Array:
+    """Weighted sum of each node's neighbour features, without materialising them.
+
+    Parameters
+    ----------
+    weights : float [B, k]
+    features : float [N, D]
+    nbrs : int [N, k]
+    node_ids : int [B]
+
+    Returns
+    -------
+    out : float32 [B, D]
+        ``sum_j weights[b, j] * features[nbrs[node_ids[b], j]]``; a -1 slot adds nothing.
+    """
+    features = as_values(features, "features", 2)
+    nbrs = as_indices(nbrs, "nbrs", 2, shape=(features.shape[0], None))
+    node_ids = as_indices(node_ids, "node_ids", 1)
+    weights = as_values(weights, "weights", 2, shape=(node_ids.shape[0], nbrs.shape[1]))
+    if same_device(weights, features, nbrs, node_ids) == "cuda":
+        _check_node_inputs_cuda(nbrs, node_ids)
+        (n, d), k, b = features.shape, nbrs.shape[1], node_ids.shape[0]
+        out = torch.empty((b, d), dtype=torch.float32, device=features.device)
+        _cuda_module().aggregate(weights.data_ptr(), features.data_ptr(), nbrs.data_ptr(),
+                                 node_ids.data_ptr(), n, k, d, b, out.data_ptr(), _stream())
+        return out
+    out = _core.aggregate(_to_numpy(weights), _to_numpy(features), _to_numpy(nbrs),
+                          _to_numpy(node_ids))
+    return _wrap(out, is_tensor(features))
+
+
+def _check_node_inputs_cuda(nbrs: torch.Tensor, node_ids: torch.Tensor) -> None:
+    _check_nbrs_cuda(nbrs)
+    check_index_range(node_ids, "node_ids", nbrs.shape[0])
+
+
+def link(src: Array, dst: Array, scores: Optional[Array], threshold: float,
+         num_nodes: int) -> Array:
+    """Clusters from scored pairs: keep edges with ``score > threshold``, then components.
+
+    Parameters
+    ----------
+    src, dst : int [E]
+        Edge endpoints in ``[0, num_nodes)``.
+    scores : float [E] or None
+        Score of each edge (P(same identity)); None keeps every edge.
+    threshold : float in [0, 1]
+    num_nodes : int
+
+    Returns
+    -------
+    labels : int64 [num_nodes]
+        Connected-component labels 0..C-1, numbered in order of each component's
+        smallest member, so identical on CPU and CUDA and for any edge order.
+    """
+    src = as_indices(src, "src", 1)
+    dst = as_indices(dst, "dst", 1, shape=src.shape)
+    if scores is not None:
+        scores = as_values(scores, "scores", 1, shape=src.shape)
+        check_finite(scores, "scores")
+    threshold = check_probability(threshold, "threshold")
+    num_nodes = check_positive_int(num_nodes, "num_nodes", minimum=0)
+    if same_device(src, dst, scores) == "cuda":
+        check_index_range(src, "src", num_nodes)
+        check_index_range(dst, "dst", num_nodes)
+        roots = torch.empty(num_nodes, dtype=torch.int64, device=src.device)
+        _cuda_module().link(src.data_ptr(), dst.data_ptr(), _ptr(scores), threshold,
+                            src.shape[0], num_nodes, roots.data_ptr(), _stream())
+        is_root = roots == torch.arange(num_nodes, device=roots.device)
+        return (torch.cumsum(is_root, 0) - 1)[roots]
+    labels = _core.link(_to_numpy(src), _to_numpy(dst), _to_numpy(scores), threshold, num_nodes)
+    return _wrap(labels, is_tensor(src))
+
+
+def connected_components(src: Array, dst: Array, num_nodes: int) -> Array:
+    """Connected components of an edge list; :func:`link` with every edge kept.
+
+    Returns
+    -------
+    labels : int64 [num_nodes]
+        Labels 0..C-1 in order of each component's smallest member.
+    """
+    return link(src, dst, None, 0.0, num_nodes)

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import sepfl
+
+# "default" keeps the suite quick; SEPFL_HYPOTHESIS_PROFILE=fuzz is the long fuzzing run.
+settings.register_profile("default", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=10_000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("SEPFL_HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if sepfl.has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs the CUDA module sepfl._cuda and a usable GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,78 @@
+"""Slow, obviously-correct numpy twins of sepfl.ops, used only as test oracles."""
+import numpy as np
+import torch
+
+
+def density(sims, rho):
+    s = np.clip(np.asarray(sims, dtype=np.float64), 0.0, 1.0)
+    a = s.sum(axis=1)
+    c = (s >= np.float32(rho)).sum(axis=1).astype(np.float64)
+    a_hat = a / a.max() if a.size and a.max() > 0 else np.zeros_like(a)
+    c_hat = c / c.max() if c.size and c.max() > 0 else np.zeros_like(c)
+    return (a_hat + c_hat) / 2
+
+
+def select_pairs(nbrs, density, max_per_node=1):
+    src, dst = [], []
+    for i, row in enumerate(nbrs):
+        taken = []
+        for j in row:
+            if len(taken) == max_per_node:
+                break
+            if j >= 0 and density[j] > density[i] and j not in taken:
+                taken.append(int(j))
+        src += [i] * len(taken)
+        dst += taken
+    return np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
+
+
+def train_pairs(nbrs, labels, ranks):
+    src, dst, target = [], [], []
+    for i, row in enumerate(nbrs):
+        for j in row[1:ranks + 1]:
+            if j >= 0 and j != i:
+                src.append(i)
+                dst.append(int(j))
+                target.append(int(labels[i] == labels[j]))
+    return tuple(np.array(x, dtype=np.int64) for x in (src, dst, target))
+
+
+def _neighbour_rows(table, nbrs, node_ids):
+    """table[nbrs[node_ids]] with zero rows for -1 slots: [B, k, C] float64."""
+    idx = nbrs[node_ids]
+    rows = np.asarray(table, dtype=np.float64)[np.where(idx >= 0, idx, 0)]
+    rows[idx < 0] = 0.0
+    return rows
+
+
+def gather(features, nbrs, node_ids):
+    return _neighbour_rows(features, nbrs, node_ids)
+
+
+def gather_add(a, bproj, nbrs, node_ids, bias=None, gelu=True):
+    x = np.asarray(a, dtype=np.float64)[node_ids][:, None, :] + _neighbour_rows(bproj, nbrs, node_ids)
+    if bias is not None:
+        x = x + np.asarray(bias, dtype=np.float64)
+    if gelu:
+        x = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    return x
+
+
+def aggregate(weights, features, nbrs, node_ids):
+    rows = _neighbour_rows(features, nbrs, node_ids)
+    return np.einsum("bk,bkd->bd", np.asarray(weights, dtype=np.float64), rows)
+
+
+def link(src, dst, scores, threshold, num_nodes):
+    keep = np.ones(len(src), dtype=bool) if scores is None else np.asarray(scores) > threshold
+    comp = np.arange(num_nodes)
+    changed = True
+    while changed:  # propagate the smallest id along every kept edge until stable
+        changed = False
+        for u, v in zip(np.asarray(src)[keep], np.asarray(dst)[keep]):
+            low = min(comp[u], comp[v])
+            if comp[u] != low or comp[v] != low:
+                comp[u] = comp[v] = low
+                changed = True
+    _, labels = np.unique(comp, return_inverse=True)  # smallest members are sorted ids
+    return labels.astype(np.int64)

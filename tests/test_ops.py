@@ -1,0 +1,272 @@
+"""sepfl.ops against the numpy oracles, on numpy, torch CPU and (when present) CUDA."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import oracles
+from sepfl import _core, ops
+
+DEVICES = ["numpy", "torch", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def put(x, device):
+    """x (numpy) as the array kind under test."""
+    if device == "numpy" or x is None:
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x)).to("cuda" if device == "cuda" else "cpu")
+
+
+def get(x):
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+@st.composite
+def knn_tables(draw, max_n=24, max_k=8):
+    """Random [n, k] kNN tables: self at rank 0 for most rows, duplicates and -1 slots allowed."""
+    n = draw(st.integers(0, max_n))
+    k = draw(st.integers(1, max_k))
+    if n == 0:
+        return np.zeros((0, k), dtype=np.int64)
+    nbrs = draw(hnp.arrays(np.int64, (n, k), elements=st.integers(-1, n - 1)))
+    keep_self = draw(hnp.arrays(bool, n))
+    nbrs[keep_self, 0] = np.arange(n)[keep_self]
+    return nbrs
+
+
+# A small pool of values makes ties in density common.
+densities = st.sampled_from([0.0, 0.25, 0.5, 0.5, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(sims=hnp.arrays(np.float32, st.tuples(st.integers(0, 20), st.integers(1, 8)),
+                       elements=st.floats(-1.5, 1.5, width=32)),
+       rho=st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+def test_density_matches_oracle(device, sims, rho):
+    got = get(ops.density(put(sims, device), rho))
+    assert got.dtype == np.float32 and got.shape == (sims.shape[0],)
+    np.testing.assert_allclose(got, oracles.density(sims, rho), rtol=1e-5, atol=1e-6)
+
+
+def test_density_hand_computed():
+    sims = np.array([[1.0, 0.8, 0.1], [1.0, -0.2, 0.75], [1.0, 0.9, 0.8]], dtype=np.float32)
+    # a = [1.9, 1.75, 2.7], c (>= 0.7) = [2, 2, 3]
+    expected = ([1.9 / 2.7, 1.75 / 2.7, 1.0] + np.array([2, 2, 3]) / 3) / 2
+    np.testing.assert_allclose(ops.density(sims, 0.7), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(data=st.data(), max_per_node=st.integers(1, 3))
+def test_select_pairs_matches_oracle(device, data, max_per_node):
+    nbrs = data.draw(knn_tables())
+    density = np.array(data.draw(st.lists(densities, min_size=len(nbrs), max_size=len(nbrs))),
+                       dtype=np.float32)
+    src, dst = ops.select_pairs(put(nbrs, device), put(density, device), max_per_node)
+    want_src, want_dst = oracles.select_pairs(nbrs, density, max_per_node)
+    np.testing.assert_array_equal(get(src), want_src)
+    np.testing.assert_array_equal(get(dst), want_dst)
+
+
+def test_select_pairs_hand_computed():
+    nbrs = np.array([[0, 1, 2], [1, 2, 0], [2, 1, 0], [3, -1, 2]])
+    density = np.array([0.2, 0.5, 0.9, 0.5], dtype=np.float32)
+    src, dst = ops.select_pairs(nbrs, density)
+    # node 2 is a peak; node 3 skips the empty slot and reaches 2
+    np.testing.assert_array_equal(src, [0, 1, 3])
+    np.testing.assert_array_equal(dst, [1, 2, 2])
+    src, dst = ops.select_pairs(nbrs, density, max_per_node=2)
+    np.testing.assert_array_equal(src, [0, 0, 1, 3])
+    np.testing.assert_array_equal(dst, [1, 2, 2, 2])
+
+
+def test_select_pairs_all_equal_density_gives_no_pairs():
+    nbrs = np.array([[0, 1], [1, 0]])
+    src, dst = ops.select_pairs(nbrs, np.full(2, 0.5, dtype=np.float32))
+    assert src.size == 0 and dst.size == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(data=st.data())
+def test_train_pairs_matches_oracle(device, data):
+    nbrs = data.draw(knn_tables(max_k=6).filter(lambda t: t.shape[1] >= 2))
+    labels = data.draw(hnp.arrays(np.int64, len(nbrs), elements=st.integers(0, 3)))
+    ranks = data.draw(st.integers(1, nbrs.shape[1] - 1))
+    got = ops.train_pairs(put(nbrs, device), put(labels, device), ranks)
+    for g, w in zip(got, oracles.train_pairs(nbrs, labels, ranks)):
+        np.testing.assert_array_equal(get(g), w)
+
+
+def test_train_pairs_rejects_ranks_reaching_k():
+    with pytest.raises(ValueError, match="ranks must be < k"):
+        ops.train_pairs(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), 2)
+
+
+def test_balanced_sample_is_balanced_and_seeded():
+    target = np.array([1, 0, 0, 0, 1, 0, 0, 1, 0, 0])
+    index = ops.balanced_sample(target, n_per_class=10, seed=3)
+    assert np.all(np.diff(index) > 0)
+    assert (target[index] == 1).sum() == 3 and (target[index] == 0).sum() == 3
+    np.testing.assert_array_equal(index, ops.balanced_sample(target, 10, seed=3))
+    assert len(ops.balanced_sample(target, 2, seed=0)) == 4
+
+
+def test_balanced_sample_needs_both_classes():
+    with pytest.raises(ValueError, match="0 positive"):
+        ops.balanced_sample(np.zeros(5, dtype=np.int64), 2)
+
+
+@st.composite
+def gather_inputs(draw, max_dim=12):
+    nbrs = draw(knn_tables(max_n=12, max_k=6).filter(len))
+    n, k = nbrs.shape
+    d = draw(st.integers(1, max_dim))
+    values = st.floats(-3, 3, width=32)
+    features = draw(hnp.arrays(np.float32, (n, d), elements=values))
+    node_ids = draw(hnp.arrays(np.int64, draw(st.integers(0, 10)), elements=st.integers(0, n - 1)))
+    return features, nbrs, node_ids, values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(inputs=gather_inputs())
+def test_gather_matches_oracle(device, inputs):
+    features, nbrs, node_ids, _ = inputs
+    got = get(ops.gather(*(put(x, device) for x in (features, nbrs, node_ids))))
+    np.testing.assert_array_equal(got, oracles.gather(features, nbrs, node_ids))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(inputs=gather_inputs(), data=st.data(), use_bias=st.booleans(), gelu=st.booleans())
+def test_gather_add_matches_oracle(device, inputs, data, use_bias, gelu):
+    a, nbrs, node_ids, values = inputs
+    bproj = data.draw(hnp.arrays(np.float32, a.shape, elements=values))
+    bias = data.draw(hnp.arrays(np.float32, a.shape[1], elements=values)) if use_bias else None
+    got = ops.gather_add(*(put(x, device) for x in (a, bproj, nbrs, node_ids)),
+                         bias=put(bias, device), gelu=gelu)
+    want = oracles.gather_add(a, bproj, nbrs, node_ids, bias, gelu)
+    np.testing.assert_allclose(get(got), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(inputs=gather_inputs(), data=st.data())
+def test_aggregate_matches_oracle(device, inputs, data):
+    features, nbrs, node_ids, values = inputs
+    weights = data.draw(hnp.arrays(np.float32, (len(node_ids), nbrs.shape[1]), elements=values))
+    got = ops.aggregate(*(put(x, device) for x in (weights, features, nbrs, node_ids)))
+    np.testing.assert_allclose(get(got), oracles.aggregate(weights, features, nbrs, node_ids),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_gelu_matches_torch_over_a_wide_range():
+    x = np.linspace(-12, 12, 100_001, dtype=np.float32)[:, None]
+    got = ops.gather_add(x, np.zeros_like(x), np.full((len(x), 1), -1), np.arange(len(x)))
+    want = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
+    np.testing.assert_allclose(got[:, 0, :], want, rtol=1e-6, atol=3e-7)
+
+
+@st.composite
+def edge_lists(draw):
+    n = draw(st.integers(0, 25))
+    e = draw(st.integers(0, 40)) if n else 0
+    nodes = st.integers(0, max(n - 1, 0))
+    src = draw(hnp.arrays(np.int64, e, elements=nodes))
+    dst = draw(hnp.arrays(np.int64, e, elements=nodes))
+    scores = draw(hnp.arrays(np.float32, e, elements=st.sampled_from([0.0, 0.3, 0.5, 0.51, 1.0])))
+    return n, src, dst, scores
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(edges=edge_lists(), threshold=st.sampled_from([0.0, 0.5, 1.0]))
+def test_link_matches_oracle(device, edges, threshold):
+    n, src, dst, scores = edges
+    got = ops.link(put(src, device), put(dst, device), put(scores, device), threshold, n)
+    np.testing.assert_array_equal(get(got), oracles.link(src, dst, scores, threshold, n))
+    got = ops.connected_components(put(src, device), put(dst, device), n)
+    np.testing.assert_array_equal(get(got), oracles.link(src, dst, None, 0.0, n))
+
+
+def test_link_hand_computed():
+    src, dst = np.array([4, 1, 2, 0]), np.array([3, 2, 4, 0])
+    scores = np.array([0.9, 0.2, 0.8, 1.0], dtype=np.float32)
+    # kept: 4-3, 2-4 (0-0 is a self loop); node 1 stays alone
+    np.testing.assert_array_equal(ops.link(src, dst, scores, 0.5, 6), [0, 1, 2, 2, 2, 3])
+    np.testing.assert_array_equal(ops.link(src, dst, scores, 1.0, 6), [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(ops.connected_components(src, dst, 6), [0, 1, 1, 1, 1, 2])
+
+
+def test_link_labels_do_not_depend_on_edge_order():
+    rng = np.random.default_rng(0)
+    src, dst = rng.integers(0, 500, 400), rng.integers(0, 500, 400)
+    order = rng.permutation(400)
+    np.testing.assert_array_equal(ops.connected_components(src, dst, 500),
+                                  ops.connected_components(src[order], dst[order], 500))
+
+
+def test_torch_in_torch_out():
+    sims = torch.rand(5, 3)
+    assert isinstance(ops.density(sims), torch.Tensor)
+    src, dst = ops.select_pairs(torch.zeros(5, 3, dtype=torch.int32), torch.rand(5))
+    assert isinstance(src, torch.Tensor) and src.dtype == torch.int64
+
+
+# --- bad input --------------------------------------------------------------
+
+NBRS = np.array([[0, 1], [1, 0], [2, 1]])
+FEATS = np.ones((3, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ops.density(np.ones((3, 2), dtype=np.int64)), TypeError, "sims must hold floating"),
+    (lambda: ops.density(np.ones(3, dtype=np.float32)), ValueError, "sims must have 2 dim"),
+    (lambda: ops.density(np.array([[1.0, np.nan]], dtype=np.float32)), ValueError, "NaN"),
+    (lambda: ops.density(np.ones((2, 2), np.float32), rho=1.5), ValueError, r"rho must be in \[0, 1\]"),
+    (lambda: ops.density(np.ones((2, 2), np.float32), rho=float("nan")), ValueError, "rho"),
+    (lambda: ops.density("sims"), TypeError, "sims must hold floating"),
+    (lambda: ops.select_pairs(NBRS.astype(np.float32), np.ones(3, np.float32)), TypeError, "nbrs must hold integer"),
+    (lambda: ops.select_pairs(NBRS, np.ones(4, np.float32)), ValueError, "density must have shape"),
+    (lambda: ops.select_pairs(np.array([[0, 5], [1, 0]]), np.array([0, 1], np.float32)), IndexError, "index 5 outside"),
+    (lambda: ops.select_pairs(np.array([[0, -2], [1, 0]]), np.array([1, 0], np.float32)), IndexError, "index -2"),
+    (lambda: ops.select_pairs(NBRS, np.array([0, np.nan, 1], np.float32)), ValueError, "density holds"),
+    (lambda: ops.select_pairs(NBRS, np.ones(3, np.float32), max_per_node=0), ValueError, "max_per_node must be >= 1"),
+    (lambda: ops.select_pairs(NBRS.astype(bool), np.ones(3, np.float32)), TypeError, "nbrs must hold integer"),
+    (lambda: ops.train_pairs(NBRS, np.zeros(2, np.int64), 1), ValueError, "labels must have shape"),
+    (lambda: ops.train_pairs(np.array([[0, 7], [1, 0]]), np.zeros(2, np.int64), 1), IndexError, "index 7"),
+    (lambda: ops.gather(FEATS, NBRS, np.array([3])), IndexError, "node_ids"),
+    (lambda: ops.gather(FEATS, NBRS, np.array([-1])), IndexError, "node_ids"),
+    (lambda: ops.gather(FEATS, np.array([[0, 9], [1, 0], [2, 1]]), np.array([0])), IndexError, "index 9"),
+    (lambda: ops.gather(FEATS[:2], NBRS, np.array([0])), ValueError, "nbrs must have shape"),
+    (lambda: ops.gather_add(FEATS, FEATS[:, :3], NBRS, np.array([0])), ValueError, "bproj must have shape"),
+    (lambda: ops.gather_add(FEATS, FEATS, NBRS, np.array([0]), bias=np.ones(2, np.float32)), ValueError, "bias must have shape"),
+    (lambda: ops.aggregate(np.ones((2, 2), np.float32), FEATS, NBRS, np.array([0])), ValueError, "weights must have shape"),
+    (lambda: ops.link(np.array([0, 1]), np.array([1]), None, 0.5, 2), ValueError, "dst must have shape"),
+    (lambda: ops.link(np.array([0]), np.array([1]), None, 1.5, 2), ValueError, "threshold"),
+    (lambda: ops.link(np.array([0]), np.array([2]), None, 0.5, 2), IndexError, "outside"),
+    (lambda: ops.link(np.array([0]), np.array([-1]), None, 0.5, 2), IndexError, "outside"),
+    (lambda: ops.link(np.array([0]), np.array([1]), np.array([np.nan], np.float32), 0.5, 2), ValueError, "scores holds"),
+    (lambda: ops.link(np.array([0]), np.array([1]), None, 0.5, -1), ValueError, "num_nodes"),
+])
+def test_bad_input_raises(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_core_refuses_unconverted_arrays():
+    # The native module never casts silently: a float64 array is refused outright.
+    with pytest.raises(TypeError):
+        _core.density(np.ones((2, 2)), 0.7)
+    with pytest.raises(TypeError):
+        _core.gather(np.ones((2, 2), np.float32)[:, ::2], np.zeros((2, 1), np.int64), np.zeros(1, np.int64))
+
+
+def test_core_rechecks_indices_and_shapes():
+    feats = np.ones((2, 3), np.float32)
+    with pytest.raises(IndexError):
+        _core.gather(feats, np.array([[0, 99], [1, 0]]), np.array([0]))
+    with pytest.raises(IndexError):
+        _core.aggregate(np.ones((1, 2), np.float32), feats, np.array([[0, 1], [1, 0]]), np.array([5]))
+    with pytest.raises(ValueError):
+        _core.aggregate(np.ones((1, 3), np.float32), feats, np.array([[0, 1], [1, 0]]), np.array([0]))
+    with pytest.raises(IndexError):
+        _core.link(np.array([0]), np.array([7]), None, 0.5, 2)
+    with pytest.raises(ValueError):
+        _core.train_pairs(np.zeros((2, 2), np.int64), np.zeros(2, np.int64), 5)
