@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "check.h"
+#include "simd.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
@@ -15,7 +16,7 @@ namespace {
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 Taylor
 // polynomial: relative error below 2e-7 on [-87, 0].
 inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.f);
+  x = x < -87.f ? -87.f : x;
   const float round_magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = (x * 1.44269504f + round_magic) - round_magic;
   const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
@@ -44,8 +45,27 @@ inline float gelu_erf(float x) {
   poly = poly * t - 0.284496736f;
   poly = poly * t + 0.254829592f;
   const float erf_abs = 1.f - poly * t * exp_nonpositive(-z * z);
-  const float erf = x < 0.f ? -erf_abs : erf_abs;
-  return 0.5f * x * (1.f + erf);
+  return 0.5f * x * (1.f + std::copysign(erf_abs, x));
+}
+
+// One output row of gather_add, compiled for AVX-512, AVX2 and baseline x86-64
+// and picked at load time (the wheel cannot assume the user's CPU).
+// `brow` and `bias` may be null.
+SEPFL_VECTOR_CLONES
+void gather_add_row(const float* __restrict arow, const float* __restrict brow,
+                    const float* __restrict bias, bool gelu, int64_t h, float* __restrict dst) {
+  for (int64_t c = 0; c < h; ++c) {
+    dst[c] = arow[c] + (brow ? brow[c] : 0.f) + (bias ? bias[c] : 0.f);
+  }
+  if (gelu) {
+    for (int64_t c = 0; c < h; ++c) dst[c] = gelu_erf(dst[c]);
+  }
+}
+
+// dst += w * src over d channels; see gather_add_row for the clones.
+SEPFL_VECTOR_CLONES
+void axpy_row(float w, const float* __restrict src, int64_t d, float* __restrict dst) {
+  for (int64_t c = 0; c < d; ++c) dst[c] += w * src[c];
 }
 
 // Validates node_ids once before the parallel loops (it is short), so the
@@ -101,20 +121,9 @@ void gather_add_cpu(const float* a, const float* bproj, const int64_t* nbrs,
   for (int64_t row = 0; row < b * k; ++row) {
     const int64_t u = node_ids[row / k];
     const int64_t v = nbrs[u * k + row % k];
-    const float* arow = a + u * h;
-    float* dst = out + row * h;
     const bool has_nbr = v >= 0 && v < n;
     if (!has_nbr && v != -1) bad.record(u, v);
-    const float* brow = has_nbr ? bproj + v * h : nullptr;
-    for (int64_t c = 0; c < h; ++c) {
-      float x = arow[c];
-      if (brow) x += brow[c];
-      if (bias) x += bias[c];
-      dst[c] = x;
-    }
-    if (gelu) {
-      for (int64_t c = 0; c < h; ++c) dst[c] = gelu_erf(dst[c]);
-    }
+    gather_add_row(a + u * h, has_nbr ? bproj + v * h : nullptr, bias, gelu, h, out + row * h);
   }
   bad.raise_if_any(n);
 }
@@ -135,9 +144,7 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
         if (v != -1) bad.record(u, v);
         continue;
       }
-      const float w = weights[i * k + j];
-      const float* src = features + v * d;
-      for (int64_t c = 0; c < d; ++c) dst[c] += w * src[c];
+      axpy_row(weights[i * k + j], features + v * d, d, dst);
     }
   }
   bad.raise_if_any(n);

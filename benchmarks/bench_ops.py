@@ -1,0 +1,154 @@
+"""Native ops against their best pure numpy / scipy / torch equivalents, on the CPU.
+
+Each row checks that the native result equals the equivalent's before timing
+both (median of repeated runs) and prints the ratio. Sizes default to the
+issue's: N = 1,000,000 samples, k = 80, D = 256, B = 8,192 gathered nodes,
+H = 4D hidden channels for gather_add.
+
+    python benchmarks/bench_ops.py [--n 1000000] [--k 80] [--d 256] [--b 8192]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.csgraph
+import torch
+
+from common import header, table, timeit
+from sepfl import ops
+
+
+def knn_like(n: int, k: int, rng: np.random.Generator):
+    """A kNN-shaped table (self at rank 0, random neighbours) and descending similarities."""
+    nbrs = rng.integers(0, n, size=(n, k), dtype=np.int64)
+    nbrs[:, 0] = np.arange(n)
+    sims = np.sort(rng.uniform(0.2, 1.0, size=(n, k)).astype(np.float32), axis=1)[:, ::-1]
+    sims[:, 0] = 1.0
+    return nbrs, np.ascontiguousarray(sims)
+
+
+def density_numpy(sims, rho=0.7):
+    s = np.clip(sims, 0, 1)
+    a, c = s.sum(1), (s >= rho).sum(1)
+    return ((a / a.max() + c / c.max()) / 2).astype(np.float32)
+
+
+def density_torch(sims, rho=0.7):
+    s = sims.clamp(0, 1)
+    a, c = s.sum(1), (s >= rho).sum(1).float()
+    return (a / a.max() + c / c.max()) / 2
+
+
+def select_numpy(nbrs, density):
+    denser = density[nbrs] > density[:, None]
+    has = denser.any(1)
+    first = denser.argmax(1)
+    return np.flatnonzero(has), nbrs[np.arange(len(nbrs)), first][has]
+
+
+def select_torch(nbrs, density):
+    denser = density[nbrs] > density[:, None]
+    has = denser.any(1)
+    first = denser.to(torch.uint8).argmax(1)
+    return has.nonzero()[:, 0], nbrs[torch.arange(len(nbrs)), first][has]
+
+
+def components_scipy(src, dst, n):
+    graph = scipy.sparse.coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    # renumber in order of each component's smallest member, as ops.link does
+    _, first = np.unique(labels, return_index=True)
+    remap = np.empty(len(first), dtype=np.int64)
+    remap[np.argsort(first)] = np.arange(len(first))
+    return remap[labels]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=80)
+    parser.add_argument("--d", type=int, default=256)
+    parser.add_argument("--b", type=int, default=8192)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    n, k, d, b, h = args.n, args.k, args.d, args.b, 4 * args.d
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def bench(name, native, baselines, check):
+        want = None
+        results = {}
+        for label, fn in [("native", native)] + baselines:
+            out = fn()
+            check(out if want is None else want, out)
+            want = out if want is None else want
+            results[label] = timeit(fn, repeat=args.repeat)
+        best = min(baselines, key=lambda item: results[item[0]])[0]
+        rows.append([name, f"{results['native'] * 1e3:.1f}", best,
+                     f"{results[best] * 1e3:.1f}", f"{results[best] / results['native']:.2f}x"])
+        print(rows[-1], flush=True)
+
+    def close(rtol=1e-5, atol=1e-5):
+        def check(a, b):
+            for x, y in zip(*((t if isinstance(t, tuple) else (t,)) for t in (a, b))):
+                x, y = (np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for v in (x, y))
+                np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+        return check
+
+    nbrs, sims = knn_like(n, k, rng)
+    t_nbrs, t_sims = torch.from_numpy(nbrs), torch.from_numpy(sims)
+    bench("density", lambda: ops.density(sims),
+          [("numpy", lambda: density_numpy(sims)), ("torch", lambda: density_torch(t_sims))],
+          close())
+    density = ops.density(sims)
+    t_density = torch.from_numpy(density)
+    bench("select_pairs", lambda: ops.select_pairs(nbrs, density),
+          [("numpy", lambda: select_numpy(nbrs, density)),
+           ("torch", lambda: select_torch(t_nbrs, t_density))], close())
+    del sims, t_sims
+
+    features = rng.standard_normal((n, d), dtype=np.float32)
+    t_features = torch.from_numpy(features)
+    node_ids = rng.choice(n, b, replace=False)
+    t_ids = torch.from_numpy(node_ids)
+    bench(f"gather (B={b})", lambda: ops.gather(features, nbrs, node_ids),
+          [("numpy", lambda: features[nbrs[node_ids]]),
+           ("torch", lambda: t_features[t_nbrs[t_ids]])], close())
+    weights = rng.standard_normal((b, k), dtype=np.float32)
+    t_weights = torch.from_numpy(weights)
+    bench(f"aggregate (B={b})", lambda: ops.aggregate(weights, features, nbrs, node_ids),
+          [("numpy", lambda: np.einsum("bk,bkd->bd", weights, features[nbrs[node_ids]])),
+           ("torch", lambda: torch.bmm(t_weights[:, None], t_features[t_nbrs[t_ids]])[:, 0])],
+          close(rtol=1e-4, atol=1e-4))
+    del features, t_features
+
+    a = rng.standard_normal((n, h), dtype=np.float32)
+    bproj = rng.standard_normal((n, h), dtype=np.float32)
+    bias = rng.standard_normal(h, dtype=np.float32)
+    t_a, t_bproj, t_bias = (torch.from_numpy(x) for x in (a, bproj, bias))
+
+    def gather_add_torch():
+        hidden = t_bproj[t_nbrs[t_ids]]
+        hidden += t_a[t_ids][:, None]
+        hidden += t_bias
+        return torch.nn.functional.gelu(hidden)
+
+    bench(f"gather_add (B={b}, H={h})",
+          lambda: ops.gather_add(a, bproj, nbrs, node_ids, bias=bias, gelu=True),
+          [("torch", gather_add_torch)], close(rtol=1e-5, atol=1e-5))
+    del a, bproj, t_a, t_bproj
+
+    for e in (n, 10 * n):
+        src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
+        bench(f"union-find ({e:,} edges)", lambda: ops.connected_components(src, dst, n),
+              [("scipy", lambda: components_scipy(src, dst, n))], close(rtol=0, atol=0))
+
+    print()
+    print(header(f"bench_ops: N={n:,}, k={k}, D={d}"))
+    print(table(["operation", "native ms", "best equivalent", "its ms", "speed-up"], rows))
+
+
+if __name__ == "__main__":
+    main()
