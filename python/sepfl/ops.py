@@ -33,15 +33,13 @@ except ImportError:
     _cuda = None
 
 
-def _cuda_module():
+def _launch(op: str, device: torch.device, *args) -> None:
+    """Run ``_cuda.<op>(*args, stream)`` on ``device`` and its current torch stream."""
     if _cuda is None:
         raise RuntimeError("CUDA tensors were given, but this sepfl build has no CUDA module "
                            "(install with a CUDA compiler present, or pass CPU data)")
-    return _cuda
-
-
-def _stream() -> int:
-    return torch.cuda.current_stream().cuda_stream
+    with torch.cuda.device(device):
+        getattr(_cuda, op)(*args, torch.cuda.current_stream(device).cuda_stream)
 
 
 def _ptr(x: Optional[torch.Tensor]) -> int:
@@ -84,8 +82,8 @@ def density(sims: Array, rho: float = 0.7) -> Array:
         n, k = sims.shape
         out = torch.empty(n, dtype=torch.float32, device=sims.device)
         workspace = torch.empty(n + 2, dtype=torch.float32, device=sims.device)
-        _cuda_module().density(sims.data_ptr(), n, k, rho, out.data_ptr(), workspace.data_ptr(),
-                               _stream())
+        _launch("density", sims.device, sims.data_ptr(), n, k, rho, out.data_ptr(),
+                workspace.data_ptr())
         return out
     return _wrap(_core.density(_to_numpy(sims), rho), is_tensor(sims))
 
@@ -116,8 +114,8 @@ def select_pairs(nbrs: Array, density: Array, max_per_node: int = 1) -> Tuple[Ar
         _check_nbrs_cuda(nbrs)
         n, k = nbrs.shape
         padded = torch.empty((n, max_per_node), dtype=torch.int64, device=nbrs.device)
-        _cuda_module().select_pairs(nbrs.data_ptr(), density.data_ptr(), n, k, max_per_node,
-                                    padded.data_ptr(), _stream())
+        _launch("select_pairs", nbrs.device, nbrs.data_ptr(), density.data_ptr(), n, k,
+                max_per_node, padded.data_ptr())
         src, slot = (padded >= 0).nonzero(as_tuple=True)
         return src, padded[src, slot]
     src, dst = _core.select_pairs(_to_numpy(nbrs), _to_numpy(density), max_per_node)
@@ -153,8 +151,8 @@ def train_pairs(nbrs: Array, labels: Array, ranks: int = 39) -> Tuple[Array, Arr
         n, k = nbrs.shape
         dst = torch.empty((n, ranks), dtype=torch.int64, device=nbrs.device)
         target = torch.empty_like(dst)
-        _cuda_module().train_pairs(nbrs.data_ptr(), labels.data_ptr(), n, k, ranks,
-                                   dst.data_ptr(), target.data_ptr(), _stream())
+        _launch("train_pairs", nbrs.device, nbrs.data_ptr(), labels.data_ptr(), n, k, ranks,
+                dst.data_ptr(), target.data_ptr())
         src, slot = (dst >= 0).nonzero(as_tuple=True)
         return src, dst[src, slot], target[src, slot]
     outs = _core.train_pairs(_to_numpy(nbrs), _to_numpy(labels), ranks)
@@ -216,8 +214,8 @@ def gather(features: Array, nbrs: Array, node_ids: Array) -> Array:
         _check_node_inputs_cuda(nbrs, node_ids)
         (n, d), k, b = features.shape, nbrs.shape[1], node_ids.shape[0]
         out = torch.empty((b, k, d), dtype=torch.float32, device=features.device)
-        _cuda_module().gather(features.data_ptr(), nbrs.data_ptr(), node_ids.data_ptr(), n, k, d,
-                              b, out.data_ptr(), _stream())
+        _launch("gather", features.device, features.data_ptr(), nbrs.data_ptr(),
+                node_ids.data_ptr(), n, k, d, b, out.data_ptr())
         return out
     out = _core.gather(_to_numpy(features), _to_numpy(nbrs), _to_numpy(node_ids))
     return _wrap(out, is_tensor(features))
@@ -255,9 +253,8 @@ def gather_add(a: Array, bproj: Array, nbrs: Array, node_ids: Array,
         _check_node_inputs_cuda(nbrs, node_ids)
         (n, h), k, b = a.shape, nbrs.shape[1], node_ids.shape[0]
         out = torch.empty((b, k, h), dtype=torch.float32, device=a.device)
-        _cuda_module().gather_add(a.data_ptr(), bproj.data_ptr(), nbrs.data_ptr(),
-                                  node_ids.data_ptr(), _ptr(bias), bool(gelu), n, k, h, b,
-                                  out.data_ptr(), _stream())
+        _launch("gather_add", a.device, a.data_ptr(), bproj.data_ptr(), nbrs.data_ptr(),
+                node_ids.data_ptr(), _ptr(bias), bool(gelu), n, k, h, b, out.data_ptr())
         return out
     out = _core.gather_add(_to_numpy(a), _to_numpy(bproj), _to_numpy(nbrs), _to_numpy(node_ids),
                            _to_numpy(bias), bool(gelu))
@@ -287,8 +284,8 @@ def aggregate(weights: Array, features: Array, nbrs: Array, node_ids: Array) -> 
         _check_node_inputs_cuda(nbrs, node_ids)
         (n, d), k, b = features.shape, nbrs.shape[1], node_ids.shape[0]
         out = torch.empty((b, d), dtype=torch.float32, device=features.device)
-        _cuda_module().aggregate(weights.data_ptr(), features.data_ptr(), nbrs.data_ptr(),
-                                 node_ids.data_ptr(), n, k, d, b, out.data_ptr(), _stream())
+        _launch("aggregate", features.device, weights.data_ptr(), features.data_ptr(),
+                nbrs.data_ptr(), node_ids.data_ptr(), n, k, d, b, out.data_ptr())
         return out
     out = _core.aggregate(_to_numpy(weights), _to_numpy(features), _to_numpy(nbrs),
                           _to_numpy(node_ids))
@@ -330,8 +327,8 @@ def link(src: Array, dst: Array, scores: Optional[Array], threshold: float,
         check_index_range(src, "src", num_nodes)
         check_index_range(dst, "dst", num_nodes)
         roots = torch.empty(num_nodes, dtype=torch.int64, device=src.device)
-        _cuda_module().link(src.data_ptr(), dst.data_ptr(), _ptr(scores), threshold,
-                            src.shape[0], num_nodes, roots.data_ptr(), _stream())
+        _launch("link", src.device, src.data_ptr(), dst.data_ptr(), _ptr(scores), threshold,
+                src.shape[0], num_nodes, roots.data_ptr())
         is_root = roots == torch.arange(num_nodes, device=roots.device)
         return (torch.cumsum(is_root, 0) - 1)[roots]
     labels = _core.link(_to_numpy(src), _to_numpy(dst), _to_numpy(scores), threshold, num_nodes)
