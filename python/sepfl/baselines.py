@@ -1,0 +1,63 @@
+"""Untrained clustering baselines on the same kNN graph, for comparison with SEPFL.
+
+* :func:`knn_threshold` — link every kNN edge whose cosine similarity is above
+  a threshold, then connected components (the "naive" baseline).
+* :func:`denser_threshold` — SEPFL's own pairs (each sample's nearest denser
+  neighbour) linked by a cosine threshold instead of the network.
+* :func:`oracle` — SEPFL's pairs linked exactly when the two samples share a
+  true label: the ceiling of one pair per sample, for a perfect classifier.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from sepfl import ops
+from sepfl.metrics import evaluate
+
+
+def _as_numpy(x) -> np.ndarray:
+    return x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x)
+
+
+def knn_threshold(nbrs, sims, threshold: float) -> np.ndarray:
+    """Labels [N] from kNN edges (ranks >= 1) with similarity > ``threshold``."""
+    nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
+    n, k = nbrs.shape
+    src = np.repeat(np.arange(n), k - 1)
+    dst = nbrs[:, 1:].reshape(-1)
+    scores = np.clip(sims[:, 1:].reshape(-1), 0.0, 1.0)
+    valid = dst >= 0
+    return ops.link(src[valid], dst[valid], scores[valid], threshold, n)
+
+
+def denser_pairs(nbrs, sims, rho: float = 0.7) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SEPFL's inference pairs and their cosine similarities: (src, dst, sim) [P]."""
+    nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
+    src, dst = ops.select_pairs(nbrs, ops.density(sims, rho))
+    rank = np.argmax(nbrs[src] == dst[:, None], axis=1)
+    return src, dst, sims[src, rank]
+
+
+def denser_threshold(nbrs, sims, threshold: float, rho: float = 0.7) -> np.ndarray:
+    """Labels [N] from nearest-denser pairs with similarity > ``threshold``."""
+    src, dst, sim = denser_pairs(nbrs, sims, rho)
+    return ops.link(src, dst, np.clip(sim, 0.0, 1.0), threshold, len(nbrs))
+
+
+def oracle(nbrs, sims, gt, rho: float = 0.7) -> np.ndarray:
+    """Labels [N] from nearest-denser pairs kept exactly when their true labels match."""
+    src, dst, _ = denser_pairs(nbrs, sims, rho)
+    gt = _as_numpy(gt)
+    return ops.link(src, dst, (gt[src] == gt[dst]).astype(np.float32), 0.5, len(nbrs))
+
+
+def sweep(labels_at, gt, thresholds: Sequence[float]) -> List[Dict[str, float]]:
+    """``evaluate(gt, labels_at(t))`` for every threshold, each row with its ``threshold``."""
+    return [{"threshold": float(t), **evaluate(gt, labels_at(t))} for t in thresholds]
+
+
+def best(rows: List[Dict[str, float]], key: str = "pairwise_f") -> Dict[str, float]:
+    """The row of a :func:`sweep` with the highest ``key``."""
+    return max(rows, key=lambda row: row[key])
