@@ -1,0 +1,263 @@
+"""PairClassifier: checkpoint layout, and the inference path against the per-pair reference."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sepfl import ops
+from sepfl.model import PairClassifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second intra-op thread only adds barrier waits, which cost
+    100x on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class AuthorsLayout(nn.Module):
+    """The module tree of the authors' checkpoint for D and k, written out from SEPFL.md §4."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.channel_bn = nn.BatchNorm1d(2 * dim)
+        self.token_bn = nn.BatchNorm1d(2 * dim)
+        self.attention_bn = nn.BatchNorm1d(2 * dim)
+        self.channel_mix = nn.Sequential(nn.Linear(2 * dim, 4 * dim), nn.GELU(), nn.Dropout(),
+                                         nn.Linear(4 * dim, 2 * dim), nn.Dropout())
+        self.token_mix = nn.Sequential(nn.Linear(k, 2 * k), nn.GELU(), nn.Dropout(),
+                                       nn.Linear(2 * k, k), nn.Dropout())
+        self.attention_layer = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Dropout(),
+                                             nn.Linear(dim, 1))
+        self.classifier = nn.Sequential(
+            nn.BatchNorm1d(4 * dim), nn.Linear(4 * dim, 2 * dim), nn.BatchNorm1d(2 * dim),
+            nn.GELU(), nn.Dropout(), nn.Linear(2 * dim, dim), nn.BatchNorm1d(dim), nn.GELU(),
+            nn.Dropout(), nn.Linear(dim, 2))
+
+
+def randomise(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights and non-trivial BatchNorm affine parameters and running statistics."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0, 1 / math.sqrt(module.in_features), generator=gen)
+                module.bias.normal_(0, 0.1, generator=gen)
+            elif isinstance(module, nn.BatchNorm1d):
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.bias.normal_(0, 0.2, generator=gen)
+                module.running_mean.normal_(0, 0.5, generator=gen)
+                module.running_var.uniform_(0.3, 3.0, generator=gen)
+    return model
+
+
+def toy_graph(n: int, dim: int, k: int, seed: int, missing: int = 0):
+    """Unit-norm features in a few clusters and their exact kNN table (self at rank 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(max(1, n // 10), dim, generator=gen)
+    x = centres[torch.randint(0, len(centres), (n,), generator=gen)]
+    x = nn.functional.normalize(x + 0.3 * torch.randn(n, dim, generator=gen), dim=1)
+    sims = x @ x.T
+    sims.fill_diagonal_(2.0)
+    nbrs = sims.topk(k, dim=1).indices
+    if missing:
+        rows = torch.randint(0, n, (missing,), generator=gen)
+        nbrs[rows, torch.randint(1, k, (missing,), generator=gen) if k > 1 else 0] = -1
+    return x, nbrs
+
+
+def reference_embeddings(model: PairClassifier, x, nbrs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.embed(x, ops.gather(x, nbrs, torch.arange(len(x))))
+
+
+def test_authors_state_dict_loads_strictly():
+    reference = randomise(AuthorsLayout(dim=12, k=6), seed=1)
+    model = PairClassifier(dim=12, k=6)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    loaded = PairClassifier.from_state_dict(reference.state_dict())
+    assert (loaded.dim, loaded.k) == (12, 6)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert set(model.state_dict()) == set(reference.state_dict())
+
+
+def test_from_state_dict_rejects_other_layouts():
+    with pytest.raises(ValueError, match="not a PairClassifier"):
+        PairClassifier.from_state_dict({"weight": torch.zeros(2, 2)})
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    model = PairClassifier(dim=32, k=10)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 9
+    for linear in linears:
+        bound = math.sqrt(6 / (linear.in_features + linear.out_features))
+        assert torch.all(linear.bias == 0)
+        assert linear.weight.abs().max() <= bound
+        # Uniform on [-bound, bound] has standard deviation bound / sqrt(3).
+        if linear.weight.numel() >= 1000:
+            assert float(linear.weight.detach().std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)
+
+
+def test_layer_widths():
+    model = PairClassifier(dim=8, k=5)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert shapes["channel_mix.0.weight"] == (32, 16)
+    assert shapes["channel_mix.3.weight"] == (16, 32)
+    assert shapes["token_mix.0.weight"] == (10, 5)
+    assert shapes["token_mix.3.weight"] == (5, 10)
+    assert shapes["attention_layer.0.weight"] == (8, 16)
+    assert shapes["attention_layer.3.weight"] == (1, 8)
+    assert [shapes[f"classifier.{i}.weight"] for i in (0, 1, 2, 5, 6, 9)] == \
+        [(32,), (16, 32), (16,), (8, 16), (8,), (2, 8)]
+
+
+def test_embed_is_structure_enhanced_feature():
+    torch.manual_seed(0)
+    model = PairClassifier(dim=6, k=4).eval()
+    f, nbr_feats = torch.randn(3, 6), torch.randn(3, 4, 6)
+    e = model.embed(f, nbr_feats)
+    assert e.shape == (3, 12)
+    assert torch.equal(e[:, :6], f)
+    # The second half is a weighted sum of the neighbour features.
+    assert torch.all(model.embed(f, torch.zeros(3, 4, 6))[:, 6:] == 0)
+
+
+def test_forward_shapes_and_training_gradients():
+    torch.manual_seed(0)
+    model = PairClassifier(dim=8, k=5).train()
+    fa, fb = torch.randn(4, 8), torch.randn(4, 8)
+    na, nb = torch.randn(4, 5, 8), torch.randn(4, 5, 8)
+    logits = model(fa, na, fb, nb)
+    assert logits.shape == (4, 2)
+    nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 1])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_embed_checks_shapes():
+    model = PairClassifier(dim=8, k=5)
+    with pytest.raises(ValueError, match=r"\[B, 5, 8\]"):
+        model.embed(torch.randn(4, 8), torch.randn(4, 6, 8))
+    with pytest.raises(ValueError, match=r"\[B, 8\]"):
+        model.embed(torch.randn(4, 7), torch.randn(4, 5, 7))
+
+
+@pytest.mark.parametrize("dim,k,n,missing", [(16, 8, 300, 0), (16, 8, 300, 40), (5, 3, 50, 10),
+                                             (7, 1, 20, 0), (32, 20, 120, 25)])
+@pytest.mark.parametrize("factorised", [True, False])
+def test_inference_path_matches_reference(dim, k, n, missing, factorised):
+    model = randomise(PairClassifier(dim, k), seed=dim + k).eval()
+    x, nbrs = toy_graph(n, dim, k, seed=n, missing=missing)
+    want = reference_embeddings(model, x, nbrs)
+    got = model.node_embeddings(x, nbrs, batch_size=37, factorised=factorised)
+    assert got.dtype == torch.float32 and got.shape == (n, 2 * dim)
+    assert float((got - want).abs().max()) <= 1e-4
+
+    src = torch.arange(n)
+    dst = torch.where(nbrs[:, -1] >= 0, nbrs[:, -1], 0)
+    with torch.no_grad():
+        logits = model(x[src], ops.gather(x, nbrs, src), x[dst], ops.gather(x, nbrs, dst))
+    prob = model.score_pairs(got, src, dst, batch_size=29)
+    assert float((prob - torch.softmax(logits, 1)[:, 1]).abs().max()) <= 1e-4
+
+
+def test_inference_after_training_steps():
+    """Running statistics learned by train-mode forwards are the ones both paths use."""
+    torch.manual_seed(3)
+    model = PairClassifier(dim=16, k=6)
+    x, nbrs = toy_graph(200, 16, 6, seed=3)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        a, b = torch.randint(0, 200, (64,)), torch.randint(0, 200, (64,))
+        logits = model(x[a], ops.gather(x, nbrs, a), x[b], ops.gather(x, nbrs, b))
+        loss = nn.functional.cross_entropy(logits, (a % 2 == b % 2).long())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(model.channel_bn.running_var.min()) != 1.0
+    model.eval()
+    want = reference_embeddings(model, x, nbrs)
+    assert float((model.node_embeddings(x, nbrs) - want).abs().max()) <= 1e-4
+
+
+def test_node_embeddings_accepts_numpy_and_is_batch_invariant():
+    model = randomise(PairClassifier(8, 4), seed=0).eval()
+    x, nbrs = toy_graph(60, 8, 4, seed=0)
+    whole = model.node_embeddings(x.numpy(), nbrs.numpy(), batch_size=1000)
+    assert isinstance(whole, torch.Tensor)
+    assert torch.allclose(whole, model.node_embeddings(x, nbrs, batch_size=1), atol=1e-6)
+
+
+def test_bf16_autocast_is_close():
+    model = randomise(PairClassifier(16, 8), seed=5).eval()
+    x, nbrs = toy_graph(100, 16, 8, seed=5)
+    exact = model.node_embeddings(x, nbrs)
+    fast = model.node_embeddings(x, nbrs, bf16=True)
+    assert fast.dtype == torch.float32
+    scale = float(exact.abs().max())
+    assert float((fast - exact).abs().max()) <= 0.05 * scale
+    src, dst = torch.arange(100), nbrs[:, 1]
+    assert float((model.score_pairs(fast, src, dst, bf16=True)
+                  - model.score_pairs(exact, src, dst)).abs().max()) < 0.1
+
+
+def test_empty_inputs():
+    model = PairClassifier(4, 2).eval()
+    e = model.node_embeddings(torch.zeros(0, 4), torch.zeros(0, 2, dtype=torch.int64))
+    assert e.shape == (0, 8)
+    assert model.score_pairs(torch.zeros(3, 8), torch.zeros(0, dtype=torch.int64),
+                             torch.zeros(0, dtype=torch.int64)).shape == (0,)
+
+
+def test_inference_input_errors():
+    model = PairClassifier(4, 3)
+    x, nbrs = toy_graph(20, 4, 3, seed=0)
+    with pytest.raises(RuntimeError, match="eval"):
+        model.node_embeddings(x, nbrs)
+    model.eval()
+    with pytest.raises(ValueError, match="shape"):
+        model.node_embeddings(torch.randn(20, 5), nbrs)
+    with pytest.raises(ValueError, match="shape"):
+        model.node_embeddings(x, nbrs[:, :2])
+    bad = nbrs.clone()
+    bad[3, 1] = 20
+    with pytest.raises(IndexError, match="20"):
+        model.node_embeddings(x, bad)
+    nan = x.clone()
+    nan[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.node_embeddings(nan, nbrs)
+    with pytest.raises(TypeError):
+        model.node_embeddings(x, nbrs.float())
+    e = model.node_embeddings(x, nbrs)
+    with pytest.raises(IndexError):
+        model.score_pairs(e, torch.tensor([0, 25]), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        model.score_pairs(e, torch.tensor([0, 1]), torch.tensor([1]))
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    model = randomise(PairClassifier(16, 8), seed=2).eval()
+    x, nbrs = toy_graph(150, 16, 8, seed=2, missing=10)
+    src, dst = torch.arange(150), nbrs[:, 1].clamp(min=0)
+    want = model.node_embeddings(x, nbrs)
+    want_prob = model.score_pairs(want, src, dst)
+    model.to("cuda")
+    got = model.node_embeddings(x.cuda(), nbrs.cuda())
+    assert got.device.type == "cuda"
+    assert float((got.cpu() - want).abs().max()) <= 1e-4
+    prob = model.score_pairs(got, src.cuda(), dst.cuda())
+    assert float((prob.cpu() - want_prob).abs().max()) <= 1e-4
+    fast = model.node_embeddings(x.cuda(), nbrs.cuda(), bf16=True)
+    assert fast.dtype == torch.float32
+    assert float((fast.cpu() - want).abs().max()) <= 0.05 * float(want.abs().max())
