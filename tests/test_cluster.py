@@ -1,0 +1,100 @@
+"""The clustering pipeline end to end on small synthetic sets (random-weight networks)."""
+import numpy as np
+import pytest
+import torch
+
+from sepfl import baselines, ops
+from sepfl.cluster import ClusterConfig, cluster
+from sepfl.datasets import make_faces
+from sepfl.knn import build_knn
+from sepfl.model import PairClassifier
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_faces(25, dim=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return PairClassifier(16, K).eval()
+
+
+def run(features, model, **settings):
+    return cluster(features, model, ClusterConfig(k=K, device="cpu", progress=False, **settings))
+
+
+def test_pipeline_outputs_are_consistent(faces, model):
+    result = run(faces.features, model)
+    n = len(faces.labels)
+    assert result.labels.shape == (n,) and result.labels.dtype == np.int64
+    assert list(result.timings) == ["normalize", "knn", "density", "pairs", "embeddings",
+                                    "scores", "link"]
+    # labels are exactly the components of the accepted pairs, numbered by smallest member
+    np.testing.assert_array_equal(
+        result.labels, ops.link(result.src, result.dst, result.scores, 0.5, n))
+    first = np.unique(result.labels, return_index=True)[1]
+    assert np.all(np.diff(first) > 0)
+    assert len(result.src) < n and np.all(result.density[result.dst] > result.density[result.src])
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+
+
+def test_pipeline_is_deterministic_and_accepts_tensors(faces, model):
+    a = run(faces.features, model)
+    b = run(torch.from_numpy(faces.features), model)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_precomputed_knn_gives_the_same_labels(faces, model):
+    knn = build_knn(faces.features, k=K, progress=False)
+    given = cluster(faces.features, model, ClusterConfig(k=K, device="cpu", progress=False),
+                    knn=knn)
+    np.testing.assert_array_equal(given.labels, run(faces.features, model).labels)
+
+
+def test_threshold_extremes(faces, model):
+    assert run(faces.features, model, threshold=1.0).num_clusters == len(faces.labels)
+    everything = run(faces.features, model, threshold=0.0)
+    # with every pair linked, only local density peaks start clusters
+    peaks = len(faces.labels) - len(everything.src)
+    assert everything.num_clusters == peaks
+
+
+def test_unnormalised_features_warn_and_still_cluster(faces, model):
+    with pytest.warns(UserWarning, match="not unit length"):
+        scaled = run(faces.features * 3.0, model)
+    np.testing.assert_array_equal(scaled.labels, run(faces.features, model).labels)
+
+
+def test_oracle_on_pairs_beats_nothing(faces):
+    knn = build_knn(faces.features, k=K, progress=False)
+    from sepfl.metrics import pairwise
+    precision, _, _ = pairwise(faces.labels, baselines.oracle(*knn, faces.labels))
+    assert precision == 1.0
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(k=8), "model was built for k = 10"),
+])
+def test_config_must_match_model(faces, model, change, match):
+    with pytest.raises(ValueError, match=match):
+        cluster(faces.features, model, ClusterConfig(device="cpu", progress=False, **change))
+
+
+def test_bad_inputs(faces, model):
+    with pytest.raises(ValueError, match="D = 8"):
+        run(faces.features[:, :8], model)
+    with pytest.raises(ValueError, match="k"):
+        run(faces.features[:K], model)  # fewer samples than k + 1
+    bad = faces.features.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        run(bad, model)
+    with pytest.raises(ValueError, match="threshold"):
+        ClusterConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="device"):
+        ClusterConfig(device="tpu")
