@@ -13,3 +13,13 @@ def has_cuda() -> bool:
     import torch
 
     return _cuda.device_count() > 0 and torch.cuda.is_available()
+
+
+def __getattr__(name: str):
+    # SEPFL is imported on first use: the estimator pulls in torch and the
+    # whole pipeline, which `import sepfl` alone should not pay for.
+    if name == "SEPFL":
+        from sepfl.estimator import SEPFL
+
+        return SEPFL
+    raise AttributeError(f"module 'sepfl' has no attribute {name!r}")

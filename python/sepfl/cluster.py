@@ -48,7 +48,7 @@ class ClusterConfig:
         "auto", "faiss" or "torch" (see :func:`sepfl.knn.build_knn`).
     knn_precision : str
         "fp32", "tf32" or "bf16" for the torch kNN backend.
-    batch_size : int
+    node_batch_size : int
         Samples embedded at a time.
     pair_batch_size : int
         Pairs classified at a time.
@@ -65,7 +65,7 @@ class ClusterConfig:
     device: Optional[str] = None
     knn_backend: str = "auto"
     knn_precision: str = "fp32"
-    batch_size: int = 2048
+    node_batch_size: int = 2048
     pair_batch_size: int = 65536
     bf16: bool = False
     progress: bool = True
@@ -75,7 +75,7 @@ class ClusterConfig:
         check_probability(self.rho, "rho")
         check_probability(self.threshold, "threshold")
         check_positive_int(self.max_per_node, "max_per_node")
-        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.node_batch_size, "node_batch_size")
         check_positive_int(self.pair_batch_size, "pair_batch_size")
         resolve_device(self.device)
 
@@ -206,7 +206,8 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
     model = model.to(device).eval()
     with watch.stage("embeddings"):
-        e = model.node_embeddings(features, nbrs, batch_size=config.batch_size, bf16=config.bf16)
+        e = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
+                                  bf16=config.bf16)
     with watch.stage("scores"):
         scores = model.score_pairs(e, src, dst, batch_size=config.pair_batch_size,
                                    bf16=config.bf16)
