@@ -8,7 +8,8 @@ object: C-contiguous, float32 for values, int64 for indices.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +19,19 @@ Array = Any  # numpy.ndarray or torch.Tensor
 
 def is_tensor(x: Array) -> bool:
     return isinstance(x, torch.Tensor)
+
+
+def to_tensor(x: Array, device: Optional[torch.device] = None) -> torch.Tensor:
+    """``x`` as a tensor on ``device``, sharing memory with a numpy ``x`` when it stays on the CPU.
+
+    A read-only array (a memory-mapped file) is wrapped without torch's
+    warning: sepfl never writes into its inputs.
+    """
+    if not is_tensor(x):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.asarray(x))
+    return x if device is None else x.to(device)
 
 
 def _describe(x: Array) -> str:

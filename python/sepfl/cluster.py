@@ -20,7 +20,8 @@ import torch
 
 import sepfl
 from sepfl import ops
-from sepfl._validate import Array, as_values, check_positive_int, check_probability
+from sepfl._validate import (Array, as_values, check_positive_int, check_probability,
+                             to_tensor)
 from sepfl.io import normalize_features
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
@@ -188,7 +189,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
                          f"for D = {model.dim}")
     watch = _Stopwatch(device)
     with watch.stage("normalize"):
-        features = torch.as_tensor(normalize_features(features)).to(device)
+        features = to_tensor(normalize_features(features), device)
     with watch.stage("knn"):
         if knn is None:
             nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
@@ -196,7 +197,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
                                    progress=config.progress)
         else:
             nbrs, sims = knn
-        nbrs, sims = torch.as_tensor(nbrs).to(device), torch.as_tensor(sims).to(device)
+        nbrs, sims = to_tensor(nbrs, device), to_tensor(sims, device)
         if nbrs.shape != (features.shape[0], config.k):
             raise ValueError(f"knn table has shape {tuple(nbrs.shape)}, expected "
                              f"({features.shape[0]}, {config.k})")

@@ -1,0 +1,93 @@
+"""Per-stage time, end-to-end time and peak memory of the pipeline against N.
+
+For each N (synthetic face-like sets) it runs the whole pipeline and prints
+the time of every stage (kNN, density, pairs, node embeddings, pair scores,
+union-find) plus metrics, end to end, peak resident memory and time per
+sample; it stops growing N once a run exceeds ``--budget`` seconds. In the
+same run, at the smallest N, the un-cached per-pair network (both samples of
+every pair embedded from scratch, as the authors' test code does) is timed
+against sepfl's per-sample embeddings + pair scores on the same pairs.
+
+    python benchmarks/speed.py [--sizes 10000,30000,100000,300000,600000] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import header, table  # noqa: E402
+
+from sepfl.cluster import ClusterConfig, cluster  # noqa: E402
+from sepfl.datasets import make_faces  # noqa: E402
+from sepfl.estimator import SEPFL  # noqa: E402
+from sepfl.knn import build_knn  # noqa: E402
+from sepfl.metrics import evaluate  # noqa: E402
+
+STAGES = ["knn", "density", "pairs", "embeddings", "scores", "link"]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@torch.no_grad()
+def per_pair_seconds(model, features, nbrs, src, dst, batch=1024):
+    """Seconds of the reference forward over every pair (no sharing of embeddings)."""
+    x, nbrs = torch.from_numpy(features), torch.as_tensor(nbrs)
+    start = time.perf_counter()
+    for lo in range(0, len(src), batch):
+        a, b = torch.as_tensor(src[lo:lo + batch]), torch.as_tensor(dst[lo:lo + batch])
+        model(x[a], x[nbrs[a]], x[b], x[nbrs[b]])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,30000,100000,300000,600000")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="network under bf16 autocast")
+    parser.add_argument("--budget", type=float, default=600,
+                        help="stop after the first N whose run takes longer (seconds)")
+    args = parser.parse_args()
+    estimator = SEPFL.pretrained(device=args.device, bf16=args.bf16, progress=False)
+    model = estimator.model_
+    rows, baseline = [], "per-pair baseline: measured on the CPU only"
+    for n in (int(s) for s in args.sizes.split(",")):
+        data = make_faces(max(2, n // 65), seed=7)
+        features, gt = data.features[:n], data.labels[:n]
+        start = time.perf_counter()
+        result = cluster(features, model, estimator.cluster_config)
+        total = time.perf_counter() - start
+        start = time.perf_counter()
+        quality = evaluate(gt, result.labels)
+        metrics_s = time.perf_counter() - start
+        rows.append([f"{len(gt):,}"] + [f"{result.timings[s]:.2f}" for s in STAGES]
+                    + [f"{metrics_s:.2f}", f"{total:.1f}", f"{total / len(gt) * 1e6:.0f}",
+                       f"{peak_rss_gib():.1f}", f"{quality['pairwise_f']:.3f}"])
+        print(" | ".join(rows[-1]), flush=True)
+        if len(rows) == 1 and args.device == "cpu":
+            nbrs = build_knn(features, k=model.k, progress=False)[0]
+            reference = per_pair_seconds(model, features, nbrs, result.src, result.dst)
+            cached = result.timings["embeddings"] + result.timings["scores"]
+            baseline = (f"per-pair network at N = {len(gt):,}: {reference:.1f} s for "
+                        f"{len(result.src):,} pairs; sepfl embeddings + scores: {cached:.1f} s "
+                        f"({reference / cached:.1f}x)")
+            print(baseline, flush=True)
+        if total > args.budget:
+            break
+    print()
+    print(header(f"speed: pipeline stages vs N, device {args.device}, bf16 {args.bf16}"))
+    print(baseline)
+    print(table(["N"] + [f"{s} s" for s in STAGES] + ["metrics s", "total s", "µs/sample",
+                                                      "peak RSS GiB", "F_P"], rows))
+
+
+if __name__ == "__main__":
+    main()
