@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 
@@ -50,6 +51,9 @@ std::tuple<Indices, Indices> select_pairs(const Indices& nbrs, const Floats& den
   const int64_t n = nbrs.shape(0), k = nbrs.shape(1);
   require_dim(density, 0, n, "density");
   SEPFL_CHECK(max_per_node >= 1, "max_per_node must be >= 1, got " << max_per_node);
+  // A node has at most k distinct partners, so the cap changes no result and
+  // keeps n * max_per_node from overflowing.
+  max_per_node = std::min(max_per_node, std::max<int64_t>(k, 1));
   std::vector<int64_t> padded(static_cast<size_t>(n * max_per_node));
   int64_t count;
   {

@@ -14,9 +14,10 @@ namespace {
 // exp(x) for x <= 0, built from float arithmetic alone so the compiler can
 // vectorise the loops that call it (libm's expf/erff stop vectorisation).
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 Taylor
-// polynomial: relative error below 2e-7 on [-87, 0].
+// polynomial: relative error below 2e-7 on [-87, 0]. (gelu_erf multiplies the
+// result by x, so a NaN input still gives NaN.)
 inline float exp_nonpositive(float x) {
-  x = x < -87.f ? -87.f : x;
+  x = x > -87.f ? x : -87.f;  // also maps NaN to -87: the float->int cast below must stay defined
   const float round_magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = (x * 1.44269504f + round_magic) - round_magic;
   const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;

@@ -60,7 +60,9 @@ def gather_add(a, bproj, nbrs, node_ids, bias=None, gelu=True):
 
 def aggregate(weights, features, nbrs, node_ids):
     rows = _neighbour_rows(features, nbrs, node_ids)
-    return np.einsum("bk,bkd->bd", np.asarray(weights, dtype=np.float64), rows)
+    # an empty slot adds nothing, whatever its weight (NaN included)
+    weights = np.where(nbrs[node_ids] >= 0, np.asarray(weights, dtype=np.float64), 0.0)
+    return np.einsum("bk,bkd->bd", weights, rows)
 
 
 def link(src, dst, scores, threshold, num_nodes):

@@ -21,7 +21,7 @@ build=${SANITIZE_BUILD_DIR:-build/sanitize}
 # build directory instead of writing it over python/sepfl/_core*.so.
 # float-cast-overflow is not part of GCC's -fsanitize=undefined; it catches
 # NaN or out-of-range floats converted to integers.
-cmake -S . -B "$build" -DSEPFL_SANITIZE=ON -DSEPFL_CUDA=OFF -DSKBUILD=ON \
+cmake -S . -B "$build" -DSEPFL_SANITIZE=ON -DSEPFL_CUDA=OFF -DSEPFL_INPLACE=OFF \
   -DCMAKE_CXX_FLAGS="-fsanitize=float-cast-overflow" \
   -Dpybind11_DIR="$("$python" -m pybind11 --cmakedir)" \
   $(command -v ninja >/dev/null && echo -G Ninja) >/dev/null

@@ -59,11 +59,6 @@ else:
     print("returned", result)
 """
 
-KNOWN_BUG_MAX_PER_NODE = pytest.mark.xfail(
-    strict=True, reason="select_pairs allocates n * max_per_node slots (bind_core.cpp) without "
-    "capping max_per_node at k: the product wraps (heap overflow) or cannot be allocated")
-
-
 def case(case_id, expression, expected, marks=()):
     """One row of the table: ``expected`` is "raised <ExceptionName>" or
     "returned <the result as print shows it>"."""
@@ -113,10 +108,10 @@ CASES = [
     case("select-max-per-node-2**63", "_core.select_pairs(NBRS, DENS, 2**63)", "raised TypeError"),
     case("select-max-per-node-wraps",
          "_core.select_pairs(np.zeros((4, 1), np.int64), f32(4), 2**62)[0].size",
-         "returned 0", marks=KNOWN_BUG_MAX_PER_NODE),
+         "returned 0"),
     case("select-max-per-node-far-above-k",
          "_core.select_pairs(NBRS, DENS, 2**40)[1].tolist()",
-         "returned [1]", marks=KNOWN_BUG_MAX_PER_NODE),
+         "returned [1]"),
     case("select-read-only", "_core.select_pairs(readonly(NBRS), readonly(DENS), 1)[1].tolist()",
          "returned [1]"),
     # train_pairs

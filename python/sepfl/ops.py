@@ -10,7 +10,9 @@ are converted once, here). ``nbrs`` is an ``[N, k]`` kNN table with each row's
 own index at rank 0; an entry ``-1`` (faiss's marker for a missing neighbour)
 is an empty slot: it is never chosen as a pair partner and contributes a zero
 feature vector to :func:`gather`, :func:`gather_add` and :func:`aggregate`.
-Any other index outside ``[0, N)`` raises IndexError.
+Any other index outside ``[0, N)`` that an operation reads raises IndexError
+(the CUDA path checks whole tables up front; the CPU kernels check each entry
+as they read it, so an entry they never read is not reported).
 
 Errors: TypeError for a wrong dtype, ValueError for a wrong shape or value
 (NaN similarities, ``rho`` or ``threshold`` outside [0, 1]), IndexError for an
@@ -108,7 +110,8 @@ def select_pairs(nbrs: Array, density: Array, max_per_node: int = 1) -> Tuple[Ar
     """
     nbrs = as_indices(nbrs, "nbrs", 2)
     density = as_values(density, "density", 1, shape=(nbrs.shape[0],))
-    max_per_node = check_positive_int(max_per_node, "max_per_node")
+    # at most k distinct partners exist, so the cap changes no result
+    max_per_node = min(check_positive_int(max_per_node, "max_per_node"), max(nbrs.shape[1], 1))
     check_finite(density, "density")
     if same_device(nbrs, density) == "cuda":
         _check_nbrs_cuda(nbrs)
