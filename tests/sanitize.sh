@@ -17,8 +17,8 @@ start=$SECONDS
 python=${PYTHON:-python}
 build=${SANITIZE_BUILD_DIR:-build/sanitize}
 
-# SKBUILD=ON lays the build out as a pip build does, keeping the module in the
-# build directory instead of writing it over python/sepfl/_core*.so.
+# SEPFL_INPLACE=OFF keeps the module in the build directory instead of writing
+# it over python/sepfl/_core*.so.
 # float-cast-overflow is not part of GCC's -fsanitize=undefined; it catches
 # NaN or out-of-range floats converted to integers.
 cmake -S . -B "$build" -DSEPFL_SANITIZE=ON -DSEPFL_CUDA=OFF -DSEPFL_INPLACE=OFF \
