@@ -28,7 +28,14 @@ from sepfl import ops
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, is_tensor)
 
-__all__ = ["PairClassifier"]
+__all__ = ["PairClassifier", "bf16_autocast"]
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device``'s type when ``enabled``, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _mlp(width_in: int, width_hidden: int, width_out: int, dropout: float,
@@ -197,11 +204,6 @@ class PairClassifier(nn.Module):
 
     # ----------------------------------------------------------------- inference path
 
-    def _autocast(self, device: torch.device, bf16: bool):
-        if not bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
     def _check_inference(self, device: torch.device) -> None:
         if self.training:
             raise RuntimeError("the inference path needs eval mode: call model.eval() first")
@@ -214,7 +216,7 @@ class PairClassifier(nn.Module):
         """``features @ weight.T`` as float32 [N, H], computed batch by batch."""
         out = torch.empty((features.shape[0], weight.shape[0]), dtype=torch.float32,
                           device=features.device)
-        with self._autocast(features.device, bf16):
+        with bf16_autocast(features.device, bf16):
             for start in range(0, features.shape[0], batch_size):
                 out[start:start + batch_size] = nn.functional.linear(
                     features[start:start + batch_size], weight)
@@ -286,7 +288,7 @@ class PairClassifier(nn.Module):
         for start in range(0, n, batch_size):
             ids = torch.arange(start, min(start + batch_size, n), device=features.device)
             f, nbr_feats = features[ids], ops.gather(features, nbrs, ids)
-            with self._autocast(features.device, bf16):
+            with bf16_autocast(features.device, bf16):
                 hidden = gathered_hidden(ids) if factorised \
                     else self._hidden(self._tokens(f, nbr_feats))
                 out[start:start + ids.shape[0]] = self._embed_hidden(f, nbr_feats, hidden)
@@ -325,7 +327,7 @@ class PairClassifier(nn.Module):
         prob = torch.empty(src.shape[0], dtype=torch.float32, device=e.device)
         for start in range(0, src.shape[0], batch_size):
             a, b = src[start:start + batch_size], dst[start:start + batch_size]
-            with self._autocast(e.device, bf16):
+            with bf16_autocast(e.device, bf16):
                 logits = self.classify(e[a], e[b])
             prob[start:start + a.shape[0]] = torch.softmax(logits.float(), dim=1)[:, 1]
         return prob

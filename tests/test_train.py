@@ -1,0 +1,240 @@
+"""Training: schedule, sampling, determinism, checkpoints and resumption, bad input."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import sepfl
+from sepfl import ops
+from sepfl import train as training
+from sepfl.io import fingerprint
+from sepfl.model import PairClassifier
+from sepfl.train import TrainConfig, learning_rate, load_checkpoint, save_checkpoint, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds barrier waits on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_faces(n_ids=24, per_id=8, dim=16, noise=0.6, seed=0):
+    """Gaussian identities on the sphere, noisy enough that some kNN pairs are negatives."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_ids, dim)).astype(np.float32)
+    labels = np.repeat(np.arange(n_ids), per_id)
+    x = centres[labels] + noise * rng.standard_normal((len(labels), dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def small_config(**overrides):
+    # enough steps, at a higher rate than the paper's, for the loss to fall on the toy set
+    settings = dict(epochs=3, pairs_per_epoch=384, batch_size=32, ranks=5, lr=0.05,
+                    lr_milestones=(0.8,), device="cpu", bf16=False, progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return toy_faces()
+
+
+@pytest.fixture(scope="module")
+def trained(faces, tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "model.pt"
+    model = train(*faces, small_config(), k=K, checkpoint=path)
+    return model, path
+
+
+def test_learning_rate_schedule_of_the_paper():
+    config = TrainConfig.paper()
+    assert (config.epochs, config.pairs_per_epoch, config.batch_size) == (100, 2_000_000, 512)
+    assert (config.lr, config.momentum, config.weight_decay) == (0.01, 0.9, 1e-4)
+    total = 100 * 10  # 10 steps per epoch
+    rates = [learning_rate(config, epoch * 10, total) for epoch in (0, 39, 40, 59, 60, 79, 80, 99)]
+    assert rates == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    assert learning_rate(config, 399, total) == 1e-2
+    assert learning_rate(config, 400, total) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("lr", 0.0),
+                                         ("momentum", 1.5), ("lr_milestones", (0.6, 0.4)),
+                                         ("lr_milestones", (0.0,)), ("weight_decay", -1.0),
+                                         ("device", "tpu")])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError):
+        TrainConfig(**{field: value})
+
+
+def test_epoch_pairs_are_balanced(faces):
+    x, labels = faces
+    graph = training._training_graph(x, labels, K, 5, None, torch.device("cpu"))
+    config = small_config(pairs_per_epoch=60)
+    first, second = (training._epoch_pairs(graph, config, epoch) for epoch in (0, 1))
+    for chosen in (first, second):
+        assert len(chosen) == 60 and len(np.unique(chosen)) == 60
+        assert graph.target[chosen].sum() == 30
+    assert set(first) != set(second)
+    fixed = small_config(pairs_per_epoch=60, resample_pairs=False)
+    a, b = (training._epoch_pairs(graph, fixed, epoch) for epoch in (0, 1))
+    assert set(a) == set(b) and not np.array_equal(a, b)
+    # Candidates are ranks 1..5 of every row: (i, nbrs[i, r]) with the right targets.
+    assert np.array_equal(graph.target, (labels[graph.src] == labels[graph.dst]).astype(np.int64))
+    assert len(graph.src) == len(x) * 5
+
+
+def test_shared_node_logits_match_per_pair_forward(faces):
+    torch.manual_seed(0)
+    x, labels = faces
+    graph = training._training_graph(x, labels, K, 5, None, torch.device("cpu"))
+    model = PairClassifier(16, K).eval()
+    src = torch.from_numpy(graph.src[:50])
+    dst = torch.from_numpy(graph.dst[:50])
+    with torch.no_grad():
+        shared = training._pair_logits(model, graph, src, dst)
+        per_pair = model(graph.features[src], ops.gather(graph.features, graph.nbrs, src),
+                         graph.features[dst], ops.gather(graph.features, graph.nbrs, dst))
+    assert float((shared - per_pair).abs().max()) <= 1e-5
+
+
+def test_training_learns_and_writes_a_checkpoint(faces, trained):
+    x, _ = faces
+    model, path = trained
+    assert not model.training
+    checkpoint = load_checkpoint(path, dim=16, k=K)
+    assert checkpoint["epoch"] == 3
+    assert checkpoint["sepfl_version"] == sepfl.__version__
+    assert (checkpoint["dim"], checkpoint["k"]) == (16, K)
+    assert checkpoint["fingerprint"] == fingerprint(x)
+    assert checkpoint["config"] == small_config()
+    history = checkpoint["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["accuracy"] > 0.5  # balanced pairs: better than chance
+    for name, value in model.state_dict().items():
+        assert torch.equal(checkpoint["model"].state_dict()[name], value), name
+
+
+def test_training_is_deterministic(faces, trained, tmp_path):
+    again = train(*faces, small_config(), k=K)
+    for name, value in trained[0].state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+    other = train(*faces, small_config(seed=1), k=K)
+    assert not torch.equal(other.channel_mix[0].weight, again.channel_mix[0].weight)
+
+
+def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch):
+    path = tmp_path / "interrupted.pt"
+    real_epoch = training._train_epoch
+
+    def crash_in_second_epoch(model, optimizer, graph, config, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(model, optimizer, graph, config, epoch, *args)
+
+    monkeypatch.setattr(training, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(*faces, small_config(), k=K, checkpoint=path)
+    assert load_checkpoint(path)["epoch"] == 1
+    monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    resumed = train(*faces, small_config(progress=True), k=K, checkpoint=path)
+    for name, value in trained[0].state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [1, 2, 3]
+
+
+def test_resume_refuses_other_data_or_settings(faces, trained):
+    x, labels = faces
+    _, path = trained
+    with pytest.raises(ValueError, match="other data"):
+        train(x[::-1].copy(), labels[::-1].copy(), small_config(), k=K, checkpoint=path)
+    with pytest.raises(ValueError, match="lr"):
+        train(x, labels, small_config(lr=0.1), k=K, checkpoint=path)
+
+
+def test_finished_checkpoint_returns_without_training(faces, trained, monkeypatch):
+    monkeypatch.setattr(training, "_train_epoch", None)
+    model = train(*faces, small_config(), k=K, checkpoint=trained[1])
+    assert torch.equal(model.classifier[9].weight, trained[0].classifier[9].weight)
+
+
+def test_validation_history(faces, tmp_path):
+    x, labels = faces
+    val_x, val_labels = toy_faces(n_ids=10, seed=1)
+    path = tmp_path / "v.pt"
+    train(x, labels, small_config(epochs=2), k=K, validation=(val_x, val_labels + 100),
+          checkpoint=path)
+    history = load_checkpoint(path)["history"]
+    assert len(history) == 2
+    for record in history:
+        assert 0 < record["pairwise_f"] <= 1 and 0 < record["bcubed_f"] <= 1
+        assert set(record) >= {"pairwise_precision", "bcubed_recall", "nmi", "pairs_per_s"}
+
+
+def test_checkpoint_round_trip_and_extras(tmp_path):
+    model = PairClassifier(8, 4)
+    save_checkpoint(tmp_path / "m.pt", model, small_config(), extra={"cluster_config": {"k": 4}})
+    loaded = load_checkpoint(tmp_path / "m.pt", dim=8, k=4)
+    assert loaded["cluster_config"] == {"k": 4}
+    assert loaded["config"] == small_config()
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.pt"]  # no temporary file left behind
+
+
+def test_load_bare_state_dict(tmp_path):
+    model = PairClassifier(8, 4)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    loaded = load_checkpoint(tmp_path / "bare.pt")
+    assert loaded["config"] is None and (loaded["dim"], loaded["k"]) == (8, 4)
+
+
+def test_load_rejects_bad_files(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, PairClassifier(8, 4), small_config())
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="neither"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="dim = 8"):
+        load_checkpoint(path, dim=16)
+    with pytest.raises(ValueError, match="k = 4"):
+        load_checkpoint(path, k=80)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_bad_training_input(faces):
+    x, labels = faces
+    with pytest.raises(ValueError, match="two identities"):
+        train(x, np.zeros(len(x), dtype=np.int64), small_config(), k=K)
+    with pytest.raises(ValueError, match="0 positive"):
+        train(x, np.arange(len(x)), small_config(), k=K)
+    nan = x.copy()
+    nan[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train(nan, labels, small_config(), k=K)
+    with pytest.raises(ValueError, match="k must be >= 6"):
+        train(x, labels, small_config(), k=5)
+    with pytest.raises(ValueError, match="shape"):
+        train(x, labels[:-1], small_config(), k=K)
+    with pytest.raises(TypeError):
+        train(x, labels.astype(np.float32), small_config(), k=K)
+
+
+def test_config_is_a_plain_dataclass():
+    stored = dataclasses.asdict(TrainConfig())
+    assert TrainConfig(**stored) == TrainConfig()
