@@ -250,7 +250,8 @@ def _numpy(x: Array) -> np.ndarray:
 
 
 def _training_graph(features: Array, labels: Array, k: int, ranks: int,
-                    knn: Optional[Tuple[Array, Array]], device: torch.device) -> _Graph:
+                    knn: Optional[Tuple[Array, Array]], device: torch.device,
+                    progress: Optional[bool] = None) -> _Graph:
     features = as_values(features, "features", 2)
     labels = _numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
     check_finite(features, "features")
@@ -259,7 +260,7 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                          f"{np.unique(labels).size}")
     features = normalize_features(features)
     if knn is None:
-        nbrs = build_knn(features, k=k)[0]
+        nbrs = build_knn(features, k=k, progress=progress)[0]
     else:
         nbrs = as_indices(knn[0], "knn nbrs", 2, shape=(features.shape[0], k))
     src, dst, target = ops.train_pairs(_numpy(nbrs), labels, ranks)
@@ -383,7 +384,9 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
     config = config or TrainConfig()
     device = resolve_device(config.device)
     k = check_positive_int(k, "k", minimum=config.ranks + 1)
-    graph = _training_graph(features, labels, k, config.ranks, knn, device)
+    # progress=False silences the kNN bar too; True leaves the choice to build_knn
+    graph = _training_graph(features, labels, k, config.ranks, knn, device,
+                            progress=None if config.progress else False)
     data_fingerprint = fingerprint(features)
     val = _prepare_validation(validation, k, device)
     path = None if checkpoint is None else Path(checkpoint)
