@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -45,7 +45,6 @@ labelings = st.integers(1, 30).flatmap(
                         | st.lists(st.integers(-3, 3), min_size=n, max_size=n)))
 
 
-@settings(max_examples=60, deadline=None)
 @given(labelings)
 def test_pairwise_and_bcubed_match_brute_force(pair):
     gt, pred = pair
@@ -60,7 +59,6 @@ def test_pairwise_and_bcubed_match_brute_force(pair):
     assert scores["bcubed_f"] == pytest.approx(f_score(p, r), abs=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
 @given(labelings)
 def test_nmi_matches_sklearn(pair):
     gt, pred = pair

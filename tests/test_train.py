@@ -24,7 +24,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def toy_faces(n_ids=24, per_id=8, dim=16, noise=0.6, seed=0):
+def toy_faces(n_ids=40, per_id=6, dim=16, noise=0.4, seed=0):
     """Gaussian identities on the sphere, noisy enough that some kNN pairs are negatives."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_ids, dim)).astype(np.float32)
@@ -33,14 +33,16 @@ def toy_faces(n_ids=24, per_id=8, dim=16, noise=0.6, seed=0):
     return x / np.linalg.norm(x, axis=1, keepdims=True), labels
 
 
+K, RANKS = 8, 7
+
+
 def small_config(**overrides):
-    # enough steps, at a higher rate than the paper's, for the loss to fall on the toy set
-    settings = dict(epochs=3, pairs_per_epoch=384, batch_size=32, ranks=5, lr=0.05,
-                    lr_milestones=(0.8,), device="cpu", bf16=False, progress=False)
+    # A short warm-up, then 80 SGD steps at a higher rate than the paper's: enough for the
+    # loss to fall on the toy set.
+    settings = dict(epochs=4, pairs_per_epoch=640, batch_size=32, ranks=RANKS, optimizer="sgd",
+                    lr=0.1, lr_milestones=(0.8,), warmup_steps=20, warmup_batch_size=64,
+                    device="cpu", bf16=False, progress=False)
     return TrainConfig(**{**settings, **overrides})
-
-
-K = 8
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,7 @@ def test_learning_rate_schedule_of_the_paper():
     config = TrainConfig.paper()
     assert (config.epochs, config.pairs_per_epoch, config.batch_size) == (100, 2_000_000, 512)
     assert (config.lr, config.momentum, config.weight_decay) == (0.01, 0.9, 1e-4)
+    assert (config.optimizer, config.warmup_steps, config.bf16) == ("sgd", 0, False)
     total = 100 * 10  # 10 steps per epoch
     rates = [learning_rate(config, epoch * 10, total) for epoch in (0, 39, 40, 59, 60, 79, 80, 99)]
     assert rates == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
@@ -69,7 +72,8 @@ def test_learning_rate_schedule_of_the_paper():
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("lr", 0.0),
                                          ("momentum", 1.5), ("lr_milestones", (0.6, 0.4)),
                                          ("lr_milestones", (0.0,)), ("weight_decay", -1.0),
-                                         ("device", "tpu")])
+                                         ("device", "tpu"), ("optimizer", "adam"),
+                                         ("warmup_steps", -1), ("warmup_lr", 0.0)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError):
         TrainConfig(**{field: value})
@@ -77,7 +81,7 @@ def test_config_rejects_bad_values(field, value):
 
 def test_epoch_pairs_are_balanced(faces):
     x, labels = faces
-    graph = training._training_graph(x, labels, K, 5, None, torch.device("cpu"))
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
     config = small_config(pairs_per_epoch=60)
     first, second = (training._epoch_pairs(graph, config, epoch) for epoch in (0, 1))
     for chosen in (first, second):
@@ -87,15 +91,16 @@ def test_epoch_pairs_are_balanced(faces):
     fixed = small_config(pairs_per_epoch=60, resample_pairs=False)
     a, b = (training._epoch_pairs(graph, fixed, epoch) for epoch in (0, 1))
     assert set(a) == set(b) and not np.array_equal(a, b)
-    # Candidates are ranks 1..5 of every row: (i, nbrs[i, r]) with the right targets.
+    # Candidates are ranks 1..RANKS of every row, with the right targets.
+    assert np.array_equal(graph.src, np.repeat(np.arange(len(x)), RANKS))
+    assert np.array_equal(graph.dst, graph.nbrs[:, 1:RANKS + 1].numpy().ravel())
     assert np.array_equal(graph.target, (labels[graph.src] == labels[graph.dst]).astype(np.int64))
-    assert len(graph.src) == len(x) * 5
 
 
 def test_shared_node_logits_match_per_pair_forward(faces):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, 5, None, torch.device("cpu"))
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
     model = PairClassifier(16, K).eval()
     src = torch.from_numpy(graph.src[:50])
     dst = torch.from_numpy(graph.dst[:50])
@@ -106,20 +111,58 @@ def test_shared_node_logits_match_per_pair_forward(faces):
     assert float((shared - per_pair).abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
+    torch.manual_seed(0)
+    x, labels = faces
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
+    model = PairClassifier(16, K).init_mean_attention()
+    getattr(model, mode)()
+    ids = torch.arange(len(x))
+    with torch.no_grad():
+        e = model.embed(graph.features, ops.gather(graph.features, graph.nbrs, ids))
+    expected = training._initial_embeddings(graph, batch_size=37)
+    assert float((e - expected).abs().max()) <= 1e-6
+    mean = graph.features[graph.nbrs].mean(dim=1)
+    assert float((expected[:, 16:] - mean).abs().max()) <= 1e-6
+
+
+def test_warm_up_trains_only_the_classifier(faces):
+    torch.manual_seed(0)
+    x, labels = faces
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
+    model = PairClassifier(16, K)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    record = training._warm_up(model, graph, small_config(warmup_steps=200),
+                               torch.device("cpu"))
+    for name, value in model.state_dict().items():
+        changed = not torch.equal(before[name], value)
+        expected = name.startswith(("classifier.", "attention_layer.3."))
+        assert changed == expected or name.endswith("num_batches_tracked"), name
+    assert record["epoch"] == 0
+    e = training._initial_embeddings(graph)
+    with torch.no_grad():
+        same = model.eval().classify(e[graph.src], e[graph.dst]).argmax(1).numpy() == 1
+    positive = graph.target == 1
+    balanced_accuracy = (same[positive].mean() + (~same[~positive]).mean()) / 2
+    assert balanced_accuracy > 0.75  # chance is 0.5
+
+
 def test_training_learns_and_writes_a_checkpoint(faces, trained):
     x, _ = faces
     model, path = trained
     assert not model.training
     checkpoint = load_checkpoint(path, dim=16, k=K)
-    assert checkpoint["epoch"] == 3
+    assert checkpoint["epoch"] == 4
     assert checkpoint["sepfl_version"] == sepfl.__version__
     assert (checkpoint["dim"], checkpoint["k"]) == (16, K)
     assert checkpoint["fingerprint"] == fingerprint(x)
     assert checkpoint["config"] == small_config()
     history = checkpoint["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[-1]["loss"] < history[0]["loss"]
-    assert history[-1]["accuracy"] > 0.5  # balanced pairs: better than chance
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]  # 0: the classifier warm-up
+    assert [h["lr"] for h in history[1:]] == pytest.approx([0.1, 0.1, 0.1, 0.01])
+    assert history[-1]["loss"] < history[1]["loss"] - 0.05
+    assert history[-1]["accuracy"] > 0.58  # balanced pairs: chance is 0.5
     for name, value in model.state_dict().items():
         assert torch.equal(checkpoint["model"].state_dict()[name], value), name
 
@@ -149,7 +192,7 @@ def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch):
     resumed = train(*faces, small_config(progress=True), k=K, checkpoint=path)
     for name, value in trained[0].state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
-    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [0, 1, 2, 3, 4]
 
 
 def test_resume_refuses_other_data_or_settings(faces, trained):
@@ -158,7 +201,7 @@ def test_resume_refuses_other_data_or_settings(faces, trained):
     with pytest.raises(ValueError, match="other data"):
         train(x[::-1].copy(), labels[::-1].copy(), small_config(), k=K, checkpoint=path)
     with pytest.raises(ValueError, match="lr"):
-        train(x, labels, small_config(lr=0.1), k=K, checkpoint=path)
+        train(x, labels, small_config(lr=0.5), k=K, checkpoint=path)
 
 
 def test_finished_checkpoint_returns_without_training(faces, trained, monkeypatch):
@@ -174,7 +217,7 @@ def test_validation_history(faces, tmp_path):
     train(x, labels, small_config(epochs=2), k=K, validation=(val_x, val_labels + 100),
           checkpoint=path)
     history = load_checkpoint(path)["history"]
-    assert len(history) == 2
+    assert [h["epoch"] for h in history] == [0, 1, 2]
     for record in history:
         assert 0 < record["pairwise_f"] <= 1 and 0 < record["bcubed_f"] <= 1
         assert set(record) >= {"pairwise_precision", "bcubed_recall", "nmi", "pairs_per_s"}
@@ -227,8 +270,8 @@ def test_bad_training_input(faces):
     nan[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         train(nan, labels, small_config(), k=K)
-    with pytest.raises(ValueError, match="k must be >= 6"):
-        train(x, labels, small_config(), k=5)
+    with pytest.raises(ValueError, match="k must be >= 8"):
+        train(x, labels, small_config(), k=7)
     with pytest.raises(ValueError, match="shape"):
         train(x, labels[:-1], small_config(), k=K)
     with pytest.raises(TypeError):
