@@ -37,10 +37,11 @@ K, RANKS = 8, 7
 
 
 def small_config(**overrides):
-    # A short warm-up, then 80 SGD steps at a higher rate than the paper's: enough for the
-    # loss to fall on the toy set.
+    # A short warm-up, 80 SGD steps at a higher rate than the paper's (enough for the loss to
+    # fall on the toy set) and a short refit.
     settings = dict(epochs=4, pairs_per_epoch=640, batch_size=32, ranks=RANKS, optimizer="sgd",
-                    lr=0.1, lr_milestones=(0.8,), warmup_steps=20, warmup_batch_size=64,
+                    lr=0.1, lr_milestones=(0.8,), warmup_steps=20, refit_steps=20,
+                    classifier_batch_size=64,
                     device="cpu", bf16=False, progress=False)
     return TrainConfig(**{**settings, **overrides})
 
@@ -73,7 +74,7 @@ def test_learning_rate_schedule_of_the_paper():
                                          ("momentum", 1.5), ("lr_milestones", (0.6, 0.4)),
                                          ("lr_milestones", (0.0,)), ("weight_decay", -1.0),
                                          ("device", "tpu"), ("optimizer", "adam"),
-                                         ("warmup_steps", -1), ("warmup_lr", 0.0)])
+                                         ("warmup_steps", -1), ("classifier_lr", 0.0)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError):
         TrainConfig(**{field: value})
@@ -133,8 +134,7 @@ def test_warm_up_trains_only_the_classifier(faces):
     graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
     model = PairClassifier(16, K)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    record = training._warm_up(model, graph, small_config(warmup_steps=200),
-                               torch.device("cpu"))
+    record = training._warm_up(model, graph, small_config(warmup_steps=200))
     for name, value in model.state_dict().items():
         changed = not torch.equal(before[name], value)
         expected = name.startswith(("classifier.", "attention_layer.3."))
@@ -153,16 +153,17 @@ def test_training_learns_and_writes_a_checkpoint(faces, trained):
     model, path = trained
     assert not model.training
     checkpoint = load_checkpoint(path, dim=16, k=K)
-    assert checkpoint["epoch"] == 4
+    assert checkpoint["epoch"] == 5
     assert checkpoint["sepfl_version"] == sepfl.__version__
     assert (checkpoint["dim"], checkpoint["k"]) == (16, K)
     assert checkpoint["fingerprint"] == fingerprint(x)
     assert checkpoint["config"] == small_config()
     history = checkpoint["history"]
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]  # 0: the classifier warm-up
-    assert [h["lr"] for h in history[1:]] == pytest.approx([0.1, 0.1, 0.1, 0.01])
-    assert history[-1]["loss"] < history[1]["loss"] - 0.05
-    assert history[-1]["accuracy"] > 0.58  # balanced pairs: chance is 0.5
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4, 5]  # 0 and 5: the classifier alone
+    assert [h["lr"] for h in history[1:5]] == pytest.approx([0.1, 0.1, 0.1, 0.01])
+    assert history[4]["loss"] < history[1]["loss"] - 0.05
+    # balanced pairs: chance is 0.5
+    assert history[4]["accuracy"] > 0.58 and history[5]["accuracy"] > 0.58
     for name, value in model.state_dict().items():
         assert torch.equal(checkpoint["model"].state_dict()[name], value), name
 
@@ -175,24 +176,32 @@ def test_training_is_deterministic(faces, trained, tmp_path):
     assert not torch.equal(other.channel_mix[0].weight, again.channel_mix[0].weight)
 
 
-def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("crash_in", ["epoch 2", "refit"])
+def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch, crash_in):
     path = tmp_path / "interrupted.pt"
-    real_epoch = training._train_epoch
+    real_epoch, real_refit = training._train_epoch, training._refit
 
     def crash_in_second_epoch(model, optimizer, graph, config, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt
         return real_epoch(model, optimizer, graph, config, epoch, *args)
 
-    monkeypatch.setattr(training, "_train_epoch", crash_in_second_epoch)
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    if crash_in == "refit":
+        monkeypatch.setattr(training, "_refit", crash)
+    else:
+        monkeypatch.setattr(training, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(*faces, small_config(), k=K, checkpoint=path)
-    assert load_checkpoint(path)["epoch"] == 1
+    assert load_checkpoint(path)["epoch"] == (4 if crash_in == "refit" else 1)
     monkeypatch.setattr(training, "_train_epoch", real_epoch)
+    monkeypatch.setattr(training, "_refit", real_refit)
     resumed = train(*faces, small_config(progress=True), k=K, checkpoint=path)
     for name, value in trained[0].state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
-    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [0, 1, 2, 3, 4]
+    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [0, 1, 2, 3, 4, 5]
 
 
 def test_resume_refuses_other_data_or_settings(faces, trained):
@@ -217,7 +226,7 @@ def test_validation_history(faces, tmp_path):
     train(x, labels, small_config(epochs=2), k=K, validation=(val_x, val_labels + 100),
           checkpoint=path)
     history = load_checkpoint(path)["history"]
-    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     for record in history:
         assert 0 < record["pairwise_f"] <= 1 and 0 < record["bcubed_f"] <= 1
         assert set(record) >= {"pairwise_precision", "bcubed_recall", "nmi", "pairs_per_s"}

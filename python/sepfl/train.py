@@ -21,6 +21,11 @@ similarity. The default therefore trains in two stages:
 * **end to end** (``epochs``): the whole network, AdamW, small batches (the
   number of steps limits learning here, not the pairs per step). The
   attention learns to weight the closest neighbours most.
+* **classifier refit** (``refit_steps``): every training sample embedded once
+  more, in eval mode, by the network as trained (the inference path), and the
+  classifier alone trained on those embeddings, as in the warm-up: it sees
+  millions of pairs of the final embeddings instead of the end-to-end stage's
+  tens of thousands.
 
 Both stages share the cost savers: bfloat16 autocast on CPUs with bf16
 instructions and on GPUs; every distinct sample of a batch embedded once and
@@ -97,10 +102,13 @@ class TrainConfig:
         Classifier warm-up steps before the first epoch (see the module
         notes); 0 skips the warm-up and keeps the Xavier initialisation of
         every layer, as in the paper.
-    warmup_batch_size : int
-        Pairs per warm-up step.
-    warmup_lr : float
-        AdamW learning rate of the warm-up, decayed to 0 along a cosine.
+    refit_steps : int
+        Classifier refit steps after the last epoch (module notes); 0 skips it.
+    classifier_batch_size : int
+        Pairs per step of the warm-up and the refit.
+    classifier_lr : float
+        AdamW learning rate of the warm-up and the refit, each decayed to 0
+        along a cosine.
     seed : int
         Seeds the weights, the pair sampling, the shuffles and dropout.
     device : str or None
@@ -112,7 +120,7 @@ class TrainConfig:
         Show a tqdm bar with the running loss and pair accuracy.
     """
 
-    epochs: int = 6
+    epochs: int = 4
     pairs_per_epoch: int = 8192
     resample_pairs: bool = True
     ranks: int = 39
@@ -124,21 +132,23 @@ class TrainConfig:
     lr_milestones: Tuple[float, ...] = (0.5, 0.75)
     lr_gamma: float = 0.1
     warmup_steps: int = 3000
-    warmup_batch_size: int = 1024
-    warmup_lr: float = 2e-3
+    refit_steps: int = 3000
+    classifier_batch_size: int = 1024
+    classifier_lr: float = 2e-3
     seed: int = 0
     device: Optional[str] = None
     bf16: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "pairs_per_epoch", "ranks", "batch_size", "warmup_batch_size"):
+        for name in ("epochs", "pairs_per_epoch", "ranks", "batch_size",
+                     "classifier_batch_size"):
             check_positive_int(getattr(self, name), name)
-        for name in ("seed", "warmup_steps"):
+        for name in ("seed", "warmup_steps", "refit_steps"):
             check_positive_int(getattr(self, name), name, minimum=0)
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for name in ("lr", "warmup_lr"):
+        for name in ("lr", "classifier_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         check_probability(self.momentum, "momentum")
@@ -158,7 +168,8 @@ class TrainConfig:
         1M positive + 1M negative pairs, float32 (a GPU run)."""
         settings = dict(epochs=100, pairs_per_epoch=2_000_000, resample_pairs=False,
                         batch_size=512, optimizer="sgd", lr=0.01,
-                        lr_milestones=(0.4, 0.6, 0.8), warmup_steps=0, bf16=False)
+                        lr_milestones=(0.4, 0.6, 0.8), warmup_steps=0, refit_steps=0,
+                        bf16=False)
         return cls(**{**settings, **overrides})
 
 
@@ -347,23 +358,23 @@ def _initial_embeddings(graph: _Graph, batch_size: int = 65536) -> torch.Tensor:
     return torch.cat([graph.features, summary], dim=1)
 
 
-def _warm_up(model: PairClassifier, graph: _Graph, config: TrainConfig,
-             device: torch.device) -> Dict[str, float]:
-    """Train the classifier alone on the mean-attention embeddings (module notes)."""
-    model.init_mean_attention()
-    e = _initial_embeddings(graph)
+def _fit_classifier(model: PairClassifier, e: torch.Tensor, graph: _Graph, config: TrainConfig,
+                    steps: int, stage: str, epoch: int) -> Dict[str, float]:
+    """Train the classifier alone on fixed embeddings ``e`` [N, 2D] (the module notes'
+    warm-up and refit); the returned record is numbered ``epoch``."""
     positives, negatives = np.flatnonzero(graph.target), np.flatnonzero(graph.target == 0)
-    half = config.warmup_batch_size // 2
-    rng = np.random.default_rng(_seed(config.seed, 3))
-    optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=config.warmup_lr,
+    half = config.classifier_batch_size // 2
+    rng = np.random.default_rng(_seed(config.seed, 3, epoch))
+    optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=config.classifier_lr,
                                   weight_decay=config.weight_decay)
+    device = e.device
+    model.train()
     loss_sum = correct = seen = 0.0
     started = time.perf_counter()
-    bar = tqdm(range(config.warmup_steps), desc="classifier warm-up", unit="batch",
-               disable=not config.progress, leave=False)
+    bar = tqdm(range(steps), desc=stage, unit="batch", disable=not config.progress, leave=False)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = config.warmup_lr * 0.5 * (1 + np.cos(np.pi * step / config.warmup_steps))
+            group["lr"] = config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps))
         batch = np.concatenate([rng.choice(positives, half), rng.choice(negatives, half)])
         src, dst, target = (torch.from_numpy(x[batch]).to(device)
                             for x in (graph.src, graph.dst, graph.target))
@@ -379,11 +390,28 @@ def _warm_up(model: PairClassifier, graph: _Graph, config: TrainConfig,
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     seconds = time.perf_counter() - started
-    record = {"epoch": 0, "loss": loss_sum / seen, "accuracy": correct / seen,
-              "lr": config.warmup_lr, "pairs_per_s": seen / seconds, "seconds": seconds}
-    log.info("classifier warm-up: loss %.4f  pair accuracy %.4f  %.0f pairs/s",
-             record["loss"], record["accuracy"], record["pairs_per_s"])
+    record = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen,
+              "lr": config.classifier_lr, "pairs_per_s": seen / seconds, "seconds": seconds}
+    log.info("%s: loss %.4f  pair accuracy %.4f  %.0f pairs/s", stage, record["loss"],
+             record["accuracy"], record["pairs_per_s"])
     return record
+
+
+def _warm_up(model: PairClassifier, graph: _Graph, config: TrainConfig) -> Dict[str, float]:
+    """Stage 0: mean attention, then the classifier on the initial embeddings."""
+    model.init_mean_attention()
+    return _fit_classifier(model, _initial_embeddings(graph), graph, config,
+                           config.warmup_steps, "classifier warm-up", 0)
+
+
+def _refit(model: PairClassifier, graph: _Graph, config: TrainConfig) -> Dict[str, float]:
+    """Stage epochs + 1: the classifier on the trained network's eval-mode embeddings."""
+    started = time.perf_counter()
+    e = model.eval().node_embeddings(graph.features, graph.nbrs, bf16=config.bf16)
+    embedding = time.perf_counter() - started
+    record = _fit_classifier(model, e, graph, config, config.refit_steps, "classifier refit",
+                             config.epochs + 1)
+    return {**record, "seconds": record["seconds"] + embedding}
 
 
 def _validate(model: PairClassifier, validation: Tuple[torch.Tensor, np.ndarray, tuple],
@@ -467,7 +495,8 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
     PairClassifier
         In eval mode, on the training device. The checkpoint's ``history``
         holds each epoch's loss, accuracy, learning rate, pairs/s, seconds and
-        validation scores; a record with ``epoch`` 0 is the classifier warm-up.
+        validation scores; records with ``epoch`` 0 and ``epochs + 1`` are the
+        classifier warm-up and refit.
 
     Raises
     ------
@@ -489,18 +518,24 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
     model = PairClassifier(graph.features.shape[1], k).to(device)
     optimizer = _optimizer(model, config)
     start, history = _restore(path, model, optimizer, config, data_fingerprint)
+    def save(epoch: int) -> None:
+        if path is not None:
+            save_checkpoint(path, model, config, extra={
+                "epoch": epoch, "fingerprint": data_fingerprint, "history": history,
+                "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()})
+
     if start == 0 and config.warmup_steps:
-        history = [_with_validation(_warm_up(model, graph, config, device), model, val,
-                                    config, device)]
+        history = [_with_validation(_warm_up(model, graph, config), model, val, config, device)]
     total_steps = config.epochs * _steps_per_epoch(graph, config)
     model.train()
     for epoch in range(start, config.epochs):
         record = _train_epoch(model, optimizer, graph, config, epoch, total_steps, device)
         history.append(_with_validation(record, model, val, config, device))
-        if path is not None:
-            save_checkpoint(path, model, config, extra={
-                "epoch": epoch + 1, "fingerprint": data_fingerprint, "history": history,
-                "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()})
+        save(epoch + 1)
+    if config.refit_steps and start <= config.epochs:
+        history.append(_with_validation(_refit(model, graph, config), model, val, config,
+                                        device))
+        save(config.epochs + 1)
     return model.eval()
 
 
