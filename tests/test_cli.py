@@ -6,7 +6,8 @@ from sepfl import io
 from sepfl.cli import build_parser, main
 
 TINY_TRAIN = ["--k", "20", "--ranks", "10", "--epochs", "1", "--pairs-per-epoch", "256",
-              "--batch-size", "64", "--device", "cpu", "--no-progress"]
+              "--batch-size", "64", "--warmup-steps", "20", "--refit-steps", "20",
+              "--classifier-batch-size", "64", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import numpy as np, torch
 from sepfl import SEPFL
 from sepfl.datasets import make_faces
 data = make_faces(12, dim=16, seed=1)
-est = SEPFL(k=10, ranks=5, epochs=2, pairs_per_epoch=128, batch_size=64, device="cpu",
-            progress=False)
+est = SEPFL(k=10, ranks=5, epochs=2, pairs_per_epoch=128, batch_size=64, warmup_steps=20,
+            refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)
 """
 
 
@@ -36,8 +36,8 @@ torch.save = dying_save
 est.save({str(path)!r})
 """)
     assert run.returncode == -signal.SIGKILL, run.stderr
-    checkpoint = load_checkpoint(path)  # the training checkpoint of the last epoch survives
-    assert checkpoint["epoch"] == 2 and checkpoint["k"] == 10
+    checkpoint = load_checkpoint(path)  # the training checkpoint of the last stage survives
+    assert checkpoint["epoch"] == 3 and checkpoint["k"] == 10  # 2 epochs, then the refit
     assert SEPFL.load(path, device="cpu", progress=False).model_.dim == 16
 
 

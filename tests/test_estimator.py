@@ -10,8 +10,8 @@ from sepfl.estimator import NotFittedError
 from sepfl.model import PairClassifier
 from sepfl.train import TrainConfig
 
-SMALL = dict(k=10, ranks=5, epochs=1, pairs_per_epoch=256, batch_size=64, device="cpu",
-             progress=False)
+SMALL = dict(k=10, ranks=5, epochs=1, pairs_per_epoch=256, batch_size=64, warmup_steps=20,
+             refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
