@@ -8,16 +8,17 @@ of 2M pairs from Xavier-initialised weights: a GPU run).
 
 The default configuration is a CPU recipe for the same network. Embedding one
 sample costs ~170 MFLOP (k = 80 tokens through the channel-mixing MLP), the
-pair classifier ~1 MFLOP per pair, so from scratch a 2-core CPU manages only
-~60-90 pairs/s and the classifier sees far too few pairs to learn a
-similarity. The default therefore trains in two stages:
+pair classifier ~1 MFLOP per pair, so end to end a 2-core CPU manages only
+~90-100 pairs/s (37 pairs/s for the paper's per-pair fp32 step) and the
+classifier sees far too few pairs to learn a similarity. The default
+therefore trains in three stages (``benchmarks/train_cost.py`` measures them):
 
 * **classifier warm-up** (``warmup_steps``): the last attention Linear starts
   with zero weights and bias 1/k (:meth:`PairClassifier.init_mean_attention`),
   so every sample's initial embedding is exactly ``[f_u ‖ mean of its k kNN
   entries]``, whatever the mixing layers hold. Those embeddings are computed
   once for the whole training set with :func:`sepfl.ops.aggregate`, and the
-  classifier alone trains on them at ~20K pairs/s.
+  classifier alone trains on them at ~40K pairs/s.
 * **end to end** (``epochs``): the whole network, AdamW, small batches (the
   number of steps limits learning here, not the pairs per step). The
   attention learns to weight the closest neighbours most.
@@ -27,14 +28,14 @@ similarity. The default therefore trains in two stages:
   millions of pairs of the final embeddings instead of the end-to-end stage's
   tens of thousands.
 
-Both stages share the cost savers: bfloat16 autocast on CPUs with bf16
+The end-to-end stage's cost savers: bfloat16 autocast on CPUs with bf16
 instructions and on GPUs; every distinct sample of a batch embedded once and
 its embedding reused by every pair touching it (BatchNorm then sees one batch
 of distinct samples instead of the reference forward's two halves);
 channels-first BatchNorm inputs.
 
-A checkpoint is written atomically after every epoch and training resumes from
-it; on CPU a resumed run ends bit-identical to an uninterrupted one.
+A checkpoint is written atomically after every epoch and after the refit, and
+training resumes from it; on CPU a resumed run ends bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
