@@ -98,3 +98,22 @@ def test_bad_inputs(faces, model):
         ClusterConfig(threshold=1.5)
     with pytest.raises(ValueError, match="device"):
         ClusterConfig(device="tpu")
+
+
+def test_knn_with_missing_slots_clusters(faces, model):
+    nbrs, sims = build_knn(faces.features, k=K, progress=False)
+    nbrs, sims = nbrs.copy(), sims.copy()
+    nbrs[::3, -4:], sims[::3, -4:] = -1, -1.0  # what an approximate faiss index leaves empty
+    result = cluster(faces.features, model, ClusterConfig(k=K, device="cpu", progress=False),
+                     knn=(nbrs, sims))
+    assert result.src.min() >= 0 and result.dst.min() >= 0
+    np.testing.assert_array_equal(
+        result.labels, ops.link(result.src, result.dst, result.scores, 0.5, len(nbrs)))
+
+
+def test_knn_exact_false_uses_the_approximate_index(faces, model, caplog):
+    pytest.importorskip("faiss")
+    with caplog.at_level("INFO", logger="sepfl"):
+        result = run(faces.features, model, knn_backend="faiss", knn_exact=False)
+    assert any("estimated recall" in r.getMessage() for r in caplog.records)
+    assert result.labels.shape == faces.labels.shape

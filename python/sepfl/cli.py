@@ -35,7 +35,7 @@ EXAMPLES = {
 }
 
 
-KNN_FIELDS = ("k", "device", "knn_backend", "knn_precision", "progress")
+KNN_FIELDS = ("k", "device", "knn_backend", "knn_precision", "knn_exact", "progress")
 
 
 class UserError(Exception):
@@ -162,7 +162,8 @@ def cmd_knn(args: argparse.Namespace) -> str:
     config = _config(ClusterConfig, args, only=KNN_FIELDS)
     features = _read_features(args.features, args.dim)
     nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                           device=config.device, precision=config.knn_precision,
+                           device=config.device, exact=config.knn_exact,
+                           precision=config.knn_precision,
                            progress=config.progress)
     io.write_knn(args.out, nbrs, sims, features=features)
     return f"kNN graph of {len(nbrs):,} samples, k = {config.k}, written to {args.out}"

@@ -49,6 +49,8 @@ class ClusterConfig:
         "auto", "faiss" or "torch" (see :func:`sepfl.knn.build_knn`).
     knn_precision : str
         "fp32", "tf32" or "bf16" for the torch kNN backend.
+    knn_exact : bool
+        False lets faiss use an approximate IVF index (for millions of samples; recall is logged).
     node_batch_size : int
         Samples embedded at a time.
     pair_batch_size : int
@@ -66,6 +68,7 @@ class ClusterConfig:
     device: Optional[str] = None
     knn_backend: str = "auto"
     knn_precision: str = "fp32"
+    knn_exact: bool = True
     node_batch_size: int = 2048
     pair_batch_size: int = 65536
     bf16: bool = False
@@ -193,7 +196,8 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
     with watch.stage("knn"):
         if knn is None:
             nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                                   precision=config.knn_precision, cache=knn_cache,
+                                   exact=config.knn_exact, precision=config.knn_precision,
+                                   cache=knn_cache,
                                    progress=config.progress)
         else:
             nbrs, sims = knn
