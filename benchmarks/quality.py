@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 
@@ -48,16 +49,31 @@ def _sklearn_worker(name, features, n_clusters, queue):
 
 
 def sklearn_run(name, features, n_clusters, limit):
-    """(labels, seconds), or None when it did not finish within ``limit`` seconds."""
-    queue = mp.get_context("fork").Queue()
-    proc = mp.get_context("fork").Process(target=_sklearn_worker,
-                                          args=(name, features, n_clusters, queue))
+    """(labels, seconds), or None when it did not finish within ``limit`` seconds.
+
+    The result is read before joining: a child holding a large queued result
+    only exits once the parent has read it.
+    """
+    context = mp.get_context("fork")
+    results = context.Queue()
+    proc = context.Process(target=_sklearn_worker, args=(name, features, n_clusters, results))
     proc.start()
-    proc.join(limit)
-    if proc.is_alive():
-        proc.kill()
-        return None
-    return queue.get()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            found = results.get(timeout=1.0)
+        except queue.Empty:
+            if proc.is_alive():
+                continue
+            try:
+                found = results.get(timeout=5.0)
+            except queue.Empty:
+                raise RuntimeError(f"{name} exited with code {proc.exitcode}") from None
+        proc.join()
+        return found
+    proc.kill()
+    proc.join()
+    return None
 
 
 def main() -> None:
