@@ -54,7 +54,7 @@ def sklearn_run(name, features, n_clusters, limit):
     The result is read before joining: a child holding a large queued result
     only exits once the parent has read it.
     """
-    context = mp.get_context("fork")
+    context = mp.get_context("spawn")  # fork after OpenMP use (faiss, torch) can hang the child
     results = context.Queue()
     proc = context.Process(target=_sklearn_worker, args=(name, features, n_clusters, results))
     proc.start()
