@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -13,6 +14,11 @@ import numpy as np
 import torch
 
 import sepfl
+from sepfl.datasets import make_faces
+from sepfl.io import Dataset
+
+# mean samples per identity of the synthetic population (93,093 of 1,500 identities)
+SAMPLES_PER_ID = 62
 
 
 def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
@@ -52,3 +58,16 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def faces_of_size(n: int, seed: int) -> Dataset:
+    """Exactly ``n`` synthetic face-like samples: a population large enough, cut to ``n``.
+
+    The samples come in random order, so the cut keeps a random subset.
+    """
+    n_ids = math.ceil(1.1 * n / SAMPLES_PER_ID)
+    data = make_faces(n_ids, seed=seed)
+    while len(data.labels) < n:  # small populations vary more around the mean
+        n_ids = math.ceil(1.2 * n_ids)
+        data = make_faces(n_ids, seed=seed)
+    return Dataset(features=data.features[:n], labels=data.labels[:n], classes=data.classes)

@@ -13,7 +13,6 @@ Options after ``--`` go to ``sepfl cluster`` unchanged.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import resource
@@ -25,27 +24,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import header, table  # noqa: E402
-
-from sepfl.datasets import make_faces  # noqa: E402
+from common import faces_of_size, header, table  # noqa: E402
 
 STAGES = ["normalize", "knn", "density", "pairs", "embeddings", "scores", "link"]
 # "sepfl: knn          12.345 s" from ``sepfl -v``; the F_P / F_B / NMI row of --labels.
 STAGE_LINE = re.compile(r"^sepfl: (\w+)\s+([\d.]+) s$")
 METRICS_LINE = re.compile(r"^sepfl\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
-SAMPLES_PER_ID = 62  # the synthetic population's mean (93,093 samples of 1,500 identities)
 
 
 def write_dataset(workdir: Path, n: int) -> tuple[Path, Path]:
     """``features.npy`` float32 [n, 256] and ``labels.npy`` int64 [n] in ``workdir`` (reused)."""
     features_path, labels_path = workdir / f"features_{n}.npy", workdir / f"labels_{n}.npy"
     if not (features_path.exists() and labels_path.exists()):
-        data = make_faces(math.ceil(1.1 * n / SAMPLES_PER_ID), seed=11)
-        if len(data.labels) < n:
-            raise RuntimeError(f"the synthetic population has only {len(data.labels):,} samples")
+        data = faces_of_size(n, seed=11)
         workdir.mkdir(parents=True, exist_ok=True)
-        np.save(features_path, data.features[:n])
-        np.save(labels_path, data.labels[:n])
+        np.save(features_path, data.features)
+        np.save(labels_path, data.labels)
     return features_path, labels_path
 
 

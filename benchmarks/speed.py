@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import header, table  # noqa: E402
+from common import faces_of_size, header, table  # noqa: E402
 
 from sepfl.cluster import ClusterConfig, cluster  # noqa: E402
-from sepfl.datasets import make_faces  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402
@@ -60,8 +59,8 @@ def main() -> None:
     model = estimator.model_
     rows, baseline = [], "per-pair baseline: measured on the CPU only"
     for n in (int(s) for s in args.sizes.split(",")):
-        data = make_faces(max(2, n // 65), seed=7)
-        features, gt = data.features[:n], data.labels[:n]
+        data = faces_of_size(n, seed=7)
+        features, gt = data.features, data.labels
         start = time.perf_counter()
         result = cluster(features, model, estimator.cluster_config)
         total = time.perf_counter() - start

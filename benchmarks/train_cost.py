@@ -22,13 +22,14 @@ F_P / F_B each time: the time to plateau is where F stops rising.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import os
 import sys
 import time
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import header, table  # noqa: E402
@@ -36,73 +37,55 @@ from common import header, table  # noqa: E402
 from sepfl import ops  # noqa: E402
 from sepfl import train as training  # noqa: E402
 from sepfl.datasets import make_splits  # noqa: E402
-from sepfl.model import PairClassifier, bf16_autocast  # noqa: E402
+from sepfl.model import PairClassifier  # noqa: E402
 from sepfl.train import TrainConfig, train  # noqa: E402
 
 CPU = torch.device("cpu")
 
 
-def _timed_steps(step, steps: int) -> float:
-    """Seconds per call of ``step()``, after one untimed call."""
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+def _seconds_per_step(optimizer, graph, batch_size: int, config: TrainConfig, logits_of,
+                      steps: int, seed: int) -> float:
+    """Seconds per step of sepfl's optimiser loop (``sepfl.train._optimise``) on
+    class-balanced batches at ``config.lr``, after one untimed step."""
+    batches = training._balanced_batches(graph, batch_size, np.random.default_rng(seed))
 
+    def run(n: int) -> float:
+        return training._optimise(optimizer, graph, itertools.islice(batches, n), n, "timing",
+                                  config, CPU, lambda step: config.lr, logits_of)["seconds"]
 
-def _batches(graph, batch_size: int, seed: int):
-    """An endless stream of class-balanced (src, dst, target) tensors."""
-    rng = np.random.default_rng(seed)
-    positives, negatives = np.flatnonzero(graph.target), np.flatnonzero(graph.target == 0)
-    while True:
-        batch = np.concatenate([rng.choice(positives, batch_size // 2),
-                                rng.choice(negatives, batch_size // 2)])
-        yield tuple(torch.from_numpy(x[batch]) for x in (graph.src, graph.dst, graph.target))
-
-
-def _sgd_step(model, optimizer, logits_of, batches, bf16: bool):
-    def step():
-        src, dst, target = next(batches)
-        with bf16_autocast(CPU, bf16):
-            logits = logits_of(src, dst)
-        loss = nn.functional.cross_entropy(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
+    run(1)
+    return run(steps) / steps
 
 
 def throughput(graph, args) -> list:
     """Rows of (path, batch, s/step, pairs/s) for the three training steps."""
     torch.manual_seed(0)
-    default, paper = TrainConfig(), TrainConfig.paper()
+    default, paper = TrainConfig(progress=False), TrainConfig.paper(progress=False)
     features, nbrs = graph.features, graph.nbrs
     rows = []
 
     model = PairClassifier(features.shape[1], nbrs.shape[1]).train()
-    reference = _sgd_step(
-        model, torch.optim.SGD(model.parameters(), lr=paper.lr, momentum=paper.momentum),
+    seconds = _seconds_per_step(
+        torch.optim.SGD(model.parameters(), lr=paper.lr, momentum=paper.momentum), graph,
+        paper.batch_size, paper,
         lambda s, d: model(features[s], ops.gather(features, nbrs, s),
                            features[d], ops.gather(features, nbrs, d)),
-        _batches(graph, paper.batch_size, 1), bf16=paper.bf16)
-    seconds = _timed_steps(reference, args.reference_steps)
+        args.reference_steps, seed=1)
     rows.append(("per-pair reference (paper step: fp32, SGD)", paper.batch_size, seconds))
 
     model = PairClassifier(features.shape[1], nbrs.shape[1]).train()
-    shared = _sgd_step(model, torch.optim.AdamW(model.parameters(), lr=default.lr),
-                       lambda s, d: training._pair_logits(model, graph, s, d),
-                       _batches(graph, default.batch_size, 2), bf16=default.bf16)
-    seconds = _timed_steps(shared, args.steps)
+    seconds = _seconds_per_step(
+        torch.optim.AdamW(model.parameters(), lr=default.lr), graph, default.batch_size,
+        default, lambda s, d: training._pair_logits(model, graph, s, d), args.steps, seed=2)
     rows.append(("sepfl end to end (shared node embeddings, bf16, AdamW)",
                  default.batch_size, seconds))
 
     model = PairClassifier(features.shape[1], nbrs.shape[1]).init_mean_attention().train()
     e = training._initial_embeddings(graph)
-    warm = _sgd_step(model, torch.optim.AdamW(model.classifier.parameters(), lr=default.classifier_lr),
-                     lambda s, d: model.classify(e[s], e[d]),
-                     _batches(graph, default.classifier_batch_size, 3), bf16=default.bf16)
-    seconds = _timed_steps(warm, args.steps)
+    seconds = _seconds_per_step(
+        torch.optim.AdamW(model.classifier.parameters(), lr=default.classifier_lr), graph,
+        default.classifier_batch_size, dataclasses.replace(default, lr=default.classifier_lr),
+        lambda s, d: model.classify(e[s], e[d]), args.steps, seed=3)
     rows.append(("sepfl classifier warm-up / refit (precomputed embeddings)",
                  default.classifier_batch_size, seconds))
     return [(name, batch, f"{s:.3f}", f"{batch / s:,.0f}") for name, batch, s in rows]

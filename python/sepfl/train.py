@@ -40,12 +40,13 @@ training resumes from it; on CPU a resumed run ends bit-identical to an uninterr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import pickle
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -362,25 +363,52 @@ def _initial_embeddings(graph: _Graph, batch_size: int = 65536) -> torch.Tensor:
 def _fit_classifier(model: PairClassifier, e: torch.Tensor, graph: _Graph, config: TrainConfig,
                     steps: int, stage: str, epoch: int) -> Dict[str, float]:
     """Train the classifier alone on fixed embeddings ``e`` [N, 2D] (the module notes'
-    warm-up and refit); the returned record is numbered ``epoch``."""
-    positives, negatives = np.flatnonzero(graph.target), np.flatnonzero(graph.target == 0)
-    half = config.classifier_batch_size // 2
+    warm-up and refit): class-balanced batches, AdamW with a cosine learning rate.
+    The returned record is numbered ``epoch``."""
     rng = np.random.default_rng(_seed(config.seed, 3, epoch))
     optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=config.classifier_lr,
                                   weight_decay=config.weight_decay)
-    device = e.device
+    batches = itertools.islice(_balanced_batches(graph, config.classifier_batch_size, rng), steps)
     model.train()
+    record = _optimise(
+        optimizer, graph, batches, steps, stage, config, e.device,
+        lambda step: config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps)),
+        lambda src, dst: model.classify(e[src], e[dst]))
+    return {"epoch": epoch, **record, "lr": config.classifier_lr}
+
+
+def _balanced_batches(graph: _Graph, batch_size: int,
+                      rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of candidate-pair indices (int64 [batch_size // 2 * 2]): half
+    positive, half negative pairs, each half drawn uniformly with replacement."""
+    positives, negatives = np.flatnonzero(graph.target), np.flatnonzero(graph.target == 0)
+    while True:
+        yield np.concatenate([rng.choice(positives, batch_size // 2),
+                              rng.choice(negatives, batch_size // 2)])
+
+
+def _optimise(optimizer: torch.optim.Optimizer, graph: _Graph, batches: Iterable[np.ndarray],
+              steps: int, stage: str, config: TrainConfig, device: torch.device,
+              lr_at: Callable[[int], float],
+              logits_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Dict[str, float]:
+    """One optimiser step per batch of candidate-pair indices, cross-entropy on
+    ``logits_of(src, dst)`` [B, 2] with the learning rate ``lr_at(i)`` at step i.
+
+    Returns the stage's mean loss and accuracy, the last learning rate,
+    pairs per second and seconds (also logged under ``stage``).
+    """
     loss_sum = correct = seen = 0.0
     started = time.perf_counter()
-    bar = tqdm(range(steps), desc=stage, unit="batch", disable=not config.progress, leave=False)
-    for step in bar:
+    bar = tqdm(batches, total=steps, desc=stage, unit="batch", disable=not config.progress,
+               leave=False)
+    for step, batch in enumerate(bar):
+        lr = lr_at(step)
         for group in optimizer.param_groups:
-            group["lr"] = config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps))
-        batch = np.concatenate([rng.choice(positives, half), rng.choice(negatives, half)])
+            group["lr"] = lr
         src, dst, target = (torch.from_numpy(x[batch]).to(device)
                             for x in (graph.src, graph.dst, graph.target))
         with bf16_autocast(device, config.bf16):
-            logits = model.classify(e[src], e[dst])
+            logits = logits_of(src, dst)
         loss = nn.functional.cross_entropy(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -388,11 +416,11 @@ def _fit_classifier(model: PairClassifier, e: torch.Tensor, graph: _Graph, confi
         loss_sum += float(loss.detach()) * len(batch)
         correct += float((logits.argmax(1) == target).sum())
         seen += len(batch)
-        if step % 50 == 0:
+        if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     seconds = time.perf_counter() - started
-    record = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen,
-              "lr": config.classifier_lr, "pairs_per_s": seen / seconds, "seconds": seconds}
+    record = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr,
+              "pairs_per_s": seen / seconds, "seconds": seconds}
     log.info("%s: loss %.4f  pair accuracy %.4f  %.0f pairs/s", stage, record["loss"],
              record["accuracy"], record["pairs_per_s"])
     return record
@@ -550,34 +578,12 @@ def _optimizer(model: PairClassifier, config: TrainConfig) -> torch.optim.Optimi
 def _train_epoch(model: PairClassifier, optimizer: torch.optim.Optimizer, graph: _Graph,
                  config: TrainConfig, epoch: int, total_steps: int,
                  device: torch.device) -> Dict[str, float]:
+    """One end-to-end epoch (SEPFL.md §4): this epoch's candidate pairs, shuffled, in batches."""
     order = _epoch_pairs(graph, config, epoch)
     steps = _steps_per_epoch(graph, config)
     batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(steps)]
-    step = epoch * steps
-    loss_sum = correct = seen = 0.0
-    started = time.perf_counter()
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-               disable=not config.progress, leave=False)
-    for batch in bar:
-        lr = learning_rate(config, step, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        src, dst, target = (torch.from_numpy(x[batch]).to(device)
-                            for x in (graph.src, graph.dst, graph.target))
-        with bf16_autocast(device, config.bf16):
-            logits = _pair_logits(model, graph, src, dst)
-        loss = nn.functional.cross_entropy(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        loss_sum += float(loss.detach()) * len(batch)
-        correct += float((logits.argmax(1) == target).sum())
-        seen += len(batch)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-    seconds = time.perf_counter() - started
-    record = {"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
-              "lr": lr, "pairs_per_s": seen / seconds, "seconds": seconds}
-    log.info("epoch %d: loss %.4f  pair accuracy %.4f  %.0f pairs/s", epoch + 1,
-             record["loss"], record["accuracy"], record["pairs_per_s"])
-    return record
+    done = epoch * steps
+    record = _optimise(optimizer, graph, batches, steps, f"epoch {epoch + 1}/{config.epochs}",
+                       config, device, lambda step: learning_rate(config, done + step, total_steps),
+                       lambda src, dst: _pair_logits(model, graph, src, dst))
+    return {"epoch": epoch + 1, **record}
