@@ -35,6 +35,24 @@ def test_settings_reach_both_configs():
         SEPFL(threshold=2.0)
 
 
+def test_set_params_round_trips_and_keeps_the_model(faces, fitted):
+    est = SEPFL(**SMALL)
+    est.model_ = fitted.model_
+    assert est.set_params(threshold=0.9, epochs=2) is est
+    assert est.cluster_config.threshold == 0.9 and est.train_config.epochs == 2
+    assert est.cluster_config.k == 10 and est.model_ is fitted.model_
+    params = est.get_params()
+    assert SEPFL(**params).get_params() == params  # what sklearn's clone does
+    est.set_params(cluster_config=ClusterConfig(k=10, threshold=1.0, device="cpu",
+                                                progress=False))
+    labels = est.predict(faces.features)
+    assert len(np.unique(labels)) == len(labels)  # threshold 1.0 links nothing
+    with pytest.raises(TypeError, match="unknown SEPFL setting"):
+        est.set_params(n_clusters=3)
+    with pytest.raises(ValueError, match="threshold"):
+        est.set_params(threshold=-0.1)
+
+
 def test_predict_before_fit_raises(faces):
     with pytest.raises(NotFittedError, match="call fit"):
         SEPFL(**SMALL).predict(faces.features)

@@ -57,20 +57,37 @@ class SEPFL:
 
     def __init__(self, cluster_config: Optional[ClusterConfig] = None,
                  train_config: Optional[TrainConfig] = None, **settings: Any):
-        cluster_fields = {f.name for f in dataclasses.fields(ClusterConfig)}
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = set(settings) - cluster_fields - train_fields
-        if unknown:
-            raise TypeError(f"unknown SEPFL setting(s): {sorted(unknown)}")
-        self.cluster_config = dataclasses.replace(
-            cluster_config or ClusterConfig(),
-            **{k: v for k, v in settings.items() if k in cluster_fields})
-        self.train_config = dataclasses.replace(
-            train_config or TrainConfig(),
-            **{k: v for k, v in settings.items() if k in train_fields})
+        self.cluster_config = cluster_config or ClusterConfig()
+        self.train_config = train_config or TrainConfig()
+        self.set_params(**settings)
 
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
         return {"cluster_config": self.cluster_config, "train_config": self.train_config}
+
+    def set_params(self, **params: Any) -> "SEPFL":
+        """Replace ``cluster_config`` / ``train_config`` or single fields of either
+        (a field both define, such as ``device``, is set in both); returns self.
+
+        Raises
+        ------
+        TypeError
+            A name that is neither a config nor a field of one.
+        ValueError
+            A value the config rejects.
+        """
+        cluster_fields = {f.name for f in dataclasses.fields(ClusterConfig)}
+        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        configs = {"cluster_config", "train_config"}
+        unknown = set(params) - cluster_fields - train_fields - configs
+        if unknown:
+            raise TypeError(f"unknown SEPFL setting(s): {sorted(unknown)}")
+        self.cluster_config = dataclasses.replace(
+            params.get("cluster_config", self.cluster_config),
+            **{k: v for k, v in params.items() if k in cluster_fields})
+        self.train_config = dataclasses.replace(
+            params.get("train_config", self.train_config),
+            **{k: v for k, v in params.items() if k in train_fields})
+        return self
 
     # ------------------------------------------------------------------ learning
 
