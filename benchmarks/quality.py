@@ -110,10 +110,12 @@ def main() -> None:
     t_knn = time.perf_counter() - start
     print(f"test split: {len(gt):,} samples, {len(np.unique(gt)):,} identities; kNN {t_knn:.1f} s")
 
-    start = time.perf_counter()
-    labels = estimator.predict(test.features, knn=knn)
-    add("sepfl", evaluate(gt, labels), time.perf_counter() - start + t_knn,
-        f"threshold {config.threshold}")
+    for bf16 in (False, True):
+        estimator.set_params(bf16=bf16)
+        start = time.perf_counter()
+        labels = estimator.predict(test.features, knn=knn)
+        add("sepfl, bf16 autocast" if bf16 else "sepfl", evaluate(gt, labels),
+            time.perf_counter() - start + t_knn, f"threshold {config.threshold}")
     start = time.perf_counter()
     add("oracle of SEPFL's pairs", evaluate(gt, baselines.oracle(*knn, gt)),
         time.perf_counter() - start + t_knn, "perfect decisions, one pair per sample")
