@@ -164,7 +164,8 @@ def test_features_from_torch_and_float64(tmp_path):
 def test_bin_without_sidecar_needs_dim(tmp_path):
     path = tmp_path / "raw.bin"
     np.arange(12, dtype=np.float32).tofile(path)
-    with pytest.raises(ValueError, match=r"raw\.bin: a \.bin file has no header; pass dim="):
+    with pytest.raises(ValueError, 
+                       match=r"raw\.bin: a \.bin file has no header; give its feature width \(--dim"):
         read_features(path)
     np.testing.assert_array_equal(read_features(path, dim=4), np.arange(12).reshape(3, 4))
     with pytest.raises(ValueError, match=r"raw\.bin: 48 bytes is not a whole number of float32 "
@@ -175,7 +176,7 @@ def test_bin_without_sidecar_needs_dim(tmp_path):
 def test_bin_dim_must_agree_with_sidecar(tmp_path):
     path = tmp_path / "f.bin"
     write_features(path, np.zeros((2, 4), np.float32))
-    with pytest.raises(ValueError, match=r"dim=2 disagrees with f\.bin\.json, which says dim=4"):
+    with pytest.raises(ValueError, match=r"dim 2 \(--dim\) disagrees with f\.bin\.json, which says dim=4"):
         read_features(path, dim=2)
     np.zeros(4, np.float32).tofile(path)  # the file shrank behind the sidecar's back
     with pytest.raises(ValueError, match="holds 1 rows of dim 4 but f.bin.json says 2"):
@@ -184,7 +185,7 @@ def test_bin_dim_must_agree_with_sidecar(tmp_path):
 
 def test_npy_dim_checked(tmp_path):
     np.save(tmp_path / "f.npy", np.zeros((2, 4), np.float32))
-    with pytest.raises(ValueError, match=r"f\.npy: holds features of dim 4, not dim=3"):
+    with pytest.raises(ValueError, match=r"f\.npy: holds features of dim 4, not 3 \(--dim\)"):
         read_features(tmp_path / "f.npy", dim=3)
 
 
@@ -395,7 +396,7 @@ def test_write_knn_checks(tmp_path):
 def write_set(root, n=6, d=4):
     features = unit_rows(n, d)
     nbrs = np.stack([np.arange(n), (np.arange(n) + 1) % n], axis=1)
-    sims = np.stack([np.ones(n), np.full(n, 0.5)], axis=1).astype(np.float32)
+    sims = np.stack([np.ones(n), (features * features[nbrs[:, 1]]).sum(1)], axis=1)
     paths = learn_to_cluster_paths(root, "part", k=2)
     write_features(paths[0], features)
     write_labels(paths[1], np.arange(n) % 3)
@@ -426,7 +427,7 @@ def test_read_dataset_count_mismatch(tmp_path):
         read_dataset(paths[0], paths[1])
     short = tmp_path / "short.npz"
     write_knn(short, np.array([[0, 1], [1, 0]]), np.ones((2, 2), np.float32))
-    with pytest.raises(ValueError, match=r"short\.npz has 2 rows but .*part\.bin has 6"):
+    with pytest.raises(ValueError, match=r"short\.npz: the kNN graph has 2 rows but the features have 6"):
         read_dataset(paths[0], knn_path=short)
 
 
@@ -437,8 +438,37 @@ def test_read_dataset_fingerprint_mismatch(tmp_path):
     write_knn(graph, nbrs, np.ones((6, 2), np.float32), features=features)
     assert read_dataset(paths[0], knn_path=graph).nbrs.shape == (6, 2)
     write_knn(graph, nbrs, np.ones((6, 2), np.float32), features=unit_rows(6, 4, seed=9))
-    with pytest.raises(ValueError, match=r"g\.npz was built on other features than .*part\.bin"):
+    with pytest.raises(ValueError, match=r"g\.npz: the kNN graph was built from other features .*part\.bin"):
         read_dataset(paths[0], knn_path=graph)
+
+
+def test_verify_knn_refuses_a_graph_of_other_features(tmp_path):
+    """Issue 14, item 2: a learn-to-cluster graph of the same N but shuffled rows."""
+    from sepfl.knn import build_knn
+
+    x = unit_rows(300, 8, seed=3)
+    nbrs, sims = build_knn(x, k=10, backend="torch", progress=False)
+    write_knn(tmp_path / "l2c.npz", nbrs, sims, layout="learn-to-cluster")
+    graph = read_knn(tmp_path / "l2c.npz")
+    io.verify_knn(graph, x)
+    io.verify_knn(graph, 3.0 * x)  # scaled rows: the same features once normalised
+    shuffled = x[np.random.default_rng(0).permutation(len(x))]
+    with pytest.raises(ValueError, match="built from other features: .* sampled rows"):
+        io.verify_knn(graph, shuffled)
+    write_knn(tmp_path / "own.npz", nbrs, sims, features=3.0 * x)
+    io.verify_knn(read_knn(tmp_path / "own.npz"), 3.0 * x)
+    with pytest.raises(ValueError, match="fingerprint differs"):
+        io.verify_knn(read_knn(tmp_path / "own.npz"), shuffled)
+
+
+def test_csv_header_line_is_not_a_label(tmp_path):
+    """Issue 14, item 10: a header row above integer labels is skipped."""
+    (tmp_path / "y.csv").write_text("identity\n4\n7\n4\n")
+    labels, classes = read_labels(tmp_path / "y.csv")
+    np.testing.assert_array_equal(labels, [0, 1, 0])
+    np.testing.assert_array_equal(classes, [4, 7])
+    (tmp_path / "names.csv").write_text("ann\nbob\n")
+    assert len(read_labels(tmp_path / "names.csv")[0]) == 2  # string labels: nothing to tell
 
 
 @pytest.mark.parametrize("value, match", [(np.nan, r"rows \[2\] .* hold NaN or inf"),

@@ -61,7 +61,8 @@ from sepfl._validate import Array, as_indices, as_values, check_finite, check_in
 __all__ = [
     "atomic_write", "fingerprint", "l2_normalize", "normalize_features",
     "read_features", "write_features", "read_labels", "write_labels",
-    "KnnGraph", "read_knn", "write_knn", "Dataset", "read_dataset", "learn_to_cluster_paths",
+    "KnnGraph", "read_knn", "write_knn", "verify_knn", "Dataset", "read_dataset",
+    "learn_to_cluster_paths", "FEATURE_SUFFIXES", "LABEL_SUFFIXES",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -71,14 +72,18 @@ logger = logging.getLogger(__name__)
 #: Feature files at least this large are memory-mapped by default.
 MMAP_MIN_BYTES = 64 << 20
 
-_FEATURE_SUFFIXES = (".bin", ".npy", ".npz")
+FEATURE_SUFFIXES = (".bin", ".npy", ".npz")
 _LABEL_TEXT_SUFFIXES = (".meta", ".txt", ".csv")
-_LABEL_SUFFIXES = _LABEL_TEXT_SUFFIXES + (".npy",)
+LABEL_SUFFIXES = _LABEL_TEXT_SUFFIXES + (".npy",)
 _KNN_LAYOUTS = ("sepfl", "learn-to-cluster")
 _SEPFL_KNN_VERSION = 1
 # Rows per step when normalising: bounds the float64 temporaries to ~130 MB at D = 256.
 _NORM_CHUNK = 65536
 _FINGERPRINT_ROWS = 1024
+# verify_knn: rows recomputed, the tolerance on a similarity, the share of entries allowed off
+_VERIFY_ROWS = 256
+_VERIFY_ATOL = 1e-2
+_VERIFY_OFF = 0.01
 _SHOWN_ROWS = 10
 
 
@@ -312,18 +317,19 @@ def _use_mmap(mmap: Optional[bool], size: int) -> bool:
 def _read_bin(path: Path, dim: Optional[int], mmap: Optional[bool]) -> np.ndarray:
     meta = _read_sidecar(path)
     if dim is None and not meta:
-        raise ValueError(f"{path}: a .bin file has no header; pass dim= (the feature width) "
-                         f"or write {_sidecar(path).name} with {{\"dim\": D, \"count\": N}}")
+        raise ValueError(f"{path}: a .bin file has no header; give its feature width (--dim, "
+                         f"dim= in Python) or write {_sidecar(path).name} with "
+                         f"{{\"dim\": D, \"count\": N}}")
     if dim is not None:
         dim = check_positive_int(dim, "dim")
         if meta and meta["dim"] != dim:
-            raise ValueError(f"{path}: dim={dim} disagrees with {_sidecar(path).name}, "
+            raise ValueError(f"{path}: dim {dim} (--dim) disagrees with {_sidecar(path).name}, "
                              f"which says dim={meta['dim']}")
     dim = dim or meta["dim"]
     size = path.stat().st_size
     if size % (4 * dim):
         raise ValueError(f"{path}: {size} bytes is not a whole number of float32 rows of "
-                         f"dim {dim} ({4 * dim} bytes each); is dim right?")
+                         f"dim {dim} ({4 * dim} bytes each); is the feature width (--dim) right?")
     n = size // (4 * dim)
     if meta and meta["count"] != n:
         raise ValueError(f"{path}: holds {n} rows of dim {dim} but {_sidecar(path).name} "
@@ -374,7 +380,7 @@ def read_features(path: PathLike, dim: Optional[int] = None,
         The stored array is not floating point.
     """
     path = _existing(path)
-    suffix = _suffix(path, _FEATURE_SUFFIXES, "feature")
+    suffix = _suffix(path, FEATURE_SUFFIXES, "feature")
     if suffix == ".bin":
         return _read_bin(path, dim, mmap)
     if suffix == ".npy":
@@ -386,7 +392,7 @@ def read_features(path: PathLike, dim: Optional[int] = None,
     if x.ndim != 2:
         raise ValueError(f"{path}: features must be 2-D [N, D], got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{path}: holds features of dim {x.shape[1]}, not dim={dim}")
+        raise ValueError(f"{path}: holds features of dim {x.shape[1]}, not {dim} (--dim)")
     return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
@@ -398,7 +404,7 @@ def write_features(path: PathLike, features: Array) -> None:
     ``features``. Torch tensors are copied to the CPU.
     """
     path = Path(path)
-    suffix = _suffix(path, _FEATURE_SUFFIXES, "feature")
+    suffix = _suffix(path, FEATURE_SUFFIXES, "feature")
     x = _to_numpy(as_values(features, "features", 2))
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         if suffix == ".bin":
@@ -426,10 +432,20 @@ def _read_label_lines(path: Path) -> np.ndarray:
             raise ValueError(f"{path}: line {number} has several columns ({line!r}); expected "
                              "one label per line")
     text = np.array(lines, dtype=str)
+    if path.suffix.lower() == ".csv" and len(text) > 1 and _integers(text[1:]) is not None \
+            and _integers(text[:1]) is None:
+        logger.info("%s: first line %r read as a header", path, lines[0])
+        text = text[1:]
+    numbers = _integers(text)
+    return text if numbers is None else numbers
+
+
+def _integers(text: np.ndarray) -> Optional[np.ndarray]:
+    """``text`` (str [M]) as int64, or None when some entry is not an integer."""
     try:
         return text.astype(np.int64)
     except (ValueError, OverflowError):
-        return text
+        return None
 
 
 def _encode_labels(raw: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -465,7 +481,7 @@ def read_labels(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     unreadable), TypeError (float or object labels).
     """
     path = _existing(path)
-    suffix = _suffix(path, _LABEL_SUFFIXES, "label")
+    suffix = _suffix(path, LABEL_SUFFIXES, "label")
     raw = _load_npy(path) if suffix == ".npy" else _read_label_lines(path)
     return _encode_labels(raw, f"{path}: labels")
 
@@ -486,7 +502,7 @@ def write_labels(path: PathLike, labels: Array) -> None:
     back as integers.
     """
     path = Path(path)
-    suffix = _suffix(path, _LABEL_SUFFIXES, "label")
+    suffix = _suffix(path, LABEL_SUFFIXES, "label")
     raw = _to_numpy(labels) if is_tensor(labels) else np.asarray(labels)
     if raw.size == 0:
         raw = raw.astype(np.int64)  # np.asarray([]) is float64
@@ -647,6 +663,51 @@ def write_knn(path: PathLike, nbrs: Array, sims: Array, features: Optional[Array
         np.savez(f, **arrays)
 
 
+def verify_knn(graph: KnnGraph, features: Array, rows: int = _VERIFY_ROWS, seed: int = 0) -> None:
+    """ValueError unless ``graph`` was built from ``features`` (same rows, same order).
+
+    A graph with a fingerprint (sepfl's layout) must carry that of ``features``,
+    as stored or L2-normalised. A graph without one (learn-to-cluster files)
+    is cross-checked: the similarities of ``rows`` sampled rows are recomputed
+    from ``features`` and compared with the stored ones, both clipped to
+    [0, 1] (the learn-to-cluster layout stores ``clip(1 - sim, 0, 1)``); more
+    than 1 % of them off by over 0.01 means other, or reordered, features.
+
+    Parameters
+    ----------
+    graph : KnnGraph
+        nbrs int64 [N, k] (-1 for an empty slot), sims float32 [N, k].
+    features : float [N, D], numpy array (a memory map is fine)
+    rows : int
+        Rows recomputed for a graph without fingerprint.
+    seed : int
+        Picks those rows.
+    """
+    n = features.shape[0]
+    if graph.nbrs.shape[0] != n:
+        raise ValueError(f"the kNN graph has {graph.nbrs.shape[0]:,} rows but the features "
+                         f"have {n:,}")
+    if graph.fingerprint is not None:
+        if graph.fingerprint not in (fingerprint(features),
+                                     fingerprint(normalize_features(features, warn=False))):
+            raise ValueError("the kNN graph was built from other features (its fingerprint "
+                             "differs); rebuild it")
+        return
+    picked = np.sort(np.random.default_rng(seed).choice(n, min(n, rows), replace=False))
+    idx = graph.nbrs[picked]
+    present = idx >= 0
+    centre = l2_normalize(np.asarray(features[picked]))
+    neighbours = l2_normalize(np.asarray(features[np.where(present, idx, 0).ravel()]))
+    recomputed = np.einsum("rd,rkd->rk", centre, neighbours.reshape(*idx.shape, -1))
+    off = present & (np.abs(np.clip(recomputed, 0, 1) - np.clip(graph.sims[picked], 0, 1))
+                     > _VERIFY_ATOL)
+    share = off.sum() / max(1, present.sum())
+    if share > _VERIFY_OFF:
+        raise ValueError(f"the kNN graph was built from other features: {share:.0%} of the "
+                         f"similarities of {len(picked)} sampled rows differ from those "
+                         f"of these features; rebuild it")
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -706,7 +767,7 @@ def read_dataset(features_path: PathLike, labels_path: Optional[PathLike] = None
     FileNotFoundError, TypeError, or ValueError naming the file(s): any
     reader's error; NaN / inf or all-zero feature rows (when normalising); a
     label count or kNN row count other than the number of feature rows; a kNN
-    file whose fingerprint belongs to other features.
+    graph built from other features (:func:`verify_knn`).
     """
     features = read_features(features_path, dim=dim)
     n = features.shape[0]
@@ -723,11 +784,9 @@ def read_dataset(features_path: PathLike, labels_path: Optional[PathLike] = None
                              f"{features_path} has {n} feature rows")
     if knn_path is not None:
         graph = read_knn(knn_path)
-        if graph.nbrs.shape[0] != n:
-            raise ValueError(f"{knn_path} has {graph.nbrs.shape[0]} rows but {features_path} "
-                             f"has {n} feature rows")
-        if graph.fingerprint is not None and graph.fingerprint != fingerprint(features):
-            raise ValueError(f"{knn_path} was built on other features than {features_path} "
-                             "(fingerprints differ); rebuild it")
+        try:
+            verify_knn(graph, features)
+        except ValueError as err:
+            raise ValueError(f"{knn_path}: {err} ({features_path})") from None
         data.nbrs, data.sims = graph.nbrs, graph.sims
     return data
