@@ -25,3 +25,19 @@ def test_report_is_a_valid_png(tmp_path):
     assert curve.shape == (19, 3) and np.all((curve >= 0) & (curve <= 1))
     # raising the threshold can only remove links: recall never increases
     assert np.all(np.diff(curve[:, 1]) <= 1e-12)
+
+
+def test_report_shows_true_cluster_sizes_beside_found_ones():
+    """Issue 14, item 10: with labels, the size panel holds both distributions."""
+    from sepfl.report import report_figure, size_distribution
+
+    sizes, counts = size_distribution(np.array([0, 0, 1, 2, 2, 2, 3]))
+    np.testing.assert_array_equal(sizes, [1, 2, 3])
+    np.testing.assert_array_equal(counts, [2, 1, 1])
+    data = make_faces(20, dim=16, seed=1)
+    torch.manual_seed(0)
+    result = cluster(data.features, PairClassifier(16, 10).eval(),
+                     ClusterConfig(k=10, device="cpu", progress=False))
+    fig = report_figure(result, 0.5, gt=data.labels)
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["found", "true"]
+    assert "20 true" in fig.axes[0].get_title()
