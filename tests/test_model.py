@@ -158,7 +158,7 @@ def test_inference_path_matches_reference(dim, k, n, missing, factorised):
     model = randomise(PairClassifier(dim, k), seed=dim + k).eval()
     x, nbrs = toy_graph(n, dim, k, seed=n, missing=missing)
     want = reference_embeddings(model, x, nbrs)
-    got = model.node_embeddings(x, nbrs, batch_size=37, factorised=factorised)
+    got = model.node_embeddings(x, nbrs, batch_size=37, bf16=False, factorised=factorised)
     assert got.dtype == torch.float32 and got.shape == (n, 2 * dim)
     assert float((got - want).abs().max()) <= 1e-4
 
@@ -166,7 +166,7 @@ def test_inference_path_matches_reference(dim, k, n, missing, factorised):
     dst = torch.where(nbrs[:, -1] >= 0, nbrs[:, -1], 0)
     with torch.no_grad():
         logits = model(x[src], ops.gather(x, nbrs, src), x[dst], ops.gather(x, nbrs, dst))
-    prob = model.score_pairs(got, src, dst, batch_size=29)
+    prob = model.score_pairs(got, src, dst, batch_size=29, bf16=False)
     assert float((prob - torch.softmax(logits, 1)[:, 1]).abs().max()) <= 1e-4
 
 
@@ -186,28 +186,29 @@ def test_inference_after_training_steps():
     assert float(model.channel_bn.running_var.min()) != 1.0
     model.eval()
     want = reference_embeddings(model, x, nbrs)
-    assert float((model.node_embeddings(x, nbrs) - want).abs().max()) <= 1e-4
+    assert float((model.node_embeddings(x, nbrs, bf16=False) - want).abs().max()) <= 1e-4
 
 
 def test_node_embeddings_accepts_numpy_and_is_batch_invariant():
     model = randomise(PairClassifier(8, 4), seed=0).eval()
     x, nbrs = toy_graph(60, 8, 4, seed=0)
-    whole = model.node_embeddings(x.numpy(), nbrs.numpy(), batch_size=1000)
+    whole = model.node_embeddings(x.numpy(), nbrs.numpy(), batch_size=1000, bf16=False)
     assert isinstance(whole, torch.Tensor)
-    assert torch.allclose(whole, model.node_embeddings(x, nbrs, batch_size=1), atol=1e-6)
+    assert torch.allclose(whole, model.node_embeddings(x, nbrs, batch_size=1, bf16=False),
+                          atol=1e-6)
 
 
-def test_bf16_autocast_is_close():
+def test_bf16_is_close():
     model = randomise(PairClassifier(16, 8), seed=5).eval()
     x, nbrs = toy_graph(100, 16, 8, seed=5)
-    exact = model.node_embeddings(x, nbrs)
+    exact = model.node_embeddings(x, nbrs, bf16=False)
     fast = model.node_embeddings(x, nbrs, bf16=True)
     assert fast.dtype == torch.float32
     scale = float(exact.abs().max())
     assert float((fast - exact).abs().max()) <= 0.05 * scale
     src, dst = torch.arange(100), nbrs[:, 1]
     assert float((model.score_pairs(fast, src, dst, bf16=True)
-                  - model.score_pairs(exact, src, dst)).abs().max()) < 0.1
+                  - model.score_pairs(exact, src, dst, bf16=False)).abs().max()) < 0.1
 
 
 def test_empty_inputs():
@@ -250,13 +251,13 @@ def test_cuda_matches_cpu():
     model = randomise(PairClassifier(16, 8), seed=2).eval()
     x, nbrs = toy_graph(150, 16, 8, seed=2, missing=10)
     src, dst = torch.arange(150), nbrs[:, 1].clamp(min=0)
-    want = model.node_embeddings(x, nbrs)
-    want_prob = model.score_pairs(want, src, dst)
+    want = model.node_embeddings(x, nbrs, bf16=False)
+    want_prob = model.score_pairs(want, src, dst, bf16=False)
     model.to("cuda")
-    got = model.node_embeddings(x.cuda(), nbrs.cuda())
+    got = model.node_embeddings(x.cuda(), nbrs.cuda(), bf16=False)
     assert got.device.type == "cuda"
     assert float((got.cpu() - want).abs().max()) <= 1e-4
-    prob = model.score_pairs(got, src.cuda(), dst.cuda())
+    prob = model.score_pairs(got, src.cuda(), dst.cuda(), bf16=False)
     assert float((prob.cpu() - want_prob).abs().max()) <= 1e-4
     fast = model.node_embeddings(x.cuda(), nbrs.cuda(), bf16=True)
     assert fast.dtype == torch.float32

@@ -19,16 +19,20 @@ loads with ``strict=True``.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Mapping
+import dataclasses
+import functools
+import itertools
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from sepfl import ops
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, is_tensor)
 
-__all__ = ["PairClassifier", "bf16_autocast"]
+__all__ = ["PairClassifier", "bf16_autocast", "fast_bf16"]
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -225,35 +229,35 @@ class PairClassifier(nn.Module):
         if weight_device != device:
             raise ValueError(f"the model is on {weight_device} but the inputs are on {device}")
 
-    def _project(self, features: torch.Tensor, weight: torch.Tensor, batch_size: int,
-                 bf16: bool) -> torch.Tensor:
-        """``features @ weight.T`` as float32 [N, H], computed batch by batch."""
-        out = torch.empty((features.shape[0], weight.shape[0]), dtype=torch.float32,
-                          device=features.device)
-        with bf16_autocast(features.device, bf16):
-            for start in range(0, features.shape[0], batch_size):
-                out[start:start + batch_size] = nn.functional.linear(
-                    features[start:start + batch_size], weight)
-        return out
+    def _folded_weights(self, dtype: torch.dtype) -> "_Folded":
+        """The eval-mode network with its BatchNorms folded, in ``dtype``, cached on the model.
 
-    def _gathered_hidden(self, features: torch.Tensor, nbrs: torch.Tensor, batch_size: int,
-                         bf16: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A function of node ids [B] giving the first channel-mix activations [B, k, 4D].
-
-        ``W [f_u ‖ f_j] + b = W_c f_u + W_n f_j + b``: the two projections are
-        computed once for every node and the native kernel adds, biases and
-        applies GELU per token. Dropout is the identity in eval mode.
+        The cache is keyed on every parameter's and buffer's storage and
+        autograd version counter, so an optimiser step, ``load_state_dict``,
+        ``model.to(...)`` or any in-place change made outside ``.data`` rebuilds it.
         """
-        first = self.channel_mix[0]
-        centre = self._project(features, first.weight[:, :self.dim], batch_size, bf16)
-        neighbour = self._project(features, first.weight[:, self.dim:], batch_size, bf16)
-        bias = first.bias.detach().to(torch.float32)
-        return lambda ids: ops.gather_add(centre, neighbour, nbrs, ids, bias, gelu=True)
+        tensors = list(itertools.chain(self.parameters(), self.buffers()))
+        key = (dtype, tensors[0].device, tuple((t.data_ptr(), t._version) for t in tensors))
+        folded = self.__dict__.get("_folded")
+        if folded is None or folded.key != key:
+            folded = _Folded.of(self, dtype, key)
+            self.__dict__["_folded"] = folded
+        return folded
 
     @torch.no_grad()
     def node_embeddings(self, features: Array, nbrs: Array, batch_size: int = 2048,
-                        bf16: bool = False, factorised: bool = True) -> torch.Tensor:
+                        bf16: Optional[bool] = None, factorised: bool = True,
+                        progress: bool = False) -> torch.Tensor:
         """``e_u`` for every sample, computed once per sample (eval mode only).
+
+        The fast inference path: BatchNorms folded into the Linears (cached on
+        the model), the first channel-mix Linear factorised into per-sample
+        projections, and the network run over small node tiles laid out
+        token-major (row ``j * B + b`` is token j of tile node b), so the channel
+        mix and attention are plain GEMMs over rows and the token mix one GEMM
+        from the left, with no transposed copy between layers. On the CPU a tile
+        holds as many nodes as keep its [tile, k, 4D] hidden activations in
+        about 2 MiB (L2); on a GPU a tile is the whole batch.
 
         Parameters
         ----------
@@ -262,18 +266,21 @@ class PairClassifier(nn.Module):
         nbrs : int [N, k]
             kNN table, self at rank 0; -1 marks a missing neighbour (zero feature).
         batch_size : int
-            Samples embedded at a time; peak working memory is about
-            ``batch_size * k * 10 D * 4`` bytes (≈ 1.7 GB for 2048, k = 80, D = 256).
-        bf16 : bool
-            Run the dense layers under bfloat16 autocast (the native kernels
-            and the output stay float32).
+            Samples per batch: their centre projections are computed together
+            and the progress bar advances by a batch.
+        bf16 : bool or None
+            Compute dtype of the network: bfloat16 (True), float32 (False), or
+            None for :func:`fast_bf16` of the device (bfloat16 on GPUs and on
+            CPUs with AMX or AVX-512 BF16). The output is float32 either way.
         factorised : bool
-            Use the factorised first Linear. It needs two float32 [N, 4D]
-            projections held for the whole call (8 · N · 4D bytes: 4.8 GB for
-            N = 584K, D = 256; 43 GB for 5.2M); ``False`` applies the Linear to
-            each batch's gathered tokens instead: no per-node storage, about
-            1.2x slower on a 2-core CPU in float32 (the same speed under bf16,
-            where the remaining layers dominate).
+            Use the factorised first Linear, which holds a [N, 4D] table of
+            neighbour projections in the compute dtype for the whole call
+            (2 · N · 4D bytes in bfloat16: 1.2 GB for N = 584K, D = 256).
+            ``False`` applies the Linear to each tile's tokens instead: no
+            [N, 4D] table, about 1.7x the FLOPs. Both also hold a [N, 2D] token
+            table in the compute dtype.
+        progress : bool
+            Show a tqdm bar (stderr) over the samples.
 
         Returns
         -------
@@ -296,23 +303,39 @@ class PairClassifier(nn.Module):
         check_finite(features, "features")
         check_index_range(nbrs, "nbrs", features.shape[0], allow_missing=True)
         self._check_inference(features.device)
-        n = features.shape[0]
-        out = torch.empty((n, 2 * self.dim), dtype=torch.float32, device=features.device)
-        if factorised:
-            gathered_hidden = self._gathered_hidden(features, nbrs, batch_size, bf16)
-        for start in range(0, n, batch_size):
-            ids = torch.arange(start, min(start + batch_size, n), device=features.device)
-            f, nbr_feats = features[ids], ops.gather(features, nbrs, ids)
-            with bf16_autocast(features.device, bf16):
-                hidden = gathered_hidden(ids) if factorised \
-                    else self._hidden(self._tokens(f, nbr_feats))
-                out[start:start + ids.shape[0]] = self._embed_hidden(f, nbr_feats, hidden)
+        dtype = _compute_dtype(features.device, bf16)
+        folded = self._folded_weights(dtype)
+        n, dim, k = features.shape[0], self.dim, self.k
+        batch = max(1, min(batch_size, n))
+        tile = batch if features.device.type != "cpu" else \
+            max(1, min(batch, _CPU_TILE_BYTES // (k * 4 * dim * dtype.itemsize)))
+        tables = _Tables(folded, features.to(dtype), batch, factorised)
+        # missing neighbours read row n: a zero projection, a zero feature
+        rows = torch.where(nbrs < 0, n, nbrs)
+        out = torch.empty((n, 2 * dim), dtype=torch.float32, device=features.device)
+        out[:, :dim] = features
+        with tqdm(total=n, desc="embeddings", unit="node", unit_scale=True, leave=False,
+                  disable=not progress) as bar:
+            for start in range(0, n, batch):
+                stop = min(start + batch, n)
+                tables.set_centres(start, stop)
+                weights = torch.empty((stop - start, k), dtype=torch.float32,
+                                      device=features.device)
+                for lo in range(0, stop - start, tile):
+                    hi = min(lo + tile, stop - start)
+                    weights[lo:hi] = tables.attention(rows[start + lo:start + hi], lo)
+                ids = torch.arange(start, stop, device=features.device)
+                out[start:stop, dim:] = ops.aggregate(weights, features, nbrs, ids)
+                bar.update(stop - start)
         return out
 
     @torch.no_grad()
     def score_pairs(self, e: torch.Tensor, src: Array, dst: Array, batch_size: int = 65536,
-                    bf16: bool = False) -> torch.Tensor:
+                    bf16: Optional[bool] = None) -> torch.Tensor:
         """P(same identity) of each pair from per-sample embeddings (eval mode only).
+
+        The classifier runs with its BatchNorms folded into its Linears, and
+        ``softmax(logits)[:, 1]`` as the identical ``sigmoid(l_1 - l_0)``.
 
         Parameters
         ----------
@@ -322,13 +345,14 @@ class PairClassifier(nn.Module):
             Pair endpoints in ``[0, N)``.
         batch_size : int
             Pairs classified at a time.
-        bf16 : bool
-            Run the classifier under bfloat16 autocast.
+        bf16 : bool or None
+            Compute dtype of the hidden layers, as in :meth:`node_embeddings`
+            (the last layer and the output are float32).
 
         Returns
         -------
         prob : float32 Tensor [P]
-            ``softmax(logits)[:, 1]``, on the device of ``e``.
+            On the device of ``e``.
         """
         e = as_values(e, "e", 2, shape=(None, 2 * self.dim))
         e = e if is_tensor(e) else torch.from_numpy(e)
@@ -339,10 +363,241 @@ class PairClassifier(nn.Module):
         check_index_range(src, "src", e.shape[0])
         check_index_range(dst, "dst", e.shape[0])
         self._check_inference(e.device)
+        folded = self._folded_weights(_compute_dtype(e.device, bf16))
         prob = torch.empty(src.shape[0], dtype=torch.float32, device=e.device)
         for start in range(0, src.shape[0], batch_size):
             a, b = src[start:start + batch_size], dst[start:start + batch_size]
-            with bf16_autocast(e.device, bf16):
-                logits = self.classify(e[a], e[b])
-            prob[start:start + a.shape[0]] = torch.softmax(logits.float(), dim=1)[:, 1]
+            prob[start:start + a.shape[0]] = folded.pair_probability(e[a], e[b])
         return prob
+
+
+# --------------------------------------------------------------------- fast inference path
+
+# A CPU tile's [tile, k, 4D] hidden activations are kept to about this size (a core's L2).
+_CPU_TILE_BYTES = 2 * 2**20
+
+_gelu_ = torch.ops.aten.gelu_
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 is the faster compute dtype for the network on ``device``.
+
+    True on CUDA devices that support bfloat16, and on CPUs whose flags list
+    AMX-BF16 or AVX-512 BF16 while torch runs its AVX-512 kernels and has
+    oneDNN (which gives bfloat16 GEMMs their speed); False otherwise,
+    e.g. on AVX2-only CPUs, where bfloat16 GEMMs are no faster than float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and _cpu_has_fast_bf16()
+
+
+def _cpu_has_fast_bf16() -> bool:
+    return (torch.backends.mkldnn.is_available()
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+            and bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"}))
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
+    """The CPU feature flags Linux lists in ``path``; empty where it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as cpuinfo:
+            return frozenset(flag for line in cpuinfo if line.startswith("flags")
+                             for flag in line.split(":", 1)[1].split())
+    except OSError:
+        return frozenset()
+
+
+def _compute_dtype(device: torch.device, bf16: Optional[bool]) -> torch.dtype:
+    """bfloat16 or float32: ``bf16`` when given, else :func:`fast_bf16` of ``device``."""
+    if bf16 is None:
+        bf16 = fast_bf16(device)
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as ``x * scale + shift``: float64 [C] each."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return scale, bn.bias.double() - bn.running_mean.double() * scale
+
+
+@dataclasses.dataclass(frozen=True)
+class _Folded:
+    """The eval-mode network of a :class:`PairClassifier` with its BatchNorms folded away.
+
+    Folding is done in float64, then every tensor is cast to ``dtype`` (the
+    compute dtype) except the last layers' float32 vectors. Shapes, with
+    ``W x`` meaning ``x @ W.T``:
+
+    * ``centre``, ``neighbour`` [4D, D], ``hidden_bias`` [4D]: the first
+      channel-mix Linear split over ``[f_u ‖ f_j]``; ``first`` [4D, 2D] whole,
+      with ``first_bias`` [4D] for tokens that already hold ``mix_bias``.
+    * ``mix`` [2D, 4D], ``mix_bias`` [2D]: the second channel-mix Linear with
+      ``channel_bn`` folded in.
+    * ``token_in`` [2k, k + 1], ``token_out`` [k, 2k + 1]: the token-mix Linears
+      with their bias as a last column (the activations carry a row of ones);
+      ``token_scale`` [2D]: ``token_bn``'s scale (its shift is folded into
+      ``attention_bias``).
+    * ``attention`` [D, 2D], ``attention_bias`` [D]: the first attention Linear
+      with ``attention_bn`` and the ``token_bn`` shift folded in;
+      ``attention_out`` [D] and float ``attention_out_bias``: the last one.
+    * ``pair_in`` [2D, 4D], ``pair_mid`` [D, 2D] and biases: the classifier's
+      Linears with all three of its BatchNorms folded in; float32 ``pair_out`` [D]
+      and float ``pair_out_bias``: the difference of its two logit rows.
+    """
+
+    key: tuple
+    centre: torch.Tensor
+    neighbour: torch.Tensor
+    hidden_bias: torch.Tensor
+    first: torch.Tensor
+    first_bias: torch.Tensor
+    mix: torch.Tensor
+    mix_bias: torch.Tensor
+    token_in: torch.Tensor
+    token_out: torch.Tensor
+    token_scale: torch.Tensor
+    attention: torch.Tensor
+    attention_bias: torch.Tensor
+    attention_out: torch.Tensor
+    attention_out_bias: float
+    pair_in: torch.Tensor
+    pair_in_bias: torch.Tensor
+    pair_mid: torch.Tensor
+    pair_mid_bias: torch.Tensor
+    pair_out: torch.Tensor
+    pair_out_bias: float
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: PairClassifier, dtype: torch.dtype, key: tuple) -> "_Folded":
+        def w(linear: nn.Linear) -> Tuple[torch.Tensor, torch.Tensor]:
+            return linear.weight.double(), linear.bias.double()
+
+        dim = model.dim
+        first, first_bias = w(model.channel_mix[0])
+        channel_scale, channel_shift = _bn_affine(model.channel_bn)
+        mix, mix_bias = w(model.channel_mix[3])
+        mix, mix_bias = channel_scale[:, None] * mix, channel_scale * mix_bias + channel_shift
+        token_in = torch.cat([w(model.token_mix[0])[0], w(model.token_mix[0])[1][:, None]], 1)
+        token_out = torch.cat([w(model.token_mix[3])[0], w(model.token_mix[3])[1][:, None]], 1)
+        token_scale, token_shift = _bn_affine(model.token_bn)
+        attention_scale, attention_shift = _bn_affine(model.attention_bn)
+        attention, attention_bias = w(model.attention_layer[0])
+        attention_bias = attention_bias + attention @ (attention_scale * token_shift
+                                                       + attention_shift)
+        attention = attention * attention_scale
+        attention_out, attention_out_bias = w(model.attention_layer[3])
+        scale_0, shift_0 = _bn_affine(model.classifier[0])
+        scale_2, shift_2 = _bn_affine(model.classifier[2])
+        scale_6, shift_6 = _bn_affine(model.classifier[6])
+        pair_in, pair_in_bias = w(model.classifier[1])
+        pair_in_bias = scale_2 * (pair_in @ shift_0 + pair_in_bias) + shift_2
+        pair_in = scale_2[:, None] * pair_in * scale_0
+        pair_mid, pair_mid_bias = w(model.classifier[5])
+        pair_mid, pair_mid_bias = scale_6[:, None] * pair_mid, scale_6 * pair_mid_bias + shift_6
+        pair_out, pair_out_bias = w(model.classifier[9])
+
+        def c(x: torch.Tensor) -> torch.Tensor:
+            return x.to(dtype).contiguous()
+
+        return cls(key=key, centre=c(first[:, :dim]), neighbour=c(first[:, dim:]),
+                   hidden_bias=c(first_bias), first=c(first),
+                   first_bias=c(first_bias - first @ mix_bias), mix=c(mix),
+                   mix_bias=c(mix_bias), token_in=c(token_in), token_out=c(token_out),
+                   token_scale=c(token_scale), attention=c(attention),
+                   attention_bias=c(attention_bias), attention_out=c(attention_out[0]),
+                   attention_out_bias=float(attention_out_bias[0]), pair_in=c(pair_in),
+                   pair_in_bias=c(pair_in_bias), pair_mid=c(pair_mid),
+                   pair_mid_bias=c(pair_mid_bias),
+                   pair_out=(pair_out[1] - pair_out[0]).float(),
+                   pair_out_bias=float(pair_out_bias[1] - pair_out_bias[0]))
+
+    def pair_probability(self, e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
+        """float32 [P] P(same identity) from float [P, 2D] embeddings of both sides."""
+        x = torch.cat([e_a, e_b], dim=1).to(self.pair_in.dtype)
+        h = _gelu_(torch.addmm(self.pair_in_bias, x, self.pair_in.t()))
+        h = _gelu_(torch.addmm(self.pair_mid_bias, h, self.pair_mid.t()))
+        return torch.sigmoid(torch.mv(h.float(), self.pair_out) + self.pair_out_bias)
+
+
+class _Tables:
+    """Per-call gather tables of :meth:`PairClassifier.node_embeddings`, and its tile step.
+
+    Every token of a tile is one ``embedding_bag`` sum of two table rows, its
+    neighbour's and its centre's, for both tables at once:
+
+    * ``hidden`` [N + 2 + batch, 4D] (factorised path only): rows ``0..N-1`` the
+      neighbour projections ``W_n f``, row N zeros (a missing neighbour), row
+      N + 1 zeros, then the current batch's centre projections ``W_c f_u + b``.
+    * ``tokens`` [N + 2 + batch, 2D]: rows ``0..N-1`` ``[0 ‖ f + mix_bias_hi]``,
+      row N ``[0 ‖ mix_bias_hi]``, row N + 1 all 0.5 (a bag of it twice is the
+      token mix's row of ones), then ``[f_u + mix_bias_lo ‖ 0]`` of the batch.
+
+    So a tile's tokens arrive as ``[f_u ‖ f_j] + mix_bias``, ready to receive
+    the second channel-mix GEMM as a residual.
+    """
+
+    def __init__(self, folded: _Folded, features: torch.Tensor, batch: int, factorised: bool):
+        n, dim = features.shape
+        self.folded, self.features, self.n, self.dim = folded, features, n, dim
+        self.hidden: Optional[torch.Tensor] = None
+        if factorised:
+            self.hidden = features.new_empty((n + 2 + batch, 4 * dim))
+            torch.mm(features, folded.neighbour.t(), out=self.hidden[:n])
+            self.hidden[n:n + 2] = 0
+        self.tokens = features.new_zeros((n + 2 + batch, 2 * dim))
+        torch.add(features, folded.mix_bias[dim:], out=self.tokens[:n, dim:])
+        self.tokens[n, dim:] = folded.mix_bias[dim:]
+        self.tokens[n + 1] = 0.5
+        self.slots = torch.arange(n + 2, n + 2 + batch, device=features.device)
+        self._scratch: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _scratch_for(self, b: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Reused per-tile buffers for B = ``b``: bags int64 [(k + 1) B, 2] and the token-mix
+        activations [2k + 1, B · 2D], each with its constant last rows already written."""
+        if b not in self._scratch:
+            bags = torch.full(((k + 1) * b, 2), self.n + 1, dtype=torch.int64,
+                              device=self.features.device)
+            mixed = self.features.new_empty((2 * k + 1, b * 2 * self.dim))
+            mixed[2 * k] = 1
+            self._scratch[b] = bags, mixed
+        return self._scratch[b]
+
+    def set_centres(self, start: int, stop: int) -> None:
+        """Write the centre rows of samples ``start..stop-1`` into the slots."""
+        slots = slice(self.n + 2, self.n + 2 + stop - start)
+        centres = self.features[start:stop]
+        if self.hidden is not None:
+            torch.addmm(self.folded.hidden_bias, centres, self.folded.centre.t(),
+                        out=self.hidden[slots])
+        torch.add(centres, self.folded.mix_bias[:self.dim], out=self.tokens[slots, :self.dim])
+
+    def attention(self, rows: torch.Tensor, first_slot: int) -> torch.Tensor:
+        """Neighbour weights of one tile: float32 [B, k].
+
+        ``rows`` int64 [B, k] are the tile's kNN rows (missing as N); its
+        centres sit in slots ``first_slot .. first_slot + B - 1``.
+        """
+        folded = self.folded
+        b, k = rows.shape
+        width = 2 * self.dim
+        bags, mixed = self._scratch_for(b, k)
+        token_bags = bags[:k * b].view(k, b, 2)
+        token_bags[:, :, 0] = rows.t()
+        token_bags[:, :, 1] = self.slots[first_slot:first_slot + b]
+        tokens = nn.functional.embedding_bag(bags, self.tokens, mode="sum")
+        x = tokens[:k * b]
+        if self.hidden is not None:
+            hidden = nn.functional.embedding_bag(bags[:k * b], self.hidden, mode="sum")
+        else:
+            hidden = torch.addmm(folded.first_bias, x, folded.first.t())
+        x.addmm_(_gelu_(hidden), folded.mix.t())
+        _gelu_(torch.mm(folded.token_in, tokens.view(k + 1, b * width), out=mixed[:2 * k]))
+        token_mix = torch.mm(folded.token_out, mixed)
+        x.view(k, b, width).addcmul_(token_mix.view(k, b, width), folded.token_scale)
+        hidden = _gelu_(torch.addmm(folded.attention_bias, x, folded.attention.t()))
+        weights = torch.mv(hidden, folded.attention_out).view(k, b).t()
+        return weights.float() + folded.attention_out_bias
