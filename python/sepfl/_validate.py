@@ -104,6 +104,28 @@ def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_device(device: Optional[str]) -> Optional[torch.device]:
+    """``device`` ("cpu", "cuda", "cuda:N" or None) as a torch.device (None stays None).
+
+    Checks the spelling only: whether the hardware is there is asked where the
+    device is used, so a config naming "cuda" can be read on a CPU-only machine.
+    """
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolved
+
+
+def check_threads(threads: Optional[int]) -> Optional[int]:
+    """``threads`` as an int >= 1, or None (sepfl's default, see :mod:`sepfl._threads`)."""
+    return None if threads is None else check_positive_int(threads, "threads")
+
+
 def check_finite(x: Array, name: str) -> None:
     """ValueError, with the count, when ``x`` holds NaN or inf."""
     bad = ~torch.isfinite(x) if is_tensor(x) else ~np.isfinite(x)

@@ -52,7 +52,7 @@ from tqdm import tqdm
 from sepfl._validate import Array, as_values, check_positive_int, is_tensor, same_device
 from sepfl.io import fingerprint, normalize_features, read_knn, write_knn
 
-__all__ = ["build_knn", "estimate_recall", "BACKENDS", "PRECISIONS"]
+__all__ = ["build_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     where = _compute_device(x, device)
-    backend = _choose_backend(backend, where, precision)
+    backend = choose_backend(backend, where, precision)
     x = normalize_features(x)
     exact_build = exact if backend == "faiss" else precision == "fp32"
     found = None if cache is None else _read_cache(Path(cache), x, k, exact_build)
@@ -170,7 +170,13 @@ def _faiss() -> Any:
     return faiss
 
 
-def _choose_backend(backend: str, where: torch.device, precision: str) -> str:
+def choose_backend(backend: str, where: torch.device, precision: str) -> str:
+    """The backend :func:`build_knn` uses on device ``where`` ("faiss" or "torch").
+
+    Raises ValueError for an unknown backend or a precision faiss does not
+    offer, ImportError for ``"faiss"`` without faiss installed: cheap, so
+    callers can check before any work.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -181,8 +187,8 @@ def _choose_backend(backend: str, where: torch.device, precision: str) -> str:
             raise ValueError(f"precision={precision!r} applies to the torch backend; faiss "
                              "computes in fp32")
         if _faiss() is None:
-            raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu "
-                              "(or use backend='torch')")
+            raise ImportError("the faiss kNN backend needs faiss: pip install faiss-cpu, or use "
+                              "the torch backend (--knn-backend torch, backend='torch')")
     return backend
 
 
