@@ -92,7 +92,7 @@ CASES = [
      "identit"),
     ("labels / features mismatch in fit", lambda p: SEPFL(k=10, ranks=5, **CPU).fit(X, Y[:-1]),
      ValueError, "labels"),
-    ("threshold above 1", lambda p: SEPFL(threshold=1.2), ValueError, "threshold"),
+    ("threshold above 1", lambda p: SEPFL(threshold=1.2).fit(X, Y), ValueError, "threshold"),
     ("negative rho", lambda p: ClusterConfig(rho=-0.1), ValueError, "rho"),
     ("unknown setting", lambda p: SEPFL(n_clusters=4), TypeError, "n_clusters"),
     ("zero epochs", lambda p: TrainConfig(epochs=0), ValueError, "epochs"),
@@ -119,7 +119,7 @@ def test_cuda_tensors_without_cuda_are_refused():
     with pytest.raises((RuntimeError, ValueError, AssertionError), match="CUDA|cuda"):
         ops.density(torch.ones(3, 2, device="cuda"))
     with pytest.raises(ValueError, match="cuda"):
-        ClusterConfig(device="cuda")
+        cluster(X, MODEL, ClusterConfig(k=10, device="cuda", progress=False))
 
 
 def test_readonly_and_non_contiguous_inputs_are_fine():

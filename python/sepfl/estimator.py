@@ -4,24 +4,81 @@
 >>> labels = SEPFL.pretrained().fit_predict(features)         # doctest: +SKIP
 >>> model = SEPFL(k=80).fit(train_features, train_labels)     # doctest: +SKIP
 >>> labels = model.predict(test_features)                     # doctest: +SKIP
+
+The estimator's parameters are the fields of :class:`~sepfl.cluster.ClusterConfig`
+and :class:`~sepfl.train.TrainConfig`, flat (``SEPFL(k=40, threshold=0.6,
+epochs=2)``), read from the dataclasses themselves: a field added there is a
+parameter here, an option of the CLI, and survives ``get_params`` / ``clone``.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from sepfl._threads import torch_threads
 from sepfl._validate import Array
 from sepfl.cluster import ClusterConfig, ClusterResult, cluster
-from sepfl.model import PairClassifier
+from sepfl.io import fingerprint
 from sepfl.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 PathLike = Union[str, Path]
 
 DEFAULT_WEIGHTS = "default_k80_d256.pt"
+_CONFIGS = (ClusterConfig, TrainConfig)
+
+
+def _defaults() -> Tuple[Dict[str, Any], FrozenSet[str]]:
+    """Each config field's default, and the fields the two configs default differently.
+
+    Such a field (``bf16``: off for clustering, on for training) defaults to
+    None here, meaning "each config's own default"; a value sets both.
+    """
+    defaults: Dict[str, Any] = {}
+    per_config = set()
+    for cls in _CONFIGS:
+        for field in dataclasses.fields(cls):
+            if field.name in defaults and defaults[field.name] != field.default:
+                per_config.add(field.name)
+            defaults.setdefault(field.name, field.default)
+    return {**defaults, **dict.fromkeys(per_config)}, frozenset(per_config)
+
+
+_DEFAULTS, _PER_CONFIG = _defaults()
+
+
+def _build(cls: type, params: Mapping[str, Any]):
+    """``cls`` from the flat parameters (validated by the dataclass)."""
+    return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls)
+                  if not (f.name in _PER_CONFIG and params[f.name] is None)})
+
+
+def _check(params: Mapping[str, Any]) -> None:
+    """ValueError / TypeError when the flat parameters make an invalid config."""
+    for cls in _CONFIGS:
+        _build(cls, params)
+
+
+def _changed(config: Any) -> Dict[str, Any]:
+    """The fields of a config object that differ from their defaults."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != f.default}
+
+
+def _from_configs(configs: Iterable[Any]) -> Dict[str, Any]:
+    """Flat parameters from config objects; ValueError when two set one field differently."""
+    params: Dict[str, Any] = {}
+    for config in configs:
+        for name, value in _changed(config).items():
+            if name in params and params[name] != value:
+                raise ValueError(f"cluster_config and train_config disagree on {name} "
+                                 f"({params[name]!r} vs {value!r}); pass {name}=... instead")
+            params[name] = value
+    return params
 
 
 class NotFittedError(RuntimeError):
@@ -31,22 +88,29 @@ class NotFittedError(RuntimeError):
 class SEPFL:
     """Supervised clustering of embeddings with a trained pair classifier.
 
-    ``__init__`` only stores settings; ``fit`` trains, ``predict`` clusters.
-    Inputs are numpy arrays or torch tensors [N, D]; labels come back as numpy.
+    ``__init__`` only stores its parameters; ``fit`` validates and trains,
+    ``predict`` clusters. Inputs are numpy arrays or torch tensors [N, D];
+    labels come back as numpy.
 
     Parameters
     ----------
-    cluster_config : ClusterConfig, optional
-        Clustering settings (k, rho, link threshold, device, batch sizes, ...).
-    train_config : TrainConfig, optional
-        Training settings (epochs, pairs per epoch, optimiser, seed, ...).
-    **settings
-        Any field of either config by name, e.g. ``SEPFL(k=40, threshold=0.6,
-        epochs=20)``; overrides the config objects. ``device``, ``bf16`` and
-        ``progress`` exist in both and set both.
+    **params
+        Every field of :class:`~sepfl.cluster.ClusterConfig` (k, rho, threshold,
+        device, kNN and batch settings, ...) and :class:`~sepfl.train.TrainConfig`
+        (epochs, pairs per epoch, optimiser, seed, ...) by name, with the same
+        defaults. A field both define (``device``, ``bf16``, ``progress``,
+        ``threads``) sets both; ``bf16=None`` (its default) leaves each config
+        its own default (off for clustering, on for training).
+    cluster_config, train_config : optional
+        Config objects whose non-default fields become parameters (explicit
+        parameters win); kept for code that builds configs first.
 
     Attributes
     ----------
+    cluster_config : ClusterConfig
+        The clustering settings the parameters make (built on access).
+    train_config : TrainConfig
+        The training settings the parameters make.
     model_ : PairClassifier
         The trained network (after ``fit``, ``load`` or ``pretrained``).
     labels_ : int64 ndarray [N]
@@ -55,38 +119,59 @@ class SEPFL:
         Everything the last clustering produced, per-stage timings included.
     """
 
-    def __init__(self, cluster_config: Optional[ClusterConfig] = None,
-                 train_config: Optional[TrainConfig] = None, **settings: Any):
-        self.cluster_config = cluster_config or ClusterConfig()
-        self.train_config = train_config or TrainConfig()
-        self.set_params(**settings)
+    def __init__(self, *, cluster_config: Optional[ClusterConfig] = None,
+                 train_config: Optional[TrainConfig] = None, **params: Any):
+        unknown = set(params) - set(_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown SEPFL parameter(s) {sorted(unknown)}; the parameters are "
+                            "the fields of ClusterConfig and TrainConfig")
+        given = {**_from_configs(c for c in (cluster_config, train_config) if c is not None),
+                 **params}
+        for name, default in _DEFAULTS.items():
+            setattr(self, name, given.get(name, default))
+
+    def __repr__(self) -> str:
+        changed = ", ".join(f"{name}={value!r}" for name, value in self.get_params().items()
+                            if value != _DEFAULTS[name])
+        return f"SEPFL({changed})"
+
+    def __sklearn_tags__(self) -> Any:
+        """What scikit-learn >= 1.6 asks of an estimator (sklearn is imported only then)."""
+        from sklearn.utils import Tags, TargetTags
+
+        # a clusterer that learns from labels: fit needs y, predict does not
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=True))
+
+    @property
+    def cluster_config(self) -> ClusterConfig:
+        return _build(ClusterConfig, self.get_params())
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return _build(TrainConfig, self.get_params())
 
     def get_params(self, deep: bool = True) -> Dict[str, Any]:
-        return {"cluster_config": self.cluster_config, "train_config": self.train_config}
+        """Every parameter by name (flat; ``deep`` changes nothing: no nested estimators)."""
+        return {name: getattr(self, name) for name in _DEFAULTS}
 
     def set_params(self, **params: Any) -> "SEPFL":
-        """Replace ``cluster_config`` / ``train_config`` or single fields of either
-        (a field both define, such as ``device``, is set in both); returns self.
+        """Change single parameters, keeping a fitted model; returns self.
 
         Raises
         ------
-        TypeError
-            A name that is neither a config nor a field of one.
         ValueError
-            A value the config rejects.
+            A name that is not a parameter, or a value a config rejects (the
+            estimator is then left unchanged).
+        TypeError
+            A value of the wrong type.
         """
-        cluster_fields = {f.name for f in dataclasses.fields(ClusterConfig)}
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        configs = {"cluster_config", "train_config"}
-        unknown = set(params) - cluster_fields - train_fields - configs
+        unknown = set(params) - set(_DEFAULTS)
         if unknown:
-            raise TypeError(f"unknown SEPFL setting(s): {sorted(unknown)}")
-        self.cluster_config = dataclasses.replace(
-            params.get("cluster_config", self.cluster_config),
-            **{k: v for k, v in params.items() if k in cluster_fields})
-        self.train_config = dataclasses.replace(
-            params.get("train_config", self.train_config),
-            **{k: v for k, v in params.items() if k in train_fields})
+            raise ValueError(f"invalid SEPFL parameter(s) {sorted(unknown)}; the parameters "
+                             "are the fields of ClusterConfig and TrainConfig")
+        _check({**self.get_params(), **params})
+        for name, value in params.items():
+            setattr(self, name, value)
         return self
 
     # ------------------------------------------------------------------ learning
@@ -104,14 +189,18 @@ class SEPFL:
         validation : (X_val, y_val), optional
             A labelled split clustered after every epoch (F_P / F_B logged).
         checkpoint : path, optional
-            Written atomically after every epoch (and resumed from when it exists).
+            The resumable training state: written atomically after every epoch
+            and resumed from when it exists (:meth:`save` writes the model).
 
         Returns
         -------
         self
         """
-        self.model_ = train(X, y, self.train_config, k=self.cluster_config.k,
-                            validation=validation, checkpoint=checkpoint)
+        cluster_config, train_config = self.cluster_config, self.train_config
+        with torch_threads(train_config.threads):
+            self.model_ = train(X, y, train_config, k=cluster_config.k,
+                                validation=validation, checkpoint=checkpoint)
+        self.fingerprint_ = fingerprint(X)
         return self
 
     def predict(self, X: Array, knn: Optional[tuple] = None) -> np.ndarray:
@@ -131,7 +220,9 @@ class SEPFL:
         if not hasattr(self, "model_"):
             raise NotFittedError("this SEPFL has no trained model: call fit(), SEPFL.load() or "
                                  "SEPFL.pretrained() first")
-        self.result_: ClusterResult = cluster(X, self.model_, self.cluster_config, knn=knn)
+        config = self.cluster_config
+        with torch_threads(config.threads):
+            self.result_: ClusterResult = cluster(X, self.model_, config, knn=knn)
         self.labels_ = self.result_.labels
         return self.labels_
 
@@ -144,35 +235,43 @@ class SEPFL:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: PathLike) -> None:
-        """Write the model and both configs to ``path`` (atomically)."""
+        """Write the model, both configs and the training data's fingerprint to ``path``
+        (atomically)."""
         if not hasattr(self, "model_"):
             raise NotFittedError("nothing to save: the model is not trained")
         save_checkpoint(path, self.model_, self.train_config,
-                        extra={"cluster_config": dataclasses.asdict(self.cluster_config)})
+                        extra={"cluster_config": dataclasses.asdict(self.cluster_config),
+                               "fingerprint": getattr(self, "fingerprint_", None)})
 
     @classmethod
     def load(cls, path: PathLike, cluster_config: Optional[ClusterConfig] = None,
-             **settings: Any) -> "SEPFL":
+             **params: Any) -> "SEPFL":
         """A fitted SEPFL from a checkpoint: ``save``'s, a training one, or a bare state_dict.
 
-        Without ``cluster_config`` the stored cluster settings are used (k is
-        the model's); ``settings`` override single ClusterConfig fields (e.g.
-        ``device="cuda"``).
+        The stored settings come first (k is the model's), then the non-default
+        fields of ``cluster_config``, then ``params``; only then are they
+        validated, so ``SEPFL.load(path, device="cpu")`` reads a model saved
+        with ``device="cuda"`` on a machine without a GPU.
         """
         checkpoint = load_checkpoint(path)
-        if cluster_config is None:
-            # fields this version does not know (a checkpoint from another version) are dropped
-            known = {f.name for f in dataclasses.fields(ClusterConfig)}
-            stored = {name: value for name, value in
-                      (checkpoint.get("cluster_config") or {}).items() if name in known}
-            cluster_config = ClusterConfig(**{**stored, "k": checkpoint["model"].k})
-        estimator = cls(cluster_config=dataclasses.replace(cluster_config, **settings))
+        stored = dict(_changed(checkpoint["config"])) if checkpoint["config"] else {}
+        known = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
+        # a field this version does not know (a checkpoint from another version) is dropped
+        stored.update({name: value for name, value in
+                       (checkpoint.get("cluster_config") or {}).items()
+                       if name in known and value != known[name]})
+        stored["k"] = checkpoint["model"].k
+        overrides = _from_configs([cluster_config]) if cluster_config is not None else {}
+        estimator = cls(**{**stored, **overrides, **params})
+        _check(estimator.get_params())  # only now that every override is applied
         estimator.model_ = checkpoint["model"]
+        if checkpoint.get("fingerprint"):
+            estimator.fingerprint_ = checkpoint["fingerprint"]
         return estimator
 
     @classmethod
     def pretrained(cls, cluster_config: Optional[ClusterConfig] = None,
-                   **settings: Any) -> "SEPFL":
+                   **params: Any) -> "SEPFL":
         """The bundled default model (D = 256, k = 80, trained on synthetic faces).
 
         Training on your own labelled embeddings gives better clusters; this is
@@ -180,4 +279,12 @@ class SEPFL:
         """
         weights = resources.files("sepfl") / "weights" / DEFAULT_WEIGHTS
         with resources.as_file(weights) as path:
-            return cls.load(path, cluster_config=cluster_config, **settings)
+            return cls.load(path, cluster_config=cluster_config, **params)
+
+
+SEPFL.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+       for name in ("cluster_config", "train_config")]
+    + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+       for name, default in _DEFAULTS.items()])
