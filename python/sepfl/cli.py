@@ -3,6 +3,12 @@
 Every option that tunes clustering or training is generated from the fields
 of :class:`sepfl.cluster.ClusterConfig` and :class:`sepfl.train.TrainConfig`,
 so the CLI and the API share one definition (and one set of defaults).
+
+Each command checks all its inputs and output paths before any work (files
+exist, row counts agree, a ``--knn`` graph belongs to the features, outputs
+are writable and of a known format) and writes its outputs only at the end;
+a user-side error is one line on stderr and exit code 2, Ctrl-C one line and
+exit code 130, and neither leaves an output file.
 """
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ import dataclasses
 import logging
 import re
 import sys
+import tempfile
 import time
+import typing
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,8 +42,9 @@ EXAMPLES = {
     "evaluate": "sepfl evaluate data/test_labels.npy pred.npy",
 }
 
-
-KNN_FIELDS = ("k", "device", "knn_backend", "knn_precision", "knn_exact", "progress")
+KNN_FIELDS = ("k", "device", "knn_backend", "knn_precision", "knn_exact", "progress", "threads")
+CONFIG_FIELDS = {f.name for cls in (ClusterConfig, TrainConfig) for f in dataclasses.fields(cls)}
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
 
 class UserError(Exception):
@@ -44,15 +53,42 @@ class UserError(Exception):
 
 # ---------------------------------------------------------------- config options
 
+def _plain(text: str) -> str:
+    """Docstring text without reST markup: ``x`` and :role:`x` become x."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
 def _field_help(cls: type) -> Dict[str, str]:
-    """Each attribute's first description line, read from the numpydoc ``Attributes`` section."""
-    doc = cls.__doc__ or ""
-    return {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^ {4}(\w+) : .*\n {8}(.+)$", doc, flags=re.M)}
+    """Each attribute's whole description, read from the numpydoc ``Attributes`` section.
+
+    A heading naming several attributes (``lr, momentum, weight_decay : float``)
+    gives each of them the description.
+    """
+    help_text: Dict[str, str] = {}
+    names: List[str] = []
+    for line in (cls.__doc__ or "").splitlines():
+        heading = re.match(r"^ {4}(\w+(?:, \w+)*) : ", line)
+        if heading:
+            names = heading.group(1).split(", ")
+            help_text.update(dict.fromkeys(names, ""))
+        elif names and line.startswith(" " * 8):
+            for name in names:
+                help_text[name] = f"{help_text[name]} {line.strip()}".strip()
+        else:
+            names = []
+    return {name: _plain(text) for name, text in help_text.items()}
 
 
 def _fields(cls: type, only: Optional[Sequence[str]] = None) -> List[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if only is None or f.name in only]
+
+
+def _option_type(cls: type, field: dataclasses.Field) -> Optional[type]:
+    """bool, int, float or str for a field of that (optional) type; None for others (tuples)."""
+    hint = typing.get_type_hints(cls)[field.name]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None
 
 
 def _add_config_options(parser: argparse.ArgumentParser, cls: type,
@@ -64,18 +100,17 @@ def _add_config_options(parser: argparse.ArgumentParser, cls: type,
     group = parser.add_argument_group(f"{cls.__name__} settings")
     help_text = _field_help(cls)
     for field in _fields(cls, only):
-        default = field.default
+        kind = _option_type(cls, field)
+        if kind is None:
+            continue
         flag = "--" + field.name.replace("_", "-")
         kwargs: Dict[str, Any] = dict(dest=field.name, default=argparse.SUPPRESS,
-                                      help=f"{help_text.get(field.name, '')} (default: {default})")
-        if isinstance(default, bool):
+                                      help=f"{help_text.get(field.name, '')} "
+                                           f"(default: {field.default})")
+        if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, (int, float)):
-            kwargs["type"] = type(default)
-        elif default is None or isinstance(default, str):
-            kwargs["type"] = str
         else:
-            continue
+            kwargs["type"] = kind
         group.add_argument(flag, **kwargs)
 
 
@@ -85,29 +120,142 @@ def _given(cls: type, args: argparse.Namespace,
     return {f.name: getattr(args, f.name) for f in _fields(cls, only) if f.name in args}
 
 
-def _config(cls: type, args: argparse.Namespace, only: Optional[Sequence[str]] = None):
-    """``cls`` built from the options given on the command line (those in ``only``)."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _in_flags(message: str) -> str:
+    """A config error in the CLI's words: a leading field name becomes its flag."""
+    return re.sub(r"^(\w+)(?= )",
+                  lambda m: _flag(m.group(1)) if m.group(1) in CONFIG_FIELDS else m.group(1),
+                  message)
+
+
+def _user_errors(call: Callable[[], Any]) -> Any:
+    """``call()``, its ValueError / TypeError (a rejected setting) turned into a UserError."""
     try:
-        return cls(**_given(cls, args, only))
+        return call()
     except (TypeError, ValueError) as err:
-        raise UserError(str(err)) from None
+        raise UserError(_in_flags(str(err))) from None
 
 
-# ---------------------------------------------------------------- commands
+# ---------------------------------------------------------------- checks before the work
+
+def _writable(path: str, flag: str, suffixes: Optional[Tuple[str, ...]] = None) -> Path:
+    """``path`` once it is known it can be written: a known suffix, no folder in the way,
+    and the nearest existing folder above it accepts files (tried, not guessed)."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    if suffixes and target.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: unknown format {target.suffix or '(no suffix)'!r}; "
+                        f"expected {', '.join(suffixes)}")
+    _writable_folder(target.parent, flag)
+    return target
+
+
+def _writable_folder(folder: Path, flag: str) -> Path:
+    """``folder`` once the nearest existing folder at or above it accepts a new file."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag}: cannot create {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag}: cannot write into {existing} ({err.strerror})") from None
+    return folder
+
 
 def _read_features(path: str, dim: Optional[int]) -> np.ndarray:
     return io.read_features(path, dim=dim)
 
 
-def _summary(labels: np.ndarray, seconds: float) -> str:
+def _rows_hint(path: str) -> str:
+    return " (is --dim right?)" if Path(path).suffix.lower() == ".bin" else ""
+
+
+def _read_labels_for(path: str, features: np.ndarray, features_path: str) -> np.ndarray:
+    """Labels [N] of ``path``, which must hold one label per row of ``features``."""
+    labels, _ = io.read_labels(path)
+    if len(labels) != len(features):
+        raise UserError(f"{path} has {len(labels):,} labels but {features_path} has "
+                        f"{len(features):,} rows{_rows_hint(features_path)}")
+    return labels
+
+
+def _read_knn_for(path: str, features: np.ndarray, features_path: str,
+                  k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``--knn`` graph's (nbrs [N, k], sims [N, k]), refused unless it belongs to
+    ``features`` (:func:`sepfl.io.verify_knn`) and holds at least k neighbours per row."""
+    graph = io.read_knn(path)
+    try:
+        io.verify_knn(graph, features)
+    except ValueError as err:
+        raise UserError(f"--knn {path}: {err} with `sepfl knn {features_path}`"
+                        f"{_rows_hint(features_path)}") from None
+    width = graph.nbrs.shape[1]
+    if width < k:
+        raise UserError(f"--knn {path} holds {width} neighbours per row, fewer than --k {k}")
+    if width > k:
+        log.info("using the first %d of the %d neighbours per row in %s", k, width, path)
+    return graph.nbrs[:, :k], graph.sims[:, :k]
+
+
+def _check_model(model: Any, features: np.ndarray, features_path: str,
+                 args: argparse.Namespace) -> None:
+    """The features' width and ``--k`` must be those the model was trained for."""
+    if "k" in args and args.k != model.k:
+        raise UserError(f"--k {args.k}, but the model was trained for k = {model.k} "
+                        f"(leave --k out to use it)")
+    if features.shape[1] != model.dim:
+        raise UserError(f"{features_path} has D = {features.shape[1]} columns, but the model was "
+                        f"trained for D = {model.dim}{_rows_hint(features_path)}")
+
+
+def _check_knn_backend(config: ClusterConfig) -> None:
+    """An explicit ``--knn-backend`` must be usable here (faiss installed, its precision)."""
+    import torch
+
+    from sepfl.knn import choose_backend
+
+    _user_errors(lambda: choose_backend(config.knn_backend, torch.device("cpu"),
+                                        config.knn_precision))
+
+
+def _write_all(outputs: Sequence[Tuple[Path, Callable[[], None]]]) -> None:
+    """Run each writer; when one fails (or Ctrl-C), remove the files already written."""
+    written: List[Path] = []
+    try:
+        for path, write in outputs:
+            write()
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- commands
+
+def _summary(labels: np.ndarray, seconds: float, gt: Optional[np.ndarray] = None) -> str:
     sizes = np.bincount(labels) if labels.size else np.zeros(0, dtype=np.int64)
-    return (f"{len(labels):,} samples -> {len(sizes):,} clusters, "
+    true = f" (true: {len(np.unique(gt)):,})" if gt is not None else ""
+    return (f"{len(labels):,} samples -> {len(sizes):,} clusters{true}, "
             f"{int((sizes == 1).sum()):,} singletons, {seconds:.1f} s")
 
 
+_COLUMNS = (("P_P", "pairwise_precision"), ("R_P", "pairwise_recall"), ("F_P", "pairwise_f"),
+            ("P_B", "bcubed_precision"), ("R_B", "bcubed_recall"), ("F_B", "bcubed_f"),
+            ("NMI", "nmi"))
+
+
 def _metrics_table(rows: List[tuple]) -> str:
-    lines = [f"{'method':<34} {'F_P':>7} {'F_B':>7} {'NMI':>7}"]
-    lines += [f"{name:<34} {m['pairwise_f']:7.4f} {m['bcubed_f']:7.4f} {m['nmi']:7.4f}"
+    """Pairwise and BCubed precision / recall / F and NMI, one line per (name, metrics) row."""
+    lines = [f"{'method':<34}" + "".join(f" {title:>6}" for title, _ in _COLUMNS)]
+    lines += [f"{name:<34}" + "".join(f" {m[key]:6.4f}" for _, key in _COLUMNS)
               for name, m in rows]
     return "\n".join(lines)
 
@@ -119,11 +267,13 @@ def cmd_demo(args: argparse.Namespace) -> str:
     from sepfl.metrics import evaluate
     from sepfl.report import write_report
 
+    report = _writable(str(Path(args.out) / "sepfl_demo.png"), "--out")
+    estimator = _user_errors(lambda: SEPFL.pretrained(**_given(ClusterConfig, args)))
+    config = estimator.cluster_config
+    _check_knn_backend(config)
     data = make_faces(args.n_ids, seed=args.seed)
     print(f"synthetic test set: {len(data.labels):,} face-like embeddings of {args.n_ids} "
           f"identities (seed {args.seed}), unseen in training")
-    estimator = SEPFL.pretrained(**_given(ClusterConfig, args))
-    config = estimator.cluster_config
     knn = build_knn(data.features, k=config.k, progress=config.progress)
     labels = estimator.predict(data.features, knn=knn)
     sweep = baselines.sweep(lambda t: baselines.knn_threshold(*knn, t), data.labels,
@@ -134,17 +284,17 @@ def cmd_demo(args: argparse.Namespace) -> str:
             ("oracle on sepfl's pairs", evaluate(data.labels,
                                                  baselines.oracle(*knn, data.labels, config.rho)))]
     print(_metrics_table(rows))
-    report = write_report(Path(args.out) / "sepfl_demo.png", estimator.result_,
-                          config.threshold, gt=data.labels, title="sepfl demo (synthetic faces)")
+    write_report(report, estimator.result_, config.threshold, gt=data.labels,
+                 title="sepfl demo (synthetic faces)")
     print(f"report written to {report}")
-    return _summary(labels, sum(estimator.result_.timings.values()))
+    return _summary(labels, sum(estimator.result_.timings.values()), gt=data.labels)
 
 
 def cmd_synth(args: argparse.Namespace) -> str:
     from sepfl.datasets import make_splits, write_learn_to_cluster
 
+    out = _writable_folder(Path(args.out), "--out")
     splits = make_splits(args.n_ids, args.n_test_ids or args.n_ids, seed=args.seed)
-    out = Path(args.out)
     for name, data in (("train", splits.train), ("test", splits.test)):
         if args.layout == "learn-to-cluster":
             paths = write_learn_to_cluster(data, out, f"synth_{name}", k=args.k)
@@ -157,69 +307,93 @@ def cmd_synth(args: argparse.Namespace) -> str:
 
 
 def cmd_knn(args: argparse.Namespace) -> str:
+    from sepfl._threads import torch_threads
     from sepfl.knn import build_knn
 
-    config = _config(ClusterConfig, args, only=KNN_FIELDS)
+    out = _writable(args.out, "--out", (".npz",))
+    config = _user_errors(lambda: ClusterConfig(**_given(ClusterConfig, args, only=KNN_FIELDS)))
+    _check_knn_backend(config)
     features = _read_features(args.features, args.dim)
-    nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                           device=config.device, exact=config.knn_exact,
-                           precision=config.knn_precision,
-                           progress=config.progress)
-    io.write_knn(args.out, nbrs, sims, features=features)
-    return f"kNN graph of {len(nbrs):,} samples, k = {config.k}, written to {args.out}"
+    with torch_threads(config.threads):
+        nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
+                               device=config.device, exact=config.knn_exact,
+                               precision=config.knn_precision, progress=config.progress)
+    io.write_knn(out, nbrs, sims, features=features)
+    return f"kNN graph of {len(nbrs):,} samples, k = {config.k}, written to {out}"
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    return Path(args.state) if args.state else Path(args.out + ".state")
 
 
 def cmd_train(args: argparse.Namespace) -> str:
     from sepfl.estimator import SEPFL
+    from sepfl.io import fingerprint
+    from sepfl.train import load_checkpoint
 
+    out = _writable(args.out, "--out")
+    state = _writable(str(_state_path(args)), "--state")
+    if args.val_features and not args.val_labels:
+        raise UserError("--val-features needs --val-labels")
+    estimator = _user_errors(lambda: SEPFL(**_given(ClusterConfig, args, only=("k",)),
+                                           **_given(TrainConfig, args)))
+    _user_errors(lambda: (estimator.cluster_config, estimator.train_config))
     features = _read_features(args.features, args.dim)
-    labels, _ = io.read_labels(args.labels)
+    labels = _read_labels_for(args.labels, features, args.features)
     validation = None
     if args.val_features:
-        if not args.val_labels:
-            raise UserError("--val-features needs --val-labels")
-        validation = (_read_features(args.val_features, args.dim),
-                      io.read_labels(args.val_labels)[0])
-    # Only k is a clustering setting of training (the rest is chosen at cluster time);
-    # device and progress are the training ones.
-    cluster_config = _config(ClusterConfig, args, only=("k",))
-    train_config = _config(TrainConfig, args)
-    cluster_config = dataclasses.replace(cluster_config, device=train_config.device,
-                                         progress=train_config.progress)
-    estimator = SEPFL(cluster_config=cluster_config, train_config=train_config)
-    estimator.fit(features, labels, validation=validation, checkpoint=args.out)
-    estimator.save(args.out)
-    return f"trained on {len(labels):,} samples; model written to {args.out}"
+        val_features = _read_features(args.val_features, args.dim)
+        if val_features.shape[1] != features.shape[1]:
+            raise UserError(f"{args.val_features} has D = {val_features.shape[1]} columns but "
+                            f"{args.features} has {features.shape[1]}")
+        validation = (val_features, _read_labels_for(args.val_labels, val_features,
+                                                     args.val_features))
+    if out.exists() and not args.force:
+        try:
+            trained_on = load_checkpoint(out).get("fingerprint")
+        except ValueError:
+            raise UserError(f"--out {out} exists and is not a sepfl model; pass --force to "
+                            "overwrite it") from None
+        if trained_on != fingerprint(features):
+            raise UserError(f"--out {out} exists and holds a model trained on other data; pass "
+                            "--force to retrain over it, or pick another --out")
+        return f"{out} already holds the model trained on these features; --force retrains it"
+    if args.force:
+        state.unlink(missing_ok=True)  # --force starts over
+    estimator.fit(features, labels, validation=validation, checkpoint=state)
+    _write_all([(out, lambda: estimator.save(out))])
+    state.unlink(missing_ok=True)  # the model is written: nothing is left to resume
+    return f"trained on {len(labels):,} samples; model written to {out}"
 
 
 def cmd_cluster(args: argparse.Namespace) -> str:
     from sepfl.estimator import SEPFL
     from sepfl.metrics import evaluate
 
-    features = _read_features(args.features, args.dim)
+    out = _writable(args.out, "--out", io.LABEL_SUFFIXES)
+    report = _writable(args.report, "--report", (".png",)) if args.report else None
     given = _given(ClusterConfig, args)
-    estimator = (SEPFL.load(args.checkpoint, **given) if args.checkpoint
-                 else SEPFL.pretrained(**given))
+    load = ((lambda: SEPFL.load(args.checkpoint, **given)) if args.checkpoint
+            else (lambda: SEPFL.pretrained(**given)))
+    estimator = _user_errors(load)
     config = estimator.cluster_config
-    knn = None
-    if args.knn:
-        graph = io.read_knn(args.knn)
-        knn = (graph.nbrs, graph.sims)
+    _check_knn_backend(config)
+    features = _read_features(args.features, args.dim)
+    _check_model(estimator.model_, features, args.features, args)
+    gt = _read_labels_for(args.labels, features, args.features) if args.labels else None
+    knn = _read_knn_for(args.knn, features, args.features, config.k) if args.knn else None
     labels = estimator.predict(features, knn=knn)
-    io.write_labels(args.out, labels)
-    print(f"labels written to {args.out}")
-    gt = None
-    if args.labels:
-        gt, _ = io.read_labels(args.labels)
-        if len(gt) != len(labels):
-            raise UserError(f"{args.labels} has {len(gt):,} labels but {args.features} has "
-                            f"{len(labels):,} rows")
+    if gt is not None:
         print(_metrics_table([("sepfl", evaluate(gt, labels))]))
-    if args.report:
+    outputs = [(out, lambda: io.write_labels(out, labels))]
+    if report is not None:
         from sepfl.report import write_report
 
-        print(f"report written to {write_report(args.report, estimator.result_, config.threshold, gt=gt)}")
-    return _summary(labels, sum(estimator.result_.timings.values()))
+        outputs.append((report, lambda: write_report(report, estimator.result_,
+                                                     config.threshold, gt=gt)))
+    _write_all(outputs)
+    print(f"labels written to {out}" + (f", report to {report}" if report else ""))
+    return _summary(labels, sum(estimator.result_.timings.values()), gt=gt)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> str:
@@ -235,18 +409,29 @@ def cmd_evaluate(args: argparse.Namespace) -> str:
 
 # ---------------------------------------------------------------- parser
 
+def _verbosity(default: Any) -> argparse.ArgumentParser:
+    """-v / -q, accepted before and after the command (``default`` SUPPRESS after it, so
+    an option given before is not reset)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="also log debugging details")
+    parent.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="only warnings and errors (no stage times)")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sepfl", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Supervised clustering of embeddings with SEPFL.",
-        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()), parents=[_verbosity(False)])
     parser.add_argument("--version", action="version", version=f"sepfl {sepfl.__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage's time")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    after = _verbosity(argparse.SUPPRESS)
 
     def command(name: str, fn, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  epilog=f"example:\n  {EXAMPLES[name]}",
+                                  epilog=f"example:\n  {EXAMPLES[name]}", parents=[after],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(run=fn)
         return sub
@@ -263,53 +448,74 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-ids", type=int, default=1500, help="train identities (default: 1500)")
     synth.add_argument("--n-test-ids", type=int, default=None, help="test identities "
                                                                     "(default: --n-ids)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--layout", choices=["npy", "learn-to-cluster"], default="npy")
+    synth.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    synth.add_argument("--layout", choices=["npy", "learn-to-cluster"], default="npy",
+                       help="npy: NAME_features.npy + NAME_labels.npy; learn-to-cluster: "
+                            "features/*.bin, labels/*.meta, knns/*/faiss_k_K.npz "
+                            "(default: npy)")
     synth.add_argument("--k", type=int, default=80, help="k of the kNN files written by the "
-                                                         "learn-to-cluster layout")
+                                                         "learn-to-cluster layout (default: 80)")
     synth.add_argument("--out", required=True, help="output folder")
 
+    features_help = ".npy, .npz or .bin features, one row per sample"
+    dim_help = "feature width of a .bin file without its NAME.bin.json sidecar"
     knn = command("knn", cmd_knn, "build and save the kNN graph of a feature file")
-    knn.add_argument("features", help=".npy, .npz or .bin features")
-    knn.add_argument("--dim", type=int, help="feature width of a .bin file without sidecar")
+    knn.add_argument("features", help=features_help)
+    knn.add_argument("--dim", type=int, help=dim_help)
     knn.add_argument("--out", required=True, help="output .npz")
     _add_config_options(knn, ClusterConfig, only=KNN_FIELDS)
 
     train = command("train", cmd_train, "train the pair classifier on labelled embeddings")
-    train.add_argument("features")
+    train.add_argument("features", help=features_help)
     train.add_argument("labels", help=".meta, .txt, .csv or .npy labels, one per row")
-    train.add_argument("--dim", type=int)
+    train.add_argument("--dim", type=int, help=dim_help)
     train.add_argument("--val-features", help="validation features (clustered every epoch)")
-    train.add_argument("--val-labels")
-    train.add_argument("--out", required=True, help="checkpoint path (resumed when it exists)")
+    train.add_argument("--val-labels", help="labels of --val-features")
+    train.add_argument("--out", required=True, help="the trained model; when it exists and "
+                                                    "was trained on these features, nothing "
+                                                    "is done (see --force)")
+    train.add_argument("--state", help="resumable training state, written every epoch, "
+                                       "resumed when it exists and removed once the model "
+                                       "is written (default: OUT.state)")
+    train.add_argument("--force", action="store_true",
+                       help="train from scratch over an existing --out (and --state)")
     _add_config_options(train, ClusterConfig, only=("k",))
     _add_config_options(train, TrainConfig)
 
     clus = command("cluster", cmd_cluster, "cluster embeddings (no labels needed)")
-    clus.add_argument("features")
-    clus.add_argument("--dim", type=int)
+    clus.add_argument("features", help=features_help)
+    clus.add_argument("--dim", type=int, help=dim_help)
     clus.add_argument("--checkpoint", help="trained model (default: the bundled weights)")
-    clus.add_argument("--knn", help="precomputed kNN graph (.npz)")
-    clus.add_argument("--labels", help="true labels: print F_P / F_B / NMI")
+    clus.add_argument("--knn", help="precomputed kNN graph (.npz) of these features; refused "
+                                    "when it was built from other features")
+    clus.add_argument("--labels", help="true labels: print precision / recall / F and NMI")
     clus.add_argument("--report", help="write a PNG report here")
     clus.add_argument("--out", required=True, help="labels output: .npy, .meta, .txt or .csv")
     _add_config_options(clus, ClusterConfig)
 
     evaluate = command("evaluate", cmd_evaluate, "compare predicted labels with true ones")
-    evaluate.add_argument("gt")
-    evaluate.add_argument("pred")
+    evaluate.add_argument("gt", help="true labels (.meta, .txt, .csv or .npy)")
+    evaluate.add_argument("pred", help="predicted labels, one per row of gt")
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    log.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    log.setLevel(logging.DEBUG if args.verbose else logging.WARNING if args.quiet
+                 else logging.INFO)
     start = time.perf_counter()
     try:
         summary = args.run(args)
-    except (UserError, FileNotFoundError, ValueError, TypeError, IndexError) as err:
-        print(f"sepfl {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"sepfl {args.command}: interrupted; nothing written", file=sys.stderr)
+        return INTERRUPTED
+    except (UserError, OSError, ValueError, TypeError, IndexError, ImportError) as err:
+        print(f"sepfl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     print(f"done: {summary} ({time.perf_counter() - start:.1f} s wall)")
     return 0
