@@ -39,7 +39,7 @@ from sepfl import ops  # noqa: E402
 from sepfl.datasets import make_splits  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402
-from sepfl.model import _CPU_TILE_BYTES, bf16_autocast, fast_bf16  # noqa: E402
+from sepfl.model import bf16_autocast, cpu_tile, fast_bf16  # noqa: E402
 from sepfl.train import load_checkpoint  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "python/sepfl/weights/default_k80_d256.pt"
@@ -146,8 +146,7 @@ def main() -> None:
     ids = torch.arange(min(args.old_nodes, n))
     names = ["old path, fp32 (old default)", "old path, bf16 autocast", "new path, fp32",
              f"new path, {auto_name} (new default)"]
-    tiles = {dtype: max(1, _CPU_TILE_BYTES // (k * 4 * dim * dtype.itemsize))
-             for dtype in (torch.float32, torch.bfloat16)}
+    tiles = {dtype: cpu_tile(dim, k, dtype) for dtype in (torch.float32, torch.bfloat16)}
     names += [f"GEMM floor, {str(dtype)[6:]} (tiles of {tile} and 256 nodes)"
               for dtype, tile in tiles.items()]
     best = dict.fromkeys(names, float("inf"))

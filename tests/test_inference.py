@@ -115,7 +115,7 @@ def test_bf16_none_picks_the_dtype_the_cpu_runs_fastest(monkeypatch, fast):
 ])
 def test_cpu_bf16_detection(monkeypatch, tmp_path, flags, capability, want):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    cpuinfo.write_text("".join(f"processor\t: {cpu}\nflags\t\t: {flags}\n\n" for cpu in (0, 1)))
     assert model_module._cpu_flags(str(cpuinfo)) == frozenset(flags.split())
     monkeypatch.setattr(model_module, "_cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)

@@ -35,7 +35,7 @@ from sepfl import ops
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, is_tensor)
 
-__all__ = ["PairClassifier", "bf16_autocast", "fast_bf16"]
+__all__ = ["PairClassifier", "bf16_autocast", "cpu_tile", "fast_bf16"]
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -260,7 +260,8 @@ class PairClassifier(nn.Module):
         mix and attention are plain GEMMs over rows and the token mix one GEMM
         from the left, with no transposed copy between layers. On the CPU a tile
         holds as many nodes as keep its [tile, k, 4D] hidden activations in
-        about 2 MiB (L2); on a GPU a tile is the whole batch.
+        about 2 MiB (a core's L2) per thread (:func:`cpu_tile`); on a GPU a tile
+        is the whole batch.
 
         Parameters
         ----------
@@ -310,8 +311,7 @@ class PairClassifier(nn.Module):
         folded = self._folded_weights(dtype)
         n, dim, k = features.shape[0], self.dim, self.k
         batch = max(1, min(batch_size, n))
-        tile = batch if features.device.type != "cpu" else \
-            max(1, min(batch, _CPU_TILE_BYTES // (k * 4 * dim * dtype.itemsize)))
+        tile = batch if features.device.type != "cpu" else min(batch, cpu_tile(dim, k, dtype))
         tables = _Tables(folded, features.to(dtype), batch, factorised)
         # missing neighbours read row n: a zero projection, a zero feature
         rows = torch.where(nbrs < 0, n, nbrs)
@@ -376,8 +376,17 @@ class PairClassifier(nn.Module):
 
 # --------------------------------------------------------------------- fast inference path
 
-# A CPU tile's [tile, k, 4D] hidden activations are kept to about this size (a core's L2).
+# A CPU tile's [tile, k, 4D] hidden activations are kept to about this size per thread
+# (a core's L2 cache).
 _CPU_TILE_BYTES = 2 * 2**20
+
+
+def cpu_tile(dim: int, k: int, dtype: torch.dtype) -> int:
+    """Nodes per CPU tile of :meth:`PairClassifier.node_embeddings` for D, k and the
+    compute dtype: their [tile, k, 4D] hidden activations fill about 2 MiB per torch
+    thread (12 nodes per thread for D = 256, k = 80 in bfloat16)."""
+    per_node = k * 4 * dim * dtype.itemsize
+    return max(1, torch.get_num_threads() * _CPU_TILE_BYTES // per_node)
 
 _gelu_ = torch.ops.aten.gelu_
 
