@@ -8,7 +8,8 @@ Each command checks all its inputs and output paths before any work (files
 exist, row counts agree, a ``--knn`` graph belongs to the features, outputs
 are writable and of a known format) and writes its outputs only at the end;
 a user-side error is one line on stderr and exit code 2, Ctrl-C one line and
-exit code 130, and neither leaves an output file.
+exit code 130, and neither leaves an output file (``sepfl train`` keeps its
+resumable state, so the same command carries on).
 """
 from __future__ import annotations
 
@@ -512,7 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         summary = args.run(args)
     except KeyboardInterrupt:
-        print(f"sepfl {args.command}: interrupted; nothing written", file=sys.stderr)
+        print(f"sepfl {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except (UserError, OSError, ValueError, TypeError, IndexError, ImportError) as err:
         print(f"sepfl {args.command}: error: {_one_line(err)}", file=sys.stderr)

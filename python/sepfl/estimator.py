@@ -32,6 +32,12 @@ DEFAULT_WEIGHTS = "default_k80_d256.pt"
 _CONFIGS = (ClusterConfig, TrainConfig)
 
 
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
 def _defaults() -> Tuple[Dict[str, Any], FrozenSet[str]]:
     """Each config field's default, and the fields the two configs default differently.
 
@@ -42,9 +48,10 @@ def _defaults() -> Tuple[Dict[str, Any], FrozenSet[str]]:
     per_config = set()
     for cls in _CONFIGS:
         for field in dataclasses.fields(cls):
-            if field.name in defaults and defaults[field.name] != field.default:
+            default = _default(field)
+            if field.name in defaults and defaults[field.name] != default:
                 per_config.add(field.name)
-            defaults.setdefault(field.name, field.default)
+            defaults.setdefault(field.name, default)
     return {**defaults, **dict.fromkeys(per_config)}, frozenset(per_config)
 
 
@@ -66,7 +73,7 @@ def _check(params: Mapping[str, Any]) -> None:
 def _changed(config: Any) -> Dict[str, Any]:
     """The fields of a config object that differ from their defaults."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if getattr(config, f.name) != f.default}
+            if getattr(config, f.name) != _default(f)}
 
 
 def _from_configs(configs: Iterable[Any]) -> Dict[str, Any]:
@@ -254,8 +261,9 @@ class SEPFL:
         with ``device="cuda"`` on a machine without a GPU.
         """
         checkpoint = load_checkpoint(path)
-        stored = dict(_changed(checkpoint["config"])) if checkpoint["config"] else {}
-        known = {f.name: f.default for f in dataclasses.fields(ClusterConfig)}
+        trained = checkpoint["config"]  # None for a bare state_dict
+        stored = _changed(trained) if trained is not None else {}
+        known = {f.name: _default(f) for f in dataclasses.fields(ClusterConfig)}
         # a field this version does not know (a checkpoint from another version) is dropped
         stored.update({name: value for name, value in
                        (checkpoint.get("cluster_config") or {}).items()
