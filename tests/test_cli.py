@@ -179,6 +179,18 @@ def test_inputs_and_outputs_are_checked_before_any_work(workdir, cluster_args, t
     assert outputs(tmp_path) == ["blocker"]
 
 
+def test_a_wrong_dim_that_divides_the_bin_size_is_caught_by_the_labels(workdir, tmp_path):
+    """Item 10: --dim 128 reads a D = 256 .bin as twice the rows; the labels say otherwise."""
+    data = workdir / "data"
+    features = tmp_path / "x.bin"
+    np.load(data / "test_features.npy").tofile(features)  # raw, no sidecar
+    code, out, err = run("cluster", features, "--dim", "128", "--labels",
+                         data / "test_labels.npy", "--out", tmp_path / "p.npy")
+    assert code == 2 and one_line_error(err) and "(is --dim right?)" in err
+    assert "2,032 labels but" in err and "4,064 rows" in err
+    assert outputs(tmp_path) == ["x.bin"]
+
+
 # ---------------------------------------------------------------- one-line errors (item 5)
 
 

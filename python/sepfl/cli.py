@@ -380,8 +380,8 @@ def cmd_cluster(args: argparse.Namespace) -> str:
     config = estimator.cluster_config
     _check_knn_backend(config)
     features = _read_features(args.features, args.dim)
-    _check_model(estimator.model_, features, args.features, args)
     gt = _read_labels_for(args.labels, features, args.features) if args.labels else None
+    _check_model(estimator.model_, features, args.features, args)
     knn = _read_knn_for(args.knn, features, args.features, config.k) if args.knn else None
     labels = estimator.predict(features, knn=knn)
     if gt is not None:
