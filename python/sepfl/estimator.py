@@ -41,8 +41,8 @@ def _default(field: dataclasses.Field) -> Any:
 def _defaults() -> Tuple[Dict[str, Any], FrozenSet[str]]:
     """Each config field's default, and the fields the two configs default differently.
 
-    Such a field (``bf16``: off for clustering, on for training) defaults to
-    None here, meaning "each config's own default"; a value sets both.
+    Such a field (``bf16``, on by default for training) defaults to None here,
+    meaning "each config's own default"; a value sets both.
     """
     defaults: Dict[str, Any] = {}
     per_config = set()
@@ -107,7 +107,7 @@ class SEPFL:
         (epochs, pairs per epoch, optimiser, seed, ...) by name, with the same
         defaults. A field both define (``device``, ``bf16``, ``progress``,
         ``threads``) sets both; ``bf16=None`` (its default) leaves each config
-        its own default (off for clustering, on for training).
+        its own default (ClusterConfig's; on for training).
     cluster_config, train_config : optional
         Config objects whose non-default fields become parameters (explicit
         parameters win); kept for code that builds configs first.
