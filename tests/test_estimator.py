@@ -30,7 +30,8 @@ def test_settings_reach_both_configs():
     assert est.cluster_config.k == 12 and est.cluster_config.threshold == 0.7
     assert est.train_config.epochs == 3
     assert est.cluster_config.device == est.train_config.device == "cpu"
-    assert not est.cluster_config.bf16 and est.train_config.bf16  # bf16=None: each its default
+    # bf16=None: each config keeps its own default
+    assert est.cluster_config.bf16 == ClusterConfig().bf16 and est.train_config.bf16
     with pytest.raises(TypeError, match="unknown SEPFL parameter"):
         SEPFL(n_clusters=3)
     with pytest.raises(ValueError, match="threshold"):
