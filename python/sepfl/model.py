@@ -238,9 +238,12 @@ class PairClassifier(nn.Module):
         The cache is keyed on every parameter's and buffer's storage and
         autograd version counter, so an optimiser step, ``load_state_dict``,
         ``model.to(...)`` or any in-place change made outside ``.data`` rebuilds it.
+        (Inference-mode tensors have no version counter: for them only a new
+        storage is seen.)
         """
         tensors = list(itertools.chain(self.parameters(), self.buffers()))
-        key = (dtype, tensors[0].device, tuple((t.data_ptr(), t._version) for t in tensors))
+        key = (dtype, tensors[0].device,
+               tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors))
         folded = self.__dict__.get("_folded")
         if folded is None or folded.key != key:
             folded = _Folded.of(self, dtype, key)
@@ -281,7 +284,7 @@ class PairClassifier(nn.Module):
             neighbour projections in the compute dtype for the whole call
             (2 · N · 4D bytes in bfloat16: 1.2 GB for N = 584K, D = 256).
             ``False`` applies the Linear to each tile's tokens instead: no
-            [N, 4D] table, about 1.7x the FLOPs. Both also hold a [N, 2D] token
+            [N, 4D] table, about 1.6x the FLOPs. Both also hold a [N, 2D] token
             table in the compute dtype.
         progress : bool
             Show a tqdm bar (stderr) over the samples.
