@@ -205,12 +205,17 @@ def _read_knn_for(path: str, features: np.ndarray, features_path: str,
     return graph.nbrs[:, :k], graph.sims[:, :k]
 
 
-def _check_model(model: Any, features: np.ndarray, features_path: str,
-                 args: argparse.Namespace) -> None:
-    """The features' width and ``--k`` must be those the model was trained for."""
+def _check_k(model: Any, args: argparse.Namespace) -> None:
+    """``--k``, when given, must be the k the model was trained for."""
     if "k" in args and args.k != model.k:
         raise UserError(f"--k {args.k}, but the model was trained for k = {model.k} "
                         f"(leave --k out to use it)")
+
+
+def _check_model(model: Any, features: np.ndarray, features_path: str,
+                 args: argparse.Namespace) -> None:
+    """The features' width and ``--k`` must be those the model was trained for."""
+    _check_k(model, args)
     if features.shape[1] != model.dim:
         raise UserError(f"{features_path} has D = {features.shape[1]} columns, but the model was "
                         f"trained for D = {model.dim}{_rows_hint(features_path)}")
@@ -271,6 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> str:
     report = _writable(str(Path(args.out) / "sepfl_demo.png"), "--out")
     estimator = _user_errors(lambda: SEPFL.pretrained(**_given(ClusterConfig, args)))
     config = estimator.cluster_config
+    _check_k(estimator.model_, args)
     _check_knn_backend(config)
     data = make_faces(args.n_ids, seed=args.seed)
     print(f"synthetic test set: {len(data.labels):,} face-like embeddings of {args.n_ids} "
