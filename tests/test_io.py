@@ -45,6 +45,18 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_atomic_write_reports_the_write_error_not_the_clean_up(tmp_path, monkeypatch):
+    """Issue 14, item 5: in a read-only folder the clean-up fails too; one error, the first."""
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(io.Path, "unlink", refuse)
+    with pytest.raises(PermissionError) as caught:
+        with atomic_write(tmp_path / "out.txt") as tmp:
+            raise PermissionError(13, "Permission denied", str(tmp))
+    assert caught.value.__context__ is None
+
+
 def test_failed_writer_leaves_nothing(tmp_path, monkeypatch):
     def broken(f, **arrays):
         f.write(b"partial")

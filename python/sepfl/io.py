@@ -112,7 +112,9 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # in a folder that refuses writes the clean-up fails too: report the first error only
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 
