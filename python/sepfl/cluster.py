@@ -20,8 +20,8 @@ import torch
 
 import sepfl
 from sepfl import ops
-from sepfl._validate import (Array, as_values, check_positive_int, check_probability,
-                             to_tensor)
+from sepfl._validate import (Array, as_values, check_device, check_positive_int,
+                             check_probability, check_threads, to_tensor)
 from sepfl.io import normalize_features
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
@@ -55,10 +55,14 @@ class ClusterConfig:
         Samples embedded at a time.
     pair_batch_size : int
         Pairs classified at a time.
-    bf16 : bool
-        Run the network's dense layers under bfloat16 autocast (fastest on GPUs).
+    bf16 : bool or None
+        Compute dtype of the network: bfloat16 (True), float32 (False), or None for
+        whichever the device runs faster (:func:`sepfl.model.fast_bf16`: bfloat16 on
+        GPUs and on CPUs with AMX or AVX-512 BF16, float32 otherwise).
     progress : bool
         Show progress bars for long stages.
+    threads : int or None
+        torch threads for the run; None keeps torch's setting (see sepfl._threads).
     """
 
     k: int = 80
@@ -71,8 +75,9 @@ class ClusterConfig:
     knn_exact: bool = True
     node_batch_size: int = 2048
     pair_batch_size: int = 65536
-    bf16: bool = False
+    bf16: Optional[bool] = None
     progress: bool = True
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.k, "k", minimum=2)
@@ -81,19 +86,15 @@ class ClusterConfig:
         check_positive_int(self.max_per_node, "max_per_node")
         check_positive_int(self.node_batch_size, "node_batch_size")
         check_positive_int(self.pair_batch_size, "pair_batch_size")
-        resolve_device(self.device)
+        check_device(self.device)
+        check_threads(self.threads)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
     """The torch device to run on; None means a GPU when sepfl can use one, else the CPU."""
     if device is None:
         return torch.device("cuda" if sepfl.has_cuda() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    resolved = check_device(device)
     if resolved.type == "cuda" and not sepfl.has_cuda():
         raise ValueError("device 'cuda' was asked for, but no GPU is usable or sepfl was built "
                          "without its CUDA module")
@@ -212,7 +213,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
     model = model.to(device).eval()
     with watch.stage("embeddings"):
         e = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
-                                  bf16=config.bf16)
+                                  bf16=config.bf16, progress=config.progress)
     with watch.stage("scores"):
         scores = model.score_pairs(e, src, dst, batch_size=config.pair_batch_size,
                                    bf16=config.bf16)

@@ -55,8 +55,9 @@ from tqdm.auto import tqdm
 
 import sepfl
 from sepfl import ops
-from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
-                             check_probability, is_tensor)
+from sepfl._threads import torch_threads
+from sepfl._validate import (Array, as_indices, as_values, check_device, check_finite,
+                             check_positive_int, check_probability, check_threads, is_tensor)
 from sepfl.cluster import ClusterConfig, cluster, resolve_device
 from sepfl.io import atomic_write, fingerprint, normalize_features
 from sepfl.knn import build_knn
@@ -70,7 +71,7 @@ PathLike = Union[str, Path]
 
 _FORMAT = "sepfl-checkpoint"
 # Settings that may change between a run and its resumption without changing its result.
-_RESUMABLE_CHANGES = ("device", "progress")
+_RESUMABLE_CHANGES = ("device", "progress", "threads")
 
 
 @dataclasses.dataclass
@@ -100,6 +101,7 @@ class TrainConfig:
         Fractions of the total steps at which the learning rate is multiplied
         by ``lr_gamma``.
     lr_gamma : float
+        Factor applied to the learning rate at each milestone.
     warmup_steps : int
         Classifier warm-up steps before the first epoch (see the module
         notes); 0 skips the warm-up and keeps the Xavier initialisation of
@@ -120,6 +122,9 @@ class TrainConfig:
         instructions, more on GPUs.
     progress : bool
         Show a tqdm bar with the running loss and pair accuracy.
+    threads : int or None
+        torch threads for the run; None keeps torch's setting but runs the small
+        classifier steps of the warm-up and refit on one thread (see sepfl._threads).
     """
 
     epochs: int = 4
@@ -141,6 +146,7 @@ class TrainConfig:
     device: Optional[str] = None
     bf16: bool = True
     progress: bool = True
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "pairs_per_epoch", "ranks", "batch_size",
@@ -162,7 +168,8 @@ class TrainConfig:
                 list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got "
                              f"{self.lr_milestones}")
-        resolve_device(self.device)
+        check_device(self.device)
+        check_threads(self.threads)
 
     @classmethod
     def paper(cls, **overrides: Any) -> "TrainConfig":
@@ -217,8 +224,9 @@ def _read(path: Path) -> Any:
             OSError) as err:
         if isinstance(err, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                         f"{err}") from None
+        # torch's own message is a paragraph about weights_only; the file is simply damaged
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?: "
+                         f"{type(err).__name__})") from None
 
 
 def load_checkpoint(path: PathLike, dim: Optional[int] = None,
@@ -370,10 +378,11 @@ def _fit_classifier(model: PairClassifier, e: torch.Tensor, graph: _Graph, confi
                                   weight_decay=config.weight_decay)
     batches = itertools.islice(_balanced_batches(graph, config.classifier_batch_size, rng), steps)
     model.train()
-    record = _optimise(
-        optimizer, graph, batches, steps, stage, config, e.device,
-        lambda step: config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps)),
-        lambda src, dst: model.classify(e[src], e[dst]))
+    with torch_threads(config.threads or 1):
+        record = _optimise(
+            optimizer, graph, batches, steps, stage, config, e.device,
+            lambda step: config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps)),
+            lambda src, dst: model.classify(e[src], e[dst]))
     return {"epoch": epoch, **record, "lr": config.classifier_lr}
 
 
