@@ -20,6 +20,10 @@ The model
   common to all identities (and to both sides of a split), so photos of
   different people taken alike look alike. This is the broad floor of
   cross-identity similarity along which threshold methods chain clusters.
+* **Sub-modes** (pose, age, make-up): with ``modes`` > 0 an identity has
+  ``1 + Poisson(modes)`` sub-mode centres at cosine ``mode_cos`` to its
+  centre, and each sample is drawn around one of them, so one person's
+  photos form several nearby clumps a kNN graph may not join.
 * **Hard samples** (share ``hard``) have ``hard_scale`` times the spread;
   **outliers** (share ``outliers``) have 4 times it, close to noise.
 
@@ -91,6 +95,10 @@ class FaceModel:
     hard, outliers : float in [0, 1]
         Shares of samples with ``hard_scale`` and 4 times their identity's spread.
     hard_scale : float >= 1
+    modes : float >= 0
+        Mean number of extra sub-modes per identity (0: one mode, the centre).
+    mode_cos : float in [0, 1]
+        Cosine between a sub-mode's centre and its identity's centre.
     """
 
     mean_size: float = 65.0
@@ -104,6 +112,8 @@ class FaceModel:
     hard: float = 0.08
     hard_scale: float = 1.6
     outliers: float = 0.01
+    modes: float = 0.0
+    mode_cos: float = 0.8
 
     def __post_init__(self) -> None:
         low, high = (check_probability(c, "lookalike_cos") for c in self.lookalike_cos)
@@ -115,6 +125,9 @@ class FaceModel:
             raise ValueError(f"need mean_size > 2, spread > 0, hard_scale >= 1 and "
                              f"non-negative size_sigma, spread_sigma, nuisance; got {self}")
         check_positive_int(self.nuisance_rank, "nuisance_rank")
+        check_probability(self.mode_cos, "mode_cos")
+        if not self.modes >= 0:
+            raise ValueError(f"modes must be >= 0, got {self.modes}")
         check_probability(self.lookalike, "lookalike")
         if check_probability(self.hard, "hard") + check_probability(self.outliers,
                                                                     "outliers") > 1:
@@ -167,6 +180,25 @@ def _population(rng: np.random.Generator, n_ids: int, dim: int, p: FaceModel) ->
     return _Population(_centres(rng, n_ids, dim, p), sizes.astype(np.int64), spreads, nuisance)
 
 
+def _toward(rng: np.random.Generator, centres: np.ndarray, cos: float) -> np.ndarray:
+    """Unit rows [M, D] at cosine ``cos`` to the unit rows of ``centres`` [M, D]."""
+    away = rng.standard_normal(centres.shape, dtype=np.float32)
+    away -= (away * centres).sum(1, keepdims=True) * centres
+    return cos * centres + np.float32(np.sqrt(1.0 - cos * cos)) * l2_normalize(away)
+
+
+def _sample_centres(rng: np.random.Generator, pop: _Population, labels: np.ndarray,
+                    p: FaceModel) -> np.ndarray:
+    """The centre [N, D] each sample is drawn around: its identity's, or one of its sub-modes'."""
+    if p.modes == 0:
+        return pop.centres[labels]
+    counts = 1 + rng.poisson(p.modes, len(pop.sizes))
+    owner = np.repeat(np.arange(len(pop.sizes)), counts)
+    modes = _toward(rng, pop.centres[owner], np.float32(p.mode_cos))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return modes[first[labels] + (rng.random(len(labels)) * counts[labels]).astype(np.int64)]
+
+
 def _samples(rng: np.random.Generator, pop: _Population, p: FaceModel) -> Dataset:
     labels = rng.permutation(np.repeat(np.arange(len(pop.sizes), dtype=np.int64), pop.sizes))
     n, dim = len(labels), pop.centres.shape[1]
@@ -176,7 +208,7 @@ def _samples(rng: np.random.Generator, pop: _Population, p: FaceModel) -> Datase
     scale[kind < p.outliers] *= np.float32(_OUTLIER_SCALE / p.hard_scale)
     x = rng.standard_normal((n, dim), dtype=np.float32)
     x *= scale[:, None]
-    x += pop.centres[labels]
+    x += _sample_centres(rng, pop, labels, p)
     w = rng.standard_normal((n, pop.nuisance.shape[1]), dtype=np.float32)
     w *= np.float32(p.nuisance / np.sqrt(pop.nuisance.shape[1]))
     x += w @ pop.nuisance.T
