@@ -31,7 +31,7 @@ def test_pipeline_outputs_are_consistent(faces, model):
     result = run(faces.features, model)
     n = len(faces.labels)
     assert result.labels.shape == (n,) and result.labels.dtype == np.int64
-    assert list(result.timings) == ["normalize", "knn", "density", "pairs", "embeddings",
+    assert list(result.timings) == ["normalize", "knn", "density", "embeddings", "pairs",
                                     "scores", "link"]
     # labels are exactly the components of the accepted pairs, numbered by smallest member
     np.testing.assert_array_equal(

@@ -37,7 +37,8 @@ est.save({str(path)!r})
 """)
     assert run.returncode == -signal.SIGKILL, run.stderr
     checkpoint = load_checkpoint(path)  # the training checkpoint of the last stage survives
-    assert checkpoint["epoch"] == 3 and checkpoint["k"] == 10  # 2 epochs, then the refit
+    # 2 epochs, the refit, then the edge head
+    assert checkpoint["epoch"] == 4 and checkpoint["k"] == 10
     assert SEPFL.load(path, device="cpu", progress=False).model_.dim == 16
 
 

@@ -112,7 +112,8 @@ def test_threads_are_applied_for_the_run_and_restored(faces, fitted, monkeypatch
         SEPFL(**SMALL).fit(faces.features, faces.labels)
     finally:
         torch.set_num_threads(before)
-    assert dict(steps) == {"classifier warm-up": 1, "epoch 1/1": 2, "classifier refit": 1}
+    assert dict(steps) == {"classifier warm-up": 1, "epoch 1/1": 2, "classifier refit": 1,
+                           "edge head": 1}
     with pytest.raises(ValueError, match="threads"):
         SEPFL(threads=0).cluster_config
 
@@ -128,7 +129,7 @@ def test_fit_predict_returns_numpy_labels(faces, fitted):
     labels = fitted.predict(torch.from_numpy(faces.features))
     assert isinstance(labels, np.ndarray) and labels.dtype == np.int64
     assert labels.shape == (len(faces.labels),)
-    assert fitted.labels_ is labels and set(fitted.result_.timings) >= {"knn", "link"}
+    assert fitted.labels_ is labels and set(fitted.result_.timings) >= {"knn", "edges", "group"}
     np.testing.assert_array_equal(labels, fitted.predict(faces.features))
 
 

@@ -82,7 +82,7 @@ def test_config_rejects_bad_values(field, value):
 
 def test_epoch_pairs_are_balanced(faces):
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
+    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
     config = small_config(pairs_per_epoch=60)
     first, second = (training._epoch_pairs(graph, config, epoch) for epoch in (0, 1))
     for chosen in (first, second):
@@ -101,7 +101,7 @@ def test_epoch_pairs_are_balanced(faces):
 def test_shared_node_logits_match_per_pair_forward(faces):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
+    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K).eval()
     src = torch.from_numpy(graph.src[:50])
     dst = torch.from_numpy(graph.dst[:50])
@@ -116,7 +116,7 @@ def test_shared_node_logits_match_per_pair_forward(faces):
 def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
+    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K).init_mean_attention()
     getattr(model, mode)()
     ids = torch.arange(len(x))
@@ -131,7 +131,7 @@ def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
 def test_warm_up_trains_only_the_classifier(faces):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"))
+    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     record = training._warm_up(model, graph, small_config(warmup_steps=200))
@@ -153,13 +153,14 @@ def test_training_learns_and_writes_a_checkpoint(faces, trained):
     model, path = trained
     assert not model.training
     checkpoint = load_checkpoint(path, dim=16, k=K)
-    assert checkpoint["epoch"] == 5
+    assert checkpoint["epoch"] == 6
     assert checkpoint["sepfl_version"] == sepfl.__version__
     assert (checkpoint["dim"], checkpoint["k"]) == (16, K)
     assert checkpoint["fingerprint"] == fingerprint(x)
     assert checkpoint["config"] == small_config()
     history = checkpoint["history"]
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4, 5]  # 0 and 5: the classifier alone
+    # 0 and 5: the classifier alone; 6: the edge head
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4, 5, 6]
     assert [h["lr"] for h in history[1:5]] == pytest.approx([0.1, 0.1, 0.1, 0.01])
     assert history[4]["loss"] < history[1]["loss"] - 0.05
     # balanced pairs: chance is 0.5
@@ -201,7 +202,7 @@ def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch, crash_in
     resumed = train(*faces, small_config(progress=True), k=K, checkpoint=path)
     for name, value in trained[0].state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
-    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [0, 1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_resume_refuses_other_data_or_settings(faces, trained):
@@ -226,7 +227,7 @@ def test_validation_history(faces, tmp_path):
     train(x, labels, small_config(epochs=2), k=K, validation=(val_x, val_labels + 100),
           checkpoint=path)
     history = load_checkpoint(path)["history"]
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
     for record in history:
         assert 0 < record["pairwise_f"] <= 1 and 0 < record["bcubed_f"] <= 1
         assert set(record) >= {"pairwise_precision", "bcubed_recall", "nmi", "pairs_per_s"}
@@ -273,7 +274,7 @@ def test_bad_training_input(faces):
     x, labels = faces
     with pytest.raises(ValueError, match="two identities"):
         train(x, np.zeros(len(x), dtype=np.int64), small_config(), k=K)
-    with pytest.raises(ValueError, match="0 positive"):
+    with pytest.raises(ValueError, match="no positive"):
         train(x, np.arange(len(x)), small_config(), k=K)
     nan = x.copy()
     nan[3, 2] = np.nan

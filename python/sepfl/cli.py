@@ -291,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> str:
             ("oracle on sepfl's pairs", evaluate(data.labels,
                                                  baselines.oracle(*knn, data.labels, config.rho)))]
     print(_metrics_table(rows))
-    write_report(report, estimator.result_, config.threshold, gt=data.labels,
+    write_report(report, estimator.result_, estimator.result_.threshold, gt=data.labels,
                  title="sepfl demo (synthetic faces)")
     print(f"report written to {report}")
     return _summary(labels, sum(estimator.result_.timings.values()), gt=data.labels)
@@ -397,7 +397,7 @@ def cmd_cluster(args: argparse.Namespace) -> str:
         from sepfl.report import write_report
 
         outputs.append((report, lambda: write_report(report, estimator.result_,
-                                                     config.threshold, gt=gt)))
+                                                     estimator.result_.threshold, gt=gt)))
     _write_all(outputs)
     print(f"labels written to {out}" + (f", report to {report}" if report else ""))
     return _summary(labels, sum(estimator.result_.timings.values()), gt=gt)

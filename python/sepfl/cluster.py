@@ -1,7 +1,12 @@
-"""The SEPFL clustering pipeline (SEPFL.md §1-§4, inference).
+"""The clustering pipeline (SEPFL.md §1-§4, inference), with two schemes.
 
-features → kNN → density → pairs (nearest denser neighbour) → per-sample
-embeddings → pair scores → links (P(same) > threshold) → union-find → labels.
+features → kNN → density → per-sample embeddings, then
+
+* ``scheme="edges"`` (the default, :mod:`sepfl.edges`): each sample's first
+  ``candidates`` neighbours as candidate edges → edge statistics → the edge
+  head's P(same) → edges with P > threshold grouped by Infomap (or union-find);
+* ``scheme="sepfl"``: SEPFL's pairs (nearest denser neighbour) → pair
+  classifier → links (P(same) > threshold) → union-find.
 
 Every stage runs on one device: the native CPU kernels and torch on the CPU,
 or the CUDA kernels and torch on a GPU. Memory is bounded by batching the
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 
 import sepfl
-from sepfl import ops
+from sepfl import edges, ops
 from sepfl._validate import (Array, as_values, check_device, check_positive_int,
                              check_probability, check_threads, to_tensor)
 from sepfl.io import normalize_features
@@ -27,6 +32,10 @@ from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
 
 log = logging.getLogger("sepfl")
+
+
+SCHEMES = ("edges", "sepfl")
+GROUPINGS = ("infomap", "components")
 
 
 @dataclasses.dataclass
@@ -39,8 +48,23 @@ class ClusterConfig:
         Neighbours per sample, self included (80 in SEPFL); must equal the model's k.
     rho : float
         Similarity counted as "close" by the density (0.7 in SEPFL).
-    threshold : float
-        A pair is linked when its P(same identity) is above this (0.5: the argmax).
+    scheme : {"edges", "sepfl"}
+        "edges" scores several candidate edges per sample with the model's edge
+        head and groups them (module notes); "sepfl" is SEPFL's exact rule, one
+        pair per sample. A model without an edge head (e.g. the authors'
+        checkpoint) clusters with "sepfl" (logged).
+    threshold : float or None
+        An edge or pair is kept when its P(same identity) is above this; None
+        means 0.5 (the argmax), or the model's calibrated threshold for "edges"
+        grouped by "components".
+    candidates : int
+        Candidate edges per sample for "edges" (ranks 1..candidates, capped at k - 1).
+    grouping : {"infomap", "components"}
+        How "edges" groups the kept edges: Infomap weighted by P (connected
+        components when the infomap package is missing, logged), or connected
+        components.
+    markov_time : float or None
+        Infomap's Markov time for "edges"; None means the model's calibrated one.
     max_per_node : int
         Denser neighbours paired per sample (1 in SEPFL).
     device : str or None
@@ -67,7 +91,11 @@ class ClusterConfig:
 
     k: int = 80
     rho: float = 0.7
-    threshold: float = 0.5
+    scheme: str = "edges"
+    threshold: Optional[float] = None
+    candidates: int = 40
+    grouping: str = "infomap"
+    markov_time: Optional[float] = None
     max_per_node: int = 1
     device: Optional[str] = None
     knn_backend: str = "auto"
@@ -82,7 +110,15 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         check_positive_int(self.k, "k", minimum=2)
         check_probability(self.rho, "rho")
-        check_probability(self.threshold, "threshold")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        if self.threshold is not None:
+            check_probability(self.threshold, "threshold")
+        check_positive_int(self.candidates, "candidates")
+        if self.markov_time is not None and not self.markov_time > 0:
+            raise ValueError(f"markov_time must be > 0, got {self.markov_time}")
         check_positive_int(self.max_per_node, "max_per_node")
         check_positive_int(self.node_batch_size, "node_batch_size")
         check_positive_int(self.pair_batch_size, "pair_batch_size")
@@ -111,9 +147,12 @@ class ClusterResult:
         Cluster of each sample, 0..C-1 in order of each cluster's smallest member.
     density : float32 ndarray [N]
     src, dst : int64 ndarray [P]
-        The scored pairs (each sample's nearest denser neighbour).
+        The scored pairs: candidate edges ("edges") or each sample's nearest
+        denser neighbour ("sepfl").
     scores : float32 ndarray [P]
         P(same identity) of each pair.
+    threshold : float
+        The threshold the pairs were kept at.
     timings : dict of str to float
         Seconds spent in each stage, in pipeline order.
     """
@@ -123,6 +162,7 @@ class ClusterResult:
     src: np.ndarray
     dst: np.ndarray
     scores: np.ndarray
+    threshold: float
     timings: Dict[str, float]
 
     @property
@@ -208,16 +248,51 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
                              f"({features.shape[0]}, {config.k})")
     with watch.stage("density"):
         density = ops.density(sims, config.rho)
-    with watch.stage("pairs"):
-        src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
     model = model.to(device).eval()
     with watch.stage("embeddings"):
         e = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
                                   bf16=config.bf16, progress=config.progress)
+    scheme = config.scheme
+    if scheme == "edges" and model.edge_head is None:
+        log.warning("this model has no edge head (trained with edge_steps=0, or a SEPFL "
+                    "checkpoint): clustering with scheme='sepfl'")
+        scheme = "sepfl"
+    if scheme == "edges":
+        src, dst, scores, threshold, labels = _edges_scheme(model, e, nbrs, density, config,
+                                                            watch)
+    else:
+        threshold = 0.5 if config.threshold is None else config.threshold
+        with watch.stage("pairs"):
+            src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
+        with watch.stage("scores"):
+            scores = model.score_pairs(e, src, dst, batch_size=config.pair_batch_size,
+                                       bf16=config.bf16)
+        with watch.stage("link"):
+            labels = _numpy(ops.link(src, dst, scores, threshold, features.shape[0]))
+    return ClusterResult(labels=labels, density=_numpy(density), src=_numpy(src),
+                         dst=_numpy(dst), scores=_numpy(scores), threshold=threshold,
+                         timings=watch.timings)
+
+
+def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
+                  density: torch.Tensor, config: ClusterConfig, watch: _Stopwatch):
+    """Candidate edges, their P(same) from the edge head, and the grouped labels."""
+    head = model.edge_head.to(e.device).eval()
+    grouping = config.grouping
+    if grouping == "infomap" and not edges.infomap_available():
+        log.warning("the infomap package is not installed (pip install infomap): grouping "
+                    "the scored edges by connected components instead")
+        grouping = "components"
+    threshold = config.threshold
+    if threshold is None:
+        threshold = 0.5 if grouping == "infomap" else float(head.threshold)
+    markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
+    with watch.stage("edges"):
+        src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, model.k - 1))
+        stats = edges.edge_statistics(e, nbrs, density, src, dst, rank)
     with watch.stage("scores"):
-        scores = model.score_pairs(e, src, dst, batch_size=config.pair_batch_size,
-                                   bf16=config.bf16)
-    with watch.stage("link"):
-        labels = ops.link(src, dst, scores, config.threshold, features.shape[0])
-    return ClusterResult(labels=_numpy(labels), density=_numpy(density), src=_numpy(src),
-                         dst=_numpy(dst), scores=_numpy(scores), timings=watch.timings)
+        scores = head.probability(stats)
+    with watch.stage("group"):
+        labels = edges.group_edges(_numpy(src), _numpy(dst), _numpy(scores), e.shape[0],
+                                   grouping, threshold, markov_time)
+    return src, dst, scores, threshold, labels

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sepfl import ops
+from sepfl.edges import EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, is_tensor)
 
@@ -76,6 +77,8 @@ class PairClassifier(nn.Module):
     Dropout, Linear D→1) and ``classifier`` (BN 4D, Linear 4D→2D, BN, GELU,
     Dropout, Linear 2D→D, BN, GELU, Dropout, Linear D→2). BatchNorms over
     tokens normalise the 2D channels, with statistics over batch and tokens.
+    ``edge_head`` is None until training adds one (:class:`sepfl.edges.EdgeHead`,
+    the default scheme's edge scorer); its weights are saved as ``edge_head.*``.
     """
 
     def __init__(self, dim: int, k: int, dropout: float = 0.2):
@@ -97,6 +100,7 @@ class PairClassifier(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        self.edge_head: Optional[EdgeHead] = None
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "PairClassifier":
@@ -114,6 +118,8 @@ class PairClassifier(nn.Module):
         except (KeyError, AttributeError, IndexError) as err:
             raise ValueError(f"not a PairClassifier state_dict: {err!r}") from None
         model = cls(int(dim), int(k))
+        if "edge_head.net.0.weight" in state_dict:
+            model.edge_head = EdgeHead(int(state_dict["edge_head.net.0.weight"].shape[0]))
         model.load_state_dict(state_dict, strict=True)
         return model
 

@@ -54,7 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import sepfl
-from sepfl import ops
+from sepfl import edges, ops
 from sepfl._threads import torch_threads
 from sepfl._validate import (Array, as_indices, as_values, check_device, check_finite,
                              check_positive_int, check_probability, check_threads, is_tensor)
@@ -89,8 +89,9 @@ class TrainConfig:
         Draw a fresh balanced sample every epoch (more distinct pairs for a
         small budget); ``False`` draws one sample and reshuffles it each epoch,
         as the paper does.
-    ranks : int
-        Candidate pairs join each sample to its neighbours at ranks 1..ranks.
+    ranks : int or None
+        Candidate pairs join each sample to its neighbours at ranks 1..ranks;
+        None means SEPFL's 39, or k - 1 for a smaller k (:func:`default_ranks`).
     batch_size : int
         Pairs per optimiser step.
     optimizer : {"adamw", "sgd"}
@@ -125,12 +126,23 @@ class TrainConfig:
     threads : int or None
         torch threads for the run; None keeps torch's setting but runs the small
         classifier steps of the warm-up and refit on one thread (see sepfl._threads).
+    edge_steps : int
+        Steps of the edge head (:mod:`sepfl.edges`) after the refit; 0 trains
+        none, and the model then clusters with SEPFL's scheme only.
+    candidates : int
+        Candidate edges per sample the edge head is trained on (ranks 1..candidates,
+        capped at k - 1); :attr:`ClusterConfig.candidates` should match.
+    calibration_share : float
+        Share of the training identities held out of the edge head's training to
+        choose its link threshold on (module notes); 0 keeps the threshold at 0.5.
+    rho : float
+        Density's similarity level for the edge statistics (as :attr:`ClusterConfig.rho`).
     """
 
     epochs: int = 4
     pairs_per_epoch: int = 8192
     resample_pairs: bool = True
-    ranks: int = 39
+    ranks: Optional[int] = None
     batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -147,13 +159,22 @@ class TrainConfig:
     bf16: bool = True
     progress: bool = True
     threads: Optional[int] = None
+    edge_steps: int = 3000
+    candidates: int = 40
+    calibration_share: float = 0.15
+    rho: float = 0.7
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "pairs_per_epoch", "ranks", "batch_size",
-                     "classifier_batch_size"):
+        for name in ("epochs", "pairs_per_epoch", "batch_size", "classifier_batch_size",
+                     "candidates"):
             check_positive_int(getattr(self, name), name)
-        for name in ("seed", "warmup_steps", "refit_steps"):
+        if self.ranks is not None:
+            check_positive_int(self.ranks, "ranks")
+        for name in ("seed", "warmup_steps", "refit_steps", "edge_steps"):
             check_positive_int(getattr(self, name), name, minimum=0)
+        if not 0 <= self.calibration_share < 1:
+            raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
+        check_probability(self.rho, "rho")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         for name in ("lr", "classifier_lr"):
@@ -284,10 +305,12 @@ def load_checkpoint(path: PathLike, dim: Optional[int] = None,
 
 @dataclasses.dataclass
 class _Graph:
-    """Training features, kNN table and candidate pairs, on the training device."""
+    """Training features, kNN graph, labels and candidate pairs, on the training device."""
 
     features: torch.Tensor   # float32 [N, D], unit rows
     nbrs: torch.Tensor       # int64 [N, k]
+    density: torch.Tensor    # float32 [N]
+    labels: np.ndarray       # int64 [N]
     src: np.ndarray          # int64 [P] candidate pairs (CPU: sampling happens in numpy)
     dst: np.ndarray          # int64 [P]
     target: np.ndarray       # int64 [P], 1 = same identity
@@ -302,8 +325,44 @@ def _numpy(x: Array) -> np.ndarray:
     return x.cpu().numpy() if is_tensor(x) else x
 
 
-def _training_graph(features: Array, labels: Array, k: int, ranks: int,
-                    knn: Optional[Tuple[Array, Array]], device: torch.device,
+def default_ranks(k: int) -> int:
+    """Training ranks when ``TrainConfig.ranks`` is None: SEPFL's 39, or k - 1 for a smaller k."""
+    return min(39, k - 1)
+
+
+def _random_negatives(labels: np.ndarray, count: int,
+                      rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """``count`` pairs (int64 [count] each) of samples with different labels, drawn uniformly."""
+    src, dst = np.empty(0, np.int64), np.empty(0, np.int64)
+    while src.size < count:
+        a, b = rng.integers(0, labels.size, (2, 2 * (count - src.size) + 16))
+        differ = labels[a] != labels[b]
+        src, dst = np.concatenate([src, a[differ]]), np.concatenate([dst, b[differ]])
+    return src[:count], dst[:count]
+
+
+def with_negatives(src: np.ndarray, dst: np.ndarray, target: np.ndarray, labels: np.ndarray,
+                   seed: int, what: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs with random different-label pairs added when negatives are rare.
+
+    On clean data with a small k the kNN lists may hold (almost) no pair of two
+    identities; then pairs from beyond the lists are drawn until negatives are a
+    fifth of the candidates (logged). Arrays int64 [P]; ``target`` 1 = same label.
+    """
+    negatives = int((target == 0).sum())
+    wanted = (target.size - negatives) // 4
+    if negatives >= wanted:
+        return src, dst, target
+    extra_src, extra_dst = _random_negatives(labels, wanted - negatives,
+                                             np.random.default_rng(seed))
+    log.info("%s: %d negative pairs in the kNN lists; added %d random pairs of different "
+             "identities", what, negatives, extra_src.size)
+    return (np.concatenate([src, extra_src]), np.concatenate([dst, extra_dst]),
+            np.concatenate([target, np.zeros(extra_src.size, target.dtype)]))
+
+
+def _training_graph(features: Array, labels: Array, k: int, ranks: int, rho: float,
+                    knn: Optional[Tuple[Array, Array]], device: torch.device, seed: int,
                     progress: Optional[bool] = None) -> _Graph:
     features = as_values(features, "features", 2)
     labels = _numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
@@ -313,16 +372,19 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                          f"{np.unique(labels).size}")
     features = normalize_features(features)
     if knn is None:
-        nbrs = build_knn(features, k=k, progress=progress)[0]
+        nbrs, sims = build_knn(features, k=k, progress=progress)
     else:
         nbrs = as_indices(knn[0], "knn nbrs", 2, shape=(features.shape[0], k))
+        sims = as_values(knn[1], "knn sims", 2, shape=(features.shape[0], k))
     src, dst, target = ops.train_pairs(_numpy(nbrs), labels, ranks)
-    positives = int(target.sum())
-    if positives == 0 or positives == target.size:
-        raise ValueError(f"the training kNN graph has {positives} positive and "
-                         f"{target.size - positives} negative candidate pairs in ranks "
-                         f"1..{ranks}; both kinds are needed")
-    return _Graph(_as_tensor(features, device), _as_tensor(nbrs, device), src, dst, target)
+    if int(target.sum()) == 0:
+        raise ValueError(f"the training kNN graph has no positive candidate pair in ranks "
+                         f"1..{ranks}: no sample has a same-identity neighbour")
+    src, dst, target = with_negatives(src, dst, target, labels, _seed(seed, 4),
+                                      "training pairs")
+    density = ops.density(_as_tensor(sims, device), rho)
+    return _Graph(_as_tensor(features, device), _as_tensor(nbrs, device), density, labels,
+                  src, dst, target)
 
 
 def _epoch_pairs(graph: _Graph, config: TrainConfig, epoch: int) -> np.ndarray:
@@ -376,32 +438,36 @@ def _fit_classifier(model: PairClassifier, e: torch.Tensor, graph: _Graph, confi
     rng = np.random.default_rng(_seed(config.seed, 3, epoch))
     optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=config.classifier_lr,
                                   weight_decay=config.weight_decay)
-    batches = itertools.islice(_balanced_batches(graph, config.classifier_batch_size, rng), steps)
+    batches = itertools.islice(
+        _balanced_batches(graph.target, config.classifier_batch_size, rng), steps)
     model.train()
     with torch_threads(config.threads or 1):
         record = _optimise(
-            optimizer, graph, batches, steps, stage, config, e.device,
+            optimizer, (graph.src, graph.dst, graph.target), batches, steps, stage, config,
+            e.device,
             lambda step: config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps)),
             lambda src, dst: model.classify(e[src], e[dst]))
     return {"epoch": epoch, **record, "lr": config.classifier_lr}
 
 
-def _balanced_batches(graph: _Graph, batch_size: int,
+def _balanced_batches(target: np.ndarray, batch_size: int,
                       rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless batches of candidate-pair indices (int64 [batch_size // 2 * 2]): half
+    """Endless batches of indices into ``target`` (int64 [batch_size // 2 * 2]): half
     positive, half negative pairs, each half drawn uniformly with replacement."""
-    positives, negatives = np.flatnonzero(graph.target), np.flatnonzero(graph.target == 0)
+    positives, negatives = np.flatnonzero(target), np.flatnonzero(target == 0)
     while True:
         yield np.concatenate([rng.choice(positives, batch_size // 2),
                               rng.choice(negatives, batch_size // 2)])
 
 
-def _optimise(optimizer: torch.optim.Optimizer, graph: _Graph, batches: Iterable[np.ndarray],
+def _optimise(optimizer: torch.optim.Optimizer,
+              pairs: Tuple[np.ndarray, np.ndarray, np.ndarray], batches: Iterable[np.ndarray],
               steps: int, stage: str, config: TrainConfig, device: torch.device,
               lr_at: Callable[[int], float],
               logits_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Dict[str, float]:
-    """One optimiser step per batch of candidate-pair indices, cross-entropy on
-    ``logits_of(src, dst)`` [B, 2] with the learning rate ``lr_at(i)`` at step i.
+    """One optimiser step per batch of indices into ``pairs`` (src, dst, target:
+    int64 [P] each), cross-entropy on ``logits_of(src, dst)`` [B, 2] with the
+    learning rate ``lr_at(i)`` at step i.
 
     Returns the stage's mean loss and accuracy, the last learning rate,
     pairs per second and seconds (also logged under ``stage``).
@@ -415,7 +481,7 @@ def _optimise(optimizer: torch.optim.Optimizer, graph: _Graph, batches: Iterable
         for group in optimizer.param_groups:
             group["lr"] = lr
         src, dst, target = (torch.from_numpy(x[batch]).to(device)
-                            for x in (graph.src, graph.dst, graph.target))
+                            for x in pairs)
         with bf16_autocast(device, config.bf16):
             logits = logits_of(src, dst)
         loss = nn.functional.cross_entropy(logits.float(), target)
@@ -428,7 +494,7 @@ def _optimise(optimizer: torch.optim.Optimizer, graph: _Graph, batches: Iterable
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     seconds = time.perf_counter() - started
-    record = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": lr,
+    record = {"loss": loss_sum / seen, "accuracy": correct / seen, "lr": float(lr),
               "pairs_per_s": seen / seconds, "seconds": seconds}
     log.info("%s: loss %.4f  pair accuracy %.4f  %.0f pairs/s", stage, record["loss"],
              record["accuracy"], record["pairs_per_s"])
@@ -442,20 +508,138 @@ def _warm_up(model: PairClassifier, graph: _Graph, config: TrainConfig) -> Dict[
                            config.warmup_steps, "classifier warm-up", 0)
 
 
-def _refit(model: PairClassifier, graph: _Graph, config: TrainConfig) -> Dict[str, float]:
-    """Stage epochs + 1: the classifier on the trained network's eval-mode embeddings."""
+def _refit(model: PairClassifier, graph: _Graph, config: TrainConfig,
+           e: torch.Tensor) -> Dict[str, float]:
+    """Stage epochs + 1: the classifier on the trained network's eval-mode embeddings ``e``."""
+    return _fit_classifier(model, e, graph, config, config.refit_steps, "classifier refit",
+                           config.epochs + 1)
+
+
+def _embeddings(model: PairClassifier, graph: _Graph, config: TrainConfig) -> torch.Tensor:
+    """The training set's eval-mode node embeddings float32 [N, 2D] (inference path)."""
+    return model.eval().node_embeddings(graph.features, graph.nbrs, bf16=config.bf16,
+                                        progress=config.progress)
+
+
+# ----------------------------------------------------------------------- edge head
+
+CALIBRATION_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+CALIBRATION_MARKOV_TIMES = (1.0, 2.0, 4.0, 8.0)
+
+
+def _split_identities(labels: np.ndarray, share: float,
+                      seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Boolean masks [N] (fit, calibration): a seeded ``share`` of the identities held out."""
+    ids = np.unique(labels)
+    held = int(round(share * ids.size))
+    if held < 2 or ids.size - held < 2:
+        return np.ones(labels.size, bool), np.zeros(labels.size, bool)
+    chosen = np.random.default_rng(seed).choice(ids, held, replace=False)
+    calibration = np.isin(labels, chosen)
+    return ~calibration, calibration
+
+
+def _head_edges(graph: _Graph, inside: np.ndarray, m: int,
+                seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """Candidate edges with both ends in ``inside`` (bool [N]), plus random negatives
+    when the lists hold few: (src, dst, rank) int64 Tensors [E] and target int64 [E]."""
+    src, dst, rank = (x.cpu().numpy() for x in edges.candidate_edges(graph.nbrs, m))
+    keep = inside[src] & inside[dst]
+    src, dst, rank = src[keep], dst[keep], rank[keep]
+    pool = np.flatnonzero(inside)
+    target = (graph.labels[src] == graph.labels[dst]).astype(np.int64)
+    if target.sum() == 0:
+        raise ValueError(f"no sample has a same-identity neighbour in ranks 1..{m}: the edge "
+                         "head cannot be trained")
+    local = np.full(graph.labels.size, -1, np.int64)
+    local[pool] = np.arange(pool.size)
+    s, d, target = with_negatives(local[src], local[dst], target, graph.labels[pool], seed,
+                                  "edge head")
+    k = graph.nbrs.shape[1]
+    rank = np.concatenate([rank, np.full(s.size - rank.size, k, np.int64)])
+    device = graph.nbrs.device
+    return (torch.from_numpy(pool[s]).to(device), torch.from_numpy(pool[d]).to(device),
+            torch.from_numpy(rank).to(device), target)
+
+
+def _calibrate(model: PairClassifier, graph: _Graph, subset: np.ndarray,
+               config: TrainConfig) -> Optional[Dict[str, float]]:
+    """Cluster the held-out identities ``subset`` (bool [N]) with the edges scheme and store
+    in the edge head the Markov time (of :data:`CALIBRATION_MARKOV_TIMES`, for Infomap)
+    and the threshold (of :data:`CALIBRATION_THRESHOLDS`, for connected components) with
+    the best pairwise F. None when the subset is too small for a kNN graph."""
+    rows = np.flatnonzero(subset)
+    if rows.size <= 2 * model.k:
+        return None
+    features = graph.features[torch.from_numpy(rows).to(graph.features.device)]
+    labels = graph.labels[rows]
+    settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
+                             device=str(features.device), bf16=config.bf16, progress=False,
+                             grouping="components", threshold=0.0)
+    result = cluster(features, model, settings)
+
+    def best(grouping: str, name: str, values: Tuple[float, ...]) -> Tuple[float, float]:
+        scored = {value: evaluate(labels, edges.group_edges(
+            result.src, result.dst, result.scores, rows.size, grouping,
+            **({"threshold": value} if name == "threshold" else {"markov_time": value})
+        ))["pairwise_f"] for value in values}
+        value = max(scored, key=scored.get)
+        log.info("edge head calibrated on %d held-out samples: %s %s %g (F_P %.4f)",
+                 rows.size, grouping, name, value, scored[value])
+        return float(value), float(scored[value])
+
+    threshold, threshold_f = best("components", "threshold", CALIBRATION_THRESHOLDS)
+    model.edge_head.threshold.fill_(threshold)
+    record = {"threshold": threshold, "calibration_components_f": threshold_f,
+              "calibration_samples": int(rows.size)}
+    if edges.infomap_available():
+        markov_time, markov_f = best("infomap", "markov time", CALIBRATION_MARKOV_TIMES)
+        model.edge_head.markov_time.fill_(markov_time)
+        record.update(markov_time=markov_time, calibration_infomap_f=markov_f)
+    return record
+
+
+def _fit_edge_head(model: PairClassifier, graph: _Graph, config: TrainConfig,
+                   e: torch.Tensor) -> Dict[str, float]:
+    """Stage epochs + 2: the edge head (:mod:`sepfl.edges`) on the candidate edges of the
+    training identities outside the calibration share, then its threshold calibrated on
+    those held out. ``e`` [N, 2D] are the training set's eval-mode embeddings."""
     started = time.perf_counter()
-    e = model.eval().node_embeddings(graph.features, graph.nbrs, bf16=config.bf16)
-    embedding = time.perf_counter() - started
-    record = _fit_classifier(model, e, graph, config, config.refit_steps, "classifier refit",
-                             config.epochs + 1)
-    return {**record, "seconds": record["seconds"] + embedding}
+    m = min(config.candidates, model.k - 1)
+    inside, held_out = _split_identities(graph.labels, config.calibration_share,
+                                         _seed(config.seed, 5))
+    src, dst, rank, target = _head_edges(graph, inside, m, _seed(config.seed, 6))
+    stats = edges.edge_statistics(e, graph.nbrs, graph.density, src, dst, rank)
+    head = edges.EdgeHead().to(e.device)
+    head.candidates.fill_(m)
+    head.set_normalization(stats)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.classifier_lr,
+                                  weight_decay=config.weight_decay)
+    rng = np.random.default_rng(_seed(config.seed, 7))
+    steps = config.edge_steps
+    batches = itertools.islice(_balanced_batches(target, config.classifier_batch_size, rng),
+                               steps)
+    index = np.arange(target.size)
+    head.train()
+    with torch_threads(config.threads or 1):
+        record = _optimise(
+            optimizer, (index, index, target), batches, steps, "edge head",
+            dataclasses.replace(config, bf16=False), e.device,
+            lambda step: config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps)),
+            lambda rows, _: head(stats[rows]))
+    model.edge_head = head.eval()
+    calibration = _calibrate(model, graph, held_out, config) or {}
+    return {"epoch": config.epochs + 2, **record, **calibration,
+            "seconds": time.perf_counter() - started}
 
 
 def _validate(model: PairClassifier, validation: Tuple[torch.Tensor, np.ndarray, tuple],
               config: TrainConfig, device: torch.device) -> Dict[str, float]:
     features, labels, knn = validation
-    settings = ClusterConfig(k=model.k, device=str(device), bf16=config.bf16, progress=False)
+    scheme = "sepfl" if model.edge_head is None else "edges"
+    settings = ClusterConfig(k=model.k, rho=config.rho, scheme=scheme,
+                             candidates=config.candidates, device=str(device),
+                             bf16=config.bf16, progress=False)
     result = cluster(features, model, settings, knn=knn)
     model.train()
     return evaluate(labels, result.labels)
@@ -496,6 +680,7 @@ def _restore(path: Optional[Path], model: PairClassifier, optimizer: torch.optim
                      if name not in _RESUMABLE_CHANGES and stored[name] != current[name])
     if changed:
         raise ValueError(f"cannot resume {path}: its {changed} differ from this run's config")
+    model.edge_head = checkpoint["model"].edge_head
     model.load_state_dict(checkpoint["model"].state_dict())
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"])
@@ -544,9 +729,10 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
     """
     config = config or TrainConfig()
     device = resolve_device(config.device)
-    k = check_positive_int(k, "k", minimum=config.ranks + 1)
+    ranks = default_ranks(k) if config.ranks is None else config.ranks
+    k = check_positive_int(k, "k", minimum=ranks + 1)
     # progress=False silences the kNN bar too; True leaves the choice to build_knn
-    graph = _training_graph(features, labels, k, config.ranks, knn, device,
+    graph = _training_graph(features, labels, k, ranks, config.rho, knn, device, config.seed,
                             progress=None if config.progress else False)
     data_fingerprint = fingerprint(features)
     val = _prepare_validation(validation, k, device)
@@ -570,10 +756,17 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
         record = _train_epoch(model, optimizer, graph, config, epoch, total_steps, device)
         history.append(_with_validation(record, model, val, config, device))
         save(epoch + 1)
+    e = None
     if config.refit_steps and start <= config.epochs:
-        history.append(_with_validation(_refit(model, graph, config), model, val, config,
+        e = _embeddings(model, graph, config)
+        history.append(_with_validation(_refit(model, graph, config, e), model, val, config,
                                         device))
         save(config.epochs + 1)
+    if config.edge_steps and start <= config.epochs + 1:
+        e = _embeddings(model, graph, config) if e is None else e
+        record = _fit_edge_head(model, graph, config, e)
+        history.append(_with_validation(record, model, val, config, device))
+        save(config.epochs + 2)
     return model.eval()
 
 
@@ -592,7 +785,8 @@ def _train_epoch(model: PairClassifier, optimizer: torch.optim.Optimizer, graph:
     steps = _steps_per_epoch(graph, config)
     batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(steps)]
     done = epoch * steps
-    record = _optimise(optimizer, graph, batches, steps, f"epoch {epoch + 1}/{config.epochs}",
+    record = _optimise(optimizer, (graph.src, graph.dst, graph.target), batches, steps,
+                       f"epoch {epoch + 1}/{config.epochs}",
                        config, device, lambda step: learning_rate(config, done + step, total_steps),
                        lambda src, dst: _pair_logits(model, graph, src, dst))
     return {"epoch": epoch + 1, **record}

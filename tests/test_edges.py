@@ -1,0 +1,144 @@
+"""The edges scheme (sepfl.edges): candidates, statistics, the head, grouping, training."""
+import numpy as np
+import pytest
+import torch
+
+from sepfl import edges, ops
+from sepfl.cluster import ClusterConfig, cluster
+from sepfl.datasets import make_faces
+from sepfl.estimator import SEPFL
+from sepfl.knn import build_knn
+from sepfl.metrics import evaluate
+from sepfl.model import PairClassifier
+from sepfl.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+import oracles
+
+K = 10
+FAST = dict(epochs=1, pairs_per_epoch=256, warmup_steps=60, refit_steps=60, edge_steps=150,
+            classifier_batch_size=128, candidates=6, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_faces(60, dim=16, seed=5)
+
+
+@pytest.fixture(scope="module")
+def trained(faces):
+    return train(faces.features, faces.labels, TrainConfig(**FAST), k=K)
+
+
+def test_candidate_edges_are_the_first_ranks_without_missing_entries():
+    nbrs = torch.tensor([[0, 2, 1, -1], [1, 0, -1, -1], [2, 0, 1, 3], [3, 2, 0, 1]])
+    src, dst, rank = edges.candidate_edges(nbrs, 2)
+    assert src.tolist() == [0, 0, 1, 2, 2, 3, 3]
+    assert dst.tolist() == [2, 1, 0, 0, 1, 2, 0]
+    assert rank.tolist() == [1, 2, 1, 1, 2, 1, 2]
+    with pytest.raises(ValueError, match="candidates"):
+        edges.candidate_edges(nbrs, 4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shared_neighbours_and_reverse_rank_match_the_oracle(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 30, 7
+    nbrs = np.stack([np.concatenate([[i], rng.choice(np.delete(np.arange(n), i), k - 1,
+                                                      replace=False)]) for i in range(n)])
+    nbrs[rng.random((n, k)) < 0.1] = -1
+    nbrs[:, 0] = np.arange(n)
+    src, dst = rng.integers(0, n, 50), rng.integers(0, n, 50)
+    shared, reverse = edges._shared_and_reverse(torch.from_numpy(nbrs), torch.from_numpy(src),
+                                                torch.from_numpy(dst))
+    want_shared, want_reverse = oracles.shared_and_reverse(nbrs, src, dst)
+    np.testing.assert_array_equal(shared.numpy(), want_shared)
+    np.testing.assert_array_equal(reverse.numpy(), want_reverse)
+
+
+def test_edge_statistics_columns(faces):
+    x = torch.from_numpy(faces.features)
+    nbrs, sims = (torch.from_numpy(a) for a in build_knn(faces.features, k=K, progress=False))
+    density = ops.density(sims, 0.7)
+    summary = torch.randn_like(x)
+    e = torch.cat([x, summary], 1)
+    src, dst, rank = edges.candidate_edges(nbrs, 4)
+    stats = edges.edge_statistics(e, nbrs, density, src, dst, rank)
+    assert stats.shape == (len(src), edges.NUM_STATISTICS) and stats.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity
+    np.testing.assert_allclose(stats[:, 0], sims[src, rank], atol=1e-5)  # cos(f_a, f_b)
+    np.testing.assert_allclose(stats[:, 1], cos(summary[src], summary[dst]), atol=1e-5)
+    np.testing.assert_allclose(stats[:, 2], cos(x[src], summary[dst]), atol=1e-5)
+    np.testing.assert_allclose(stats[:, 3], cos(summary[src], x[dst]), atol=1e-5)
+    shared, reverse = oracles.shared_and_reverse(nbrs.numpy(), src.numpy(), dst.numpy())
+    np.testing.assert_allclose(stats[:, 4], shared / K)
+    np.testing.assert_allclose(stats[:, 5], rank / K)
+    np.testing.assert_allclose(stats[:, 6], reverse / K)
+    np.testing.assert_array_equal(stats[:, 7], density[src])
+    np.testing.assert_array_equal(stats[:, 8], density[dst])
+
+
+def test_group_edges_components_and_infomap():
+    # two triangles joined by one weak edge, and a sample with no edge
+    src = np.array([0, 1, 2, 3, 4, 5, 2])
+    dst = np.array([1, 2, 0, 4, 5, 3, 3])
+    prob = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6], np.float32)
+    np.testing.assert_array_equal(edges.group_edges(src, dst, prob, 7, "components"),
+                                  [0, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(
+        edges.group_edges(src, dst, prob, 7, "components", threshold=0.7), [0, 0, 0, 1, 1, 1, 2])
+    found = edges.group_edges(src, dst, prob, 7, "infomap")
+    np.testing.assert_array_equal(found, [0, 0, 0, 1, 1, 1, 2])  # the weak edge does not merge
+    np.testing.assert_array_equal(found, edges.group_edges(src, dst, prob, 7, "infomap"))
+
+
+def test_training_adds_a_calibrated_edge_head(trained):
+    head = trained.edge_head
+    assert isinstance(head, edges.EdgeHead) and not head.training
+    assert int(head.candidates) == FAST["candidates"]
+    assert float(head.markov_time) in (1.0, 2.0, 4.0, 8.0)
+    assert 0 < float(head.threshold) < 1
+
+
+def test_edges_scheme_beats_one_pair_per_sample(faces, trained):
+    held_out = make_faces(40, dim=16, seed=9)
+    scores = {}
+    for scheme in ("edges", "sepfl"):
+        result = cluster(held_out.features, trained,
+                         ClusterConfig(k=K, scheme=scheme, candidates=6, device="cpu",
+                                       progress=False))
+        scores[scheme] = evaluate(held_out.labels, result.labels)["pairwise_f"]
+        first = np.unique(result.labels, return_index=True)[1]
+        assert np.all(np.diff(first) > 0)
+    assert scores["edges"] > scores["sepfl"]
+    assert "group" in result.timings or scheme == "sepfl"
+
+
+def test_edge_head_survives_a_checkpoint_and_a_model_without_one_falls_back(faces, trained,
+                                                                           tmp_path, caplog):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, trained, TrainConfig(**FAST))
+    loaded = load_checkpoint(path)["model"]
+    for name, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    config = ClusterConfig(k=K, candidates=6, device="cpu", progress=False)
+    a = cluster(faces.features, trained, config).labels
+    np.testing.assert_array_equal(a, cluster(faces.features, loaded, config).labels)
+    bare = PairClassifier.from_state_dict({name: value for name, value in
+                                           trained.state_dict().items()
+                                           if not name.startswith("edge_head.")})
+    assert bare.edge_head is None
+    result = cluster(faces.features, bare, config)
+    assert "link" in result.timings and "no edge head" in caplog.text
+
+
+def test_small_k_trains_on_clean_data_with_negatives_from_beyond_the_lists(caplog):
+    # ten samples per identity, far apart: a 5-NN list holds no other identity
+    rng = np.random.default_rng(0)
+    centres = np.linalg.qr(rng.standard_normal((32, 32)))[0][:20]
+    labels = np.repeat(np.arange(20), 10)
+    x = centres[labels] + 0.05 * rng.standard_normal((200, 32))
+    with caplog.at_level("INFO", logger="sepfl"):
+        est = SEPFL(k=5, **{**FAST, "candidates": 4}).fit(x.astype(np.float32), labels)
+    assert "random pairs of different identities" in caplog.text
+    found = est.predict(x.astype(np.float32))
+    assert evaluate(labels, found)["pairwise_f"] > 0.9
