@@ -6,6 +6,10 @@
   neighbour) linked by a cosine threshold instead of the network.
 * :func:`oracle` — SEPFL's pairs linked exactly when the two samples share a
   true label: the ceiling of one pair per sample, for a perfect classifier.
+* :func:`infomap_knn` — Infomap on the kNN graph weighted by similarity, the
+  strongest training-free baseline (no labels needed).
+* :func:`edges_oracle` — the edges scheme's candidates kept exactly when the
+  labels match: that scheme's ceiling.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from sepfl import ops
+from sepfl import edges, ops
 from sepfl.metrics import evaluate
 
 
@@ -61,3 +65,26 @@ def sweep(labels_at, gt, thresholds: Sequence[float]) -> List[Dict[str, float]]:
 def best(rows: List[Dict[str, float]], key: str = "pairwise_f") -> Dict[str, float]:
     """The row of a :func:`sweep` with the highest ``key``."""
     return max(rows, key=lambda row: row[key])
+
+
+def infomap_knn(nbrs, sims, k: int, floor: float) -> np.ndarray:
+    """Labels [N] from Infomap on the kNN graph: ranks 1..k-1 with similarity > ``floor``,
+    weighted by similarity (the training-free method face-clustering users tune by hand)."""
+    nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
+    n = len(nbrs)
+    src = np.repeat(np.arange(n), k - 1)
+    dst, sim = nbrs[:, 1:k].reshape(-1), sims[:, 1:k].reshape(-1)
+    valid = dst >= 0
+    return edges.group_edges(src[valid], dst[valid], sim[valid], n, "infomap", threshold=floor)
+
+
+def edges_oracle(nbrs, gt, candidates: int) -> np.ndarray:
+    """Labels [N] from the edges scheme's candidates (ranks 1..candidates) kept exactly when
+    their true labels match: the ceiling of that scheme's decisions."""
+    nbrs, gt = _as_numpy(nbrs), _as_numpy(gt)
+    n = len(nbrs)
+    src = np.repeat(np.arange(n), candidates)
+    dst = nbrs[:, 1:candidates + 1].reshape(-1)
+    keep = dst >= 0
+    src, dst = src[keep], dst[keep]
+    return edges.group_edges(src, dst, (gt[src] == gt[dst]).astype(np.float32), n, "components")

@@ -260,8 +260,8 @@ _COLUMNS = (("P_P", "pairwise_precision"), ("R_P", "pairwise_recall"), ("F_P", "
 
 def _metrics_table(rows: List[tuple]) -> str:
     """Pairwise and BCubed precision / recall / F and NMI, one line per (name, metrics) row."""
-    lines = [f"{'method':<34}" + "".join(f" {title:>6}" for title, _ in _COLUMNS)]
-    lines += [f"{name:<34}" + "".join(f" {m[key]:6.4f}" for _, key in _COLUMNS)
+    lines = [f"{'method':<46}" + "".join(f" {title:>6}" for title, _ in _COLUMNS)]
+    lines += [f"{name:<46}" + "".join(f" {m[key]:6.4f}" for _, key in _COLUMNS)
               for name, m in rows]
     return "\n".join(lines)
 
@@ -282,12 +282,23 @@ def cmd_demo(args: argparse.Namespace) -> str:
     print(f"synthetic test set: {len(data.labels):,} face-like embeddings of {args.n_ids} "
           f"identities (seed {args.seed}), unseen in training")
     knn = build_knn(data.features, k=config.k, progress=config.progress)
+    estimator.set_params(scheme="sepfl")
+    sepfl_scheme = evaluate(data.labels, estimator.predict(data.features, knn=knn))
+    estimator.set_params(scheme=config.scheme)
     labels = estimator.predict(data.features, knn=knn)
+    infomap = max(({"k": k, "floor": floor, **evaluate(
+        data.labels, baselines.infomap_knn(*knn, k, floor))}
+        for k in (50, 80) for floor in np.arange(0.40, 0.66, 0.05)),
+        key=lambda row: row["pairwise_f"])
     sweep = baselines.sweep(lambda t: baselines.knn_threshold(*knn, t), data.labels,
                             np.arange(0.30, 0.91, 0.05))
     naive = baselines.best(sweep)
-    rows = [("sepfl (bundled weights)", evaluate(data.labels, labels)),
+    rows = [(f"sepfl (bundled weights, {config.scheme!r})", evaluate(data.labels, labels)),
+            ("sepfl, SEPFL's scheme ('sepfl')", sepfl_scheme),
+            (f"Infomap on kNN (best: k={infomap['k']}, >{infomap['floor']:.2f})", infomap),
             (f"naive kNN threshold (best, t={naive['threshold']:.2f})", naive),
+            ("oracle of the 'edges' candidates", evaluate(data.labels, baselines.edges_oracle(
+                knn[0], data.labels, min(config.candidates, config.k - 1)))),
             ("oracle on sepfl's pairs", evaluate(data.labels,
                                                  baselines.oracle(*knn, data.labels, config.rho)))]
     print(_metrics_table(rows))

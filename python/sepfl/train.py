@@ -62,7 +62,7 @@ from sepfl.cluster import ClusterConfig, cluster, resolve_device
 from sepfl.io import atomic_write, fingerprint, normalize_features
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
-from sepfl.model import PairClassifier, bf16_autocast
+from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
 
 __all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "learning_rate"]
 
@@ -118,8 +118,9 @@ class TrainConfig:
         Seeds the weights, the pair sampling, the shuffles and dropout.
     device : str or None
         "cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl can use one.
-    bf16 : bool
-        Dense layers under bfloat16 autocast: ~1.5x faster on CPUs with bf16
+    bf16 : bool or None
+        Dense layers under bfloat16 autocast; None where the device runs it
+        faster (:func:`sepfl.model.fast_bf16`): ~1.5x faster on CPUs with bf16
         instructions, more on GPUs.
     progress : bool
         Show a tqdm bar with the running loss and pair accuracy.
@@ -156,7 +157,7 @@ class TrainConfig:
     classifier_lr: float = 2e-3
     seed: int = 0
     device: Optional[str] = None
-    bf16: bool = True
+    bf16: Optional[bool] = None
     progress: bool = True
     threads: Optional[int] = None
     edge_steps: int = 3000
@@ -482,7 +483,7 @@ def _optimise(optimizer: torch.optim.Optimizer,
             group["lr"] = lr
         src, dst, target = (torch.from_numpy(x[batch]).to(device)
                             for x in pairs)
-        with bf16_autocast(device, config.bf16):
+        with bf16_autocast(device, fast_bf16(device) if config.bf16 is None else config.bf16):
             logits = logits_of(src, dst)
         loss = nn.functional.cross_entropy(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
