@@ -71,7 +71,7 @@ def _model(args, dim: int, train) -> SEPFL:
         SEPFL.pretrained(**settings)
 
 
-def _best_infomap(knn, gt):
+def best_infomap(knn, gt):
     best = None
     for k in INFOMAP_KS:
         for floor in INFOMAP_FLOORS:
@@ -115,7 +115,7 @@ def run(name: str, seed: int, args) -> list:
         evaluate(gt, baselines.edges_oracle(knn[0], gt, candidates)), t_knn)
     add("oracle of 'sepfl' (one pair per sample)", evaluate(gt, baselines.oracle(*knn, gt)), t_knn)
     start = time.perf_counter()
-    metrics, note = _best_infomap(knn, gt)
+    metrics, note = best_infomap(knn, gt)
     seconds = (time.perf_counter() - start) / (len(INFOMAP_KS) * len(INFOMAP_FLOORS)) + t_knn
     add("Infomap on the kNN graph (best of sweep)", metrics, seconds, note)
     start = time.perf_counter()

@@ -1,8 +1,9 @@
 """Clustering quality on the synthetic splits: sepfl against the oracle and untrained baselines.
 
 One table of F_P / F_B / NMI and wall time on the test split (identities
-disjoint from training) for: sepfl; the oracle of SEPFL's scheme (a perfect
-classifier on sepfl's own pairs); the kNN cosine-threshold baseline (whole
+disjoint from training) for: sepfl's default scheme ("edges") and SEPFL's
+("sepfl"); each scheme's oracle (perfect decisions on its own candidates);
+Infomap on the kNN graph (best of its sweep, see populations.py); the kNN cosine-threshold baseline (whole
 sweep and best point); nearest-denser links with a cosine threshold (sweep,
 best point, and all accepted); HDBSCAN and MiniBatchKMeans given the true
 number of clusters, each in a subprocess stopped after ``--limit`` seconds.
@@ -23,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import header, table  # noqa: E402
+from populations import INFOMAP_FLOORS, INFOMAP_KS, best_infomap  # noqa: E402
 
 from sepfl import baselines  # noqa: E402
 from sepfl.cluster import ClusterConfig  # noqa: E402
@@ -110,15 +112,22 @@ def main() -> None:
     t_knn = time.perf_counter() - start
     print(f"test split: {len(gt):,} samples, {len(np.unique(gt)):,} identities; kNN {t_knn:.1f} s")
 
-    for bf16 in (False, True):
-        estimator.set_params(bf16=bf16)
+    for scheme in ("edges", "sepfl"):
+        estimator.set_params(scheme=scheme)
         start = time.perf_counter()
         labels = estimator.predict(test.features, knn=knn)
-        add("sepfl, bf16 autocast" if bf16 else "sepfl", evaluate(gt, labels),
-            time.perf_counter() - start + t_knn, f"threshold {config.threshold}")
+        add(f"sepfl scheme={scheme!r}", evaluate(gt, labels),
+            time.perf_counter() - start + t_knn, f"threshold {estimator.result_.threshold:g}")
+    candidates = estimator.cluster_config.candidates
+    add(f"oracle of 'edges' ({candidates} candidates)",
+        evaluate(gt, baselines.edges_oracle(knn[0], gt, candidates)), t_knn)
     start = time.perf_counter()
     add("oracle of SEPFL's pairs", evaluate(gt, baselines.oracle(*knn, gt)),
         time.perf_counter() - start + t_knn, "perfect decisions, one pair per sample")
+    start = time.perf_counter()
+    metrics, note = best_infomap(knn, gt)
+    add("Infomap on the kNN graph (best of sweep)", metrics,
+        (time.perf_counter() - start) / (len(INFOMAP_KS) * len(INFOMAP_FLOORS)) + t_knn, note)
 
     for name, labels_at in [("kNN cosine threshold", lambda t: baselines.knn_threshold(*knn, t)),
                             ("nearest-denser cosine threshold",

@@ -142,3 +142,14 @@ def test_small_k_trains_on_clean_data_with_negatives_from_beyond_the_lists(caplo
     assert "random pairs of different identities" in caplog.text
     found = est.predict(x.astype(np.float32))
     assert evaluate(labels, found)["pairwise_f"] > 0.9
+
+
+def test_edges_oracle_is_pure_and_infomap_baseline_is_deterministic(faces):
+    from sepfl import baselines
+
+    knn = build_knn(faces.features, k=K, progress=False)
+    oracle = evaluate(faces.labels, baselines.edges_oracle(knn[0], faces.labels, 6))
+    assert oracle["pairwise_precision"] == 1.0 and oracle["pairwise_recall"] > 0.5
+    first = baselines.infomap_knn(*knn, K, 0.4)
+    np.testing.assert_array_equal(first, baselines.infomap_knn(*knn, K, 0.4))
+    assert baselines.infomap_knn(*knn, K, 1.0).max() + 1 == len(faces.labels)  # no edge kept
