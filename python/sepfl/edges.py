@@ -204,7 +204,7 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     Parameters
     ----------
     src, dst : int64 ndarray [E]
-        Edges (either direction; an edge given both ways counts twice).
+        Edges (either direction; for Infomap an edge given both ways weighs the sum).
     prob : float32 ndarray [E]
         P(same identity) of each edge.
     num_nodes : int
@@ -230,10 +230,16 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         return _first_member_order(np.asarray(ops.connected_components(src, dst, num_nodes)))
     import infomap
 
+    # one undirected link per pair, its two directions' weights summed (as Infomap
+    # would aggregate them): half the links to hand over
+    low, high = np.minimum(src, dst), np.maximum(src, dst)
+    pairs, where = np.unique(low * num_nodes + high, return_inverse=True)
+    weight = np.bincount(where, weights=prob[keep].astype(np.float64), minlength=pairs.size)
     solver = infomap.Infomap(two_level=True, silent=True, num_trials=1, seed=seed,
                              markov_time=markov_time)
     solver.add_nodes(range(num_nodes))
-    solver.add_links(zip(src.tolist(), dst.tolist(), prob[keep].astype(np.float64).tolist()))
+    solver.add_links(zip((pairs // num_nodes).tolist(), (pairs % num_nodes).tolist(),
+                         weight.tolist()))
     modules = solver.run().modules()
     labels = np.empty(num_nodes, dtype=np.int64)
     labels[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(
