@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 import sepfl
@@ -20,3 +21,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds barrier waits on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

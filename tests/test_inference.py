@@ -15,12 +15,7 @@ from sepfl.model import PairClassifier, fast_bf16
 from test_model import randomise, reference_embeddings, toy_graph
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_probability(model, x, nbrs, src, dst):

@@ -15,13 +15,7 @@ from sepfl.model import PairClassifier
 from sepfl.train import TrainConfig, learning_rate, load_checkpoint, save_checkpoint, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds barrier waits on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_faces(n_ids=40, per_id=6, dim=16, noise=0.4, seed=0):
