@@ -31,7 +31,8 @@ def test_settings_reach_both_configs():
     assert est.train_config.epochs == 3
     assert est.cluster_config.device == est.train_config.device == "cpu"
     # bf16=None: each config keeps its own default
-    assert est.cluster_config.bf16 == ClusterConfig().bf16 and est.train_config.bf16
+    assert est.cluster_config.bf16 == ClusterConfig().bf16
+    assert est.train_config.bf16 == TrainConfig().bf16
     with pytest.raises(TypeError, match="unknown SEPFL parameter"):
         SEPFL(n_clusters=3)
     with pytest.raises(ValueError, match="threshold"):
