@@ -25,6 +25,9 @@ TINY_TRAIN = ["--k", "20", "--ranks", "10", "--epochs", "1", "--pairs-per-epoch"
 # Sends the process itself a real SIGINT as clustering starts: Ctrl-C at a known point.
 CTRL_C = """
 import signal, sys
+# as in a terminal: a job started in the background by a non-interactive shell inherits an
+# ignored SIGINT, which Python then keeps ignoring
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from sepfl import estimator
 from sepfl.cli import main
 real_predict = estimator.SEPFL.predict
