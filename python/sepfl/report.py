@@ -60,7 +60,7 @@ def report_figure(result: ClusterResult, threshold: float, gt: Optional[np.ndarr
         for column, name in enumerate(("precision", "recall", "F_P")):
             axes[3].plot(THRESHOLDS, curve[:, column], label=name)
         axes[3].axvline(threshold, color="k", linestyle="--")
-        axes[3].set(title="pairwise quality vs threshold", xlabel="link threshold",
+        axes[3].set(title="components of the pairs above a threshold", xlabel="link threshold",
                     ylim=(0, 1.02))
         axes[3].legend(loc="lower left")
     fig.suptitle(title)
