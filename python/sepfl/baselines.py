@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from sepfl import edges, ops
 from sepfl.metrics import evaluate
@@ -71,20 +72,14 @@ def infomap_knn(nbrs, sims, k: int, floor: float) -> np.ndarray:
     """Labels [N] from Infomap on the kNN graph: ranks 1..k-1 with similarity > ``floor``,
     weighted by similarity (the training-free method face-clustering users tune by hand)."""
     nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
-    n = len(nbrs)
-    src = np.repeat(np.arange(n), k - 1)
-    dst, sim = nbrs[:, 1:k].reshape(-1), sims[:, 1:k].reshape(-1)
-    valid = dst >= 0
-    return edges.group_edges(src[valid], dst[valid], sim[valid], n, "infomap", threshold=floor)
+    src, dst, rank = (x.numpy() for x in edges.candidate_edges(torch.from_numpy(nbrs), k - 1))
+    return edges.group_edges(src, dst, sims[src, rank], len(nbrs), "infomap", threshold=floor)
 
 
 def edges_oracle(nbrs, gt, candidates: int) -> np.ndarray:
     """Labels [N] from the edges scheme's candidates (ranks 1..candidates) kept exactly when
     their true labels match: the ceiling of that scheme's decisions."""
     nbrs, gt = _as_numpy(nbrs), _as_numpy(gt)
-    n = len(nbrs)
-    src = np.repeat(np.arange(n), candidates)
-    dst = nbrs[:, 1:candidates + 1].reshape(-1)
-    keep = dst >= 0
-    src, dst = src[keep], dst[keep]
-    return edges.group_edges(src, dst, (gt[src] == gt[dst]).astype(np.float32), n, "components")
+    src, dst, _ = (x.numpy() for x in edges.candidate_edges(torch.from_numpy(nbrs), candidates))
+    return edges.group_edges(src, dst, (gt[src] == gt[dst]).astype(np.float32), len(nbrs),
+                             "components")

@@ -188,14 +188,6 @@ def infomap_available() -> bool:
     return True
 
 
-def _first_member_order(labels: np.ndarray) -> np.ndarray:
-    """Relabel int [N] to 0..C-1 in order of each cluster's smallest member."""
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inverse].astype(np.int64)
-
-
 def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: int,
                 grouping: str = "infomap", threshold: float = 0.5,
                 markov_time: float = 1.0, seed: int = 1) -> np.ndarray:
@@ -227,7 +219,7 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     keep = prob > threshold
     src, dst = src[keep], dst[keep]
     if grouping == "components":
-        return _first_member_order(np.asarray(ops.connected_components(src, dst, num_nodes)))
+        return np.asarray(ops.connected_components(src, dst, num_nodes))
     import infomap
 
     # one undirected link per pair, its two directions' weights summed (as Infomap
@@ -241,7 +233,12 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     solver.add_links(zip((pairs // num_nodes).tolist(), (pairs % num_nodes).tolist(),
                          weight.tolist()))
     modules = solver.run().modules()
-    labels = np.empty(num_nodes, dtype=np.int64)
-    labels[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(
+    module = np.empty(num_nodes, dtype=np.int64)
+    module[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(
         modules.values(), np.int64, len(modules))
-    return _first_member_order(labels)
+    # each node joined to its module's first node: the components are the modules, numbered
+    # by smallest member as every sepfl labelling is
+    first = np.unique(module, return_index=True)[1]
+    order = np.empty(module.max() + 1, dtype=np.int64)
+    order[module[first]] = first
+    return np.asarray(ops.connected_components(np.arange(num_nodes), order[module], num_nodes))
