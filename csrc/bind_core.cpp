@@ -144,6 +144,22 @@ Floats aggregate(const Floats& weights, const Floats& features, const Indices& n
   return out;
 }
 
+std::tuple<Indices, Indices> shared_neighbours(const Indices& nbrs, const Indices& src,
+                                               const Indices& dst) {
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(src, 1, "src");
+  require_ndim(dst, 1, "dst");
+  const int64_t n = nbrs.shape(0), k = nbrs.shape(1), e = src.shape(0);
+  require_dim(dst, 0, e, "dst");
+  Indices shared(e), reverse(e);
+  {
+    py::gil_scoped_release release;
+    sepfl::shared_neighbours_cpu(nbrs.data(), src.data(), dst.data(), n, k, e,
+                                 shared.mutable_data(), reverse.mutable_data());
+  }
+  return {shared, reverse};
+}
+
 Indices link(const Indices& src, const Indices& dst, const std::optional<Floats>& scores,
              float threshold, int64_t num_nodes) {
   require_ndim(src, 1, "src");
@@ -178,6 +194,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("node_ids").noconvert(), py::arg("bias").noconvert(), py::arg("gelu"));
   m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(), py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
         py::arg("node_ids").noconvert());
+  m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
+        py::arg("src").noconvert(), py::arg("dst").noconvert());
   m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(), py::arg("scores").noconvert(), py::arg("threshold"),
         py::arg("num_nodes"));
 }

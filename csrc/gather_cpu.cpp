@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bad_index.h"
 #include "check.h"
 #include "simd.h"
 #include "ops_cpu.h"
@@ -78,26 +79,13 @@ void check_node_ids(const int64_t* node_ids, int64_t b, int64_t n) {
   }
 }
 
-// Neighbour entries are checked where they are read; the first bad one is
-// reported after the loop (no exception may leave an OpenMP region).
-struct BadNeighbour {
-  int64_t node = -1, value = 0;
-  void record(int64_t u, int64_t v) {
-#pragma omp critical(sepfl_bad_neighbour)
-    if (node < 0) node = u, value = v;
-  }
-  void raise_if_any(int64_t n) const {
-    SEPFL_CHECK_INDEX(node < 0, "nbrs row " << node << " holds index " << value
-                                            << " outside [-1, " << n << ")");
-  }
-};
 
 }  // namespace
 
 void gather_cpu(const float* features, const int64_t* nbrs, const int64_t* node_ids, int64_t n,
                 int64_t k, int64_t d, int64_t b, float* out) {
   check_node_ids(node_ids, b, n);
-  BadNeighbour bad;
+  BadIndex bad;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < b * k; ++row) {
     const int64_t u = node_ids[row / k];
@@ -110,14 +98,14 @@ void gather_cpu(const float* features, const int64_t* nbrs, const int64_t* node_
       std::memset(dst, 0, sizeof(float) * d);
     }
   }
-  bad.raise_if_any(n);
+  bad.raise_if_any("nbrs", n);
 }
 
 void gather_add_cpu(const float* a, const float* bproj, const int64_t* nbrs,
                     const int64_t* node_ids, const float* bias, bool gelu, int64_t n, int64_t k,
                     int64_t h, int64_t b, float* out) {
   check_node_ids(node_ids, b, n);
-  BadNeighbour bad;
+  BadIndex bad;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < b * k; ++row) {
     const int64_t u = node_ids[row / k];
@@ -126,14 +114,14 @@ void gather_add_cpu(const float* a, const float* bproj, const int64_t* nbrs,
     if (!has_nbr && v != -1) bad.record(u, v);
     gather_add_row(a + u * h, has_nbr ? bproj + v * h : nullptr, bias, gelu, h, out + row * h);
   }
-  bad.raise_if_any(n);
+  bad.raise_if_any("nbrs", n);
 }
 
 void aggregate_cpu(const float* weights, const float* features, const int64_t* nbrs,
                    const int64_t* node_ids, int64_t n, int64_t k, int64_t d, int64_t b,
                    float* out) {
   check_node_ids(node_ids, b, n);
-  BadNeighbour bad;
+  BadIndex bad;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < b; ++i) {
     const int64_t u = node_ids[i];
@@ -148,7 +136,7 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
       axpy_row(weights[i * k + j], features + v * d, d, dst);
     }
   }
-  bad.raise_if_any(n);
+  bad.raise_if_any("nbrs", n);
 }
 
 }  // namespace sepfl

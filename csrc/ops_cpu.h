@@ -56,6 +56,13 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
                    const int64_t* node_ids, int64_t n, int64_t k, int64_t d, int64_t b,
                    float* out);
 
+// nbrs [n, k], edges (src, dst) [e] -> shared, reverse [e]: shared[i] = how many entries
+// of dst[i]'s list are in src[i]'s list (-1 slots never count), reverse[i] = the first
+// rank at which src[i] appears in dst[i]'s list, k when it does not.
+void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_t* dst,
+                           int64_t n, int64_t k, int64_t num_edges, int64_t* shared,
+                           int64_t* reverse);
+
 // Edges (src, dst) [e] over num_nodes nodes; keeps edge i when scores == nullptr or
 // scores[i] > threshold. Writes labels [num_nodes] of the connected components, numbered
 // 0..C-1 in order of each component's smallest member; returns C.

@@ -1,28 +1,10 @@
 #include <vector>
 
+#include "bad_index.h"
 #include "check.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
-
-namespace {
-
-// Index checks run inside the kernels' own pass (a separate scan would cost as
-// much as the work); a bad entry is recorded and reported after the loop,
-// since an exception cannot leave an OpenMP region.
-struct BadIndex {
-  int64_t row = -1, value = 0;
-  void record(int64_t r, int64_t v) {
-#pragma omp critical(sepfl_bad_index)
-    if (row < 0 || r < row) row = r, value = v;
-  }
-  void raise_if_any(const char* name, int64_t n) const {
-    SEPFL_CHECK_INDEX(row < 0, name << " row " << row << " holds index " << value
-                                    << " outside [-1, " << n << ")");
-  }
-};
-
-}  // namespace
 
 int64_t select_pairs_cpu(const int64_t* nbrs, const float* density, int64_t n, int64_t k,
                          int64_t max_per_node, int64_t* dst_padded) {

@@ -80,13 +80,14 @@ def link(src, dst, scores, threshold, num_nodes):
     return labels.astype(np.int64)
 
 
-def shared_and_reverse(nbrs, src, dst):
-    """Per edge: kNN entries (not -1) in both rows, and src's rank in dst's row (k if absent)."""
+def shared_neighbours(nbrs, src, dst):
+    """Per edge: entries (not -1) of dst's row found in src's row, and src's first rank in
+    dst's row (k if absent)."""
     k = nbrs.shape[1]
     shared, reverse = [], []
     for a, b in zip(src, dst):
         row_a = {int(j) for j in nbrs[a] if j >= 0}
-        shared.append(len(row_a & {int(j) for j in nbrs[b] if j >= 0}))
+        shared.append(sum(int(j) in row_a for j in nbrs[b] if j >= 0))
         where = np.flatnonzero(nbrs[b] == a)
         reverse.append(int(where[0]) if where.size else k)
     return np.array(shared, dtype=np.int64), np.array(reverse, dtype=np.int64)

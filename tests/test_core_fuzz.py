@@ -280,6 +280,27 @@ def test_aggregate_index_contract(data, inputs, d):
     check_index_contract(got, must, may, compare)
 
 
+@given(data=st.data(), inputs=knn_inputs(), e=sizes(20))
+def test_shared_neighbours_index_contract(data, inputs, e):
+    """An endpoint outside [0, n) or a bad entry in an endpoint's row -> IndexError;
+    a bad entry in a row no edge touches may raise or be ignored; else the oracle."""
+    n, k, nbrs = inputs
+    src, dst = data.draw(index_arrays((2, e), 0, n))
+    got = outcome(lambda: _core.shared_neighbours(nbrs, src, dst))
+    bad = out_of_range(nbrs, -1, n)
+    if out_of_range(src, 0, n).any() or out_of_range(dst, 0, n).any():
+        assert_raised(got, IndexError)
+        return
+
+    def compare(result):
+        assert not isinstance(result, Exception), f"expected a result, got {result!r}"
+        for g, w in zip(result, oracles.shared_neighbours(nbrs, src, dst)):
+            assert_indices(g, w)
+
+    touched = np.concatenate([src, dst])
+    check_index_contract(got, bool(bad[touched].any()), bool(bad.any()), compare)
+
+
 @given(data=st.data(), num_nodes=st.sampled_from(range(-3, 21)), e=sizes(30),
        use_scores=st.booleans(),
        threshold=st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(-1, 2, width=32),
@@ -313,10 +334,12 @@ ARRAY_ARGS = {
     "gather_add": [("f", "nh"), ("f", "nh"), ("i", "nk"), ("i", "b"), ("f?", "h")],
     "aggregate": [("f", "bk"), ("f", "nd"), ("i", "nk"), ("i", "b")],
     "link": [("i", "e"), ("i", "e"), ("f?", "e")],
+    "shared_neighbours": [("i", "nk"), ("i", "e"), ("i", "e")],
 }
 # Valid scalars passed after the arrays (link's zero endpoints need num_nodes >= 1).
 SCALAR_ARGS = {"density": (0.7,), "select_pairs": (1,), "train_pairs": (1,), "gather": (),
-               "gather_add": (True,), "aggregate": (), "link": (0.5, 1)}
+               "gather_add": (True,), "aggregate": (), "link": (0.5, 1),
+               "shared_neighbours": ()}
 DTYPES = {"f": np.dtype(np.float32), "i": np.dtype(np.int64)}
 MUTATIONS = ["shape", "float64", "int32", "uint64", "float16", "bool", "other kind",
              "byteswapped", "strided", "fortran", "broadcast", "readonly", "None", "list",
@@ -393,6 +416,8 @@ def expected_error(op, args):
         return ValueError
     if op == "train_pairs" and args[0].shape[1] < 2:  # ranks = 1 needs k >= 2
         return ValueError
+    if op == "shared_neighbours" and args[1].size and not args[0].shape[0]:
+        return IndexError  # endpoint 0 with no nodes
     node_ids = {"gather": 2, "gather_add": 3, "aggregate": 3}.get(op)
     if node_ids is not None and args[node_ids].size and not args[node_ids - 1].shape[0]:
         return IndexError  # node id 0 with no nodes

@@ -39,22 +39,6 @@ def test_candidate_edges_are_the_first_ranks_without_missing_entries():
         edges.candidate_edges(nbrs, 4)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_shared_neighbours_and_reverse_rank_match_the_oracle(seed):
-    rng = np.random.default_rng(seed)
-    n, k = 30, 7
-    nbrs = np.stack([np.concatenate([[i], rng.choice(np.delete(np.arange(n), i), k - 1,
-                                                      replace=False)]) for i in range(n)])
-    nbrs[rng.random((n, k)) < 0.1] = -1
-    nbrs[:, 0] = np.arange(n)
-    src, dst = rng.integers(0, n, 50), rng.integers(0, n, 50)
-    shared, reverse = edges._shared_and_reverse(torch.from_numpy(nbrs), torch.from_numpy(src),
-                                                torch.from_numpy(dst))
-    want_shared, want_reverse = oracles.shared_and_reverse(nbrs, src, dst)
-    np.testing.assert_array_equal(shared.numpy(), want_shared)
-    np.testing.assert_array_equal(reverse.numpy(), want_reverse)
-
-
 def test_edge_statistics_columns(faces):
     x = torch.from_numpy(faces.features)
     nbrs, sims = (torch.from_numpy(a) for a in build_knn(faces.features, k=K, progress=False))
@@ -69,7 +53,7 @@ def test_edge_statistics_columns(faces):
     np.testing.assert_allclose(stats[:, 1], cos(summary[src], summary[dst]), atol=1e-5)
     np.testing.assert_allclose(stats[:, 2], cos(x[src], summary[dst]), atol=1e-5)
     np.testing.assert_allclose(stats[:, 3], cos(summary[src], x[dst]), atol=1e-5)
-    shared, reverse = oracles.shared_and_reverse(nbrs.numpy(), src.numpy(), dst.numpy())
+    shared, reverse = oracles.shared_neighbours(nbrs.numpy(), src.numpy(), dst.numpy())
     np.testing.assert_allclose(stats[:, 4], shared / K)
     np.testing.assert_allclose(stats[:, 5], rank / K)
     np.testing.assert_allclose(stats[:, 6], reverse / K)

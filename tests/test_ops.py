@@ -202,6 +202,50 @@ def test_link_labels_do_not_depend_on_edge_order():
                                   ops.connected_components(src[order], dst[order], 500))
 
 
+@st.composite
+def edges_over_tables(draw, max_n=30, max_k=8):
+    """A kNN table without repeated entries in a row (-1 slots allowed), and random edges."""
+    n = draw(st.integers(1, max_n))
+    k = draw(st.integers(1, min(max_k, n)))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    nbrs = np.stack([np.concatenate([[i], rng.choice(np.delete(np.arange(n), i), k - 1,
+                                                      replace=False)]) for i in range(n)])
+    nbrs[rng.random((n, k)) < draw(st.sampled_from([0.0, 0.2]))] = -1
+    e = draw(st.integers(0, 60))
+    src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
+    if draw(st.booleans()):  # grouped by source, as candidate_edges gives them
+        order = np.argsort(src, kind="stable")
+        src, dst = src[order], dst[order]
+    return nbrs, src, dst
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(inputs=edges_over_tables())
+def test_shared_neighbours_matches_oracle(device, inputs):
+    nbrs, src, dst = inputs
+    shared, reverse = ops.shared_neighbours(put(nbrs, device), put(src, device), put(dst, device))
+    want_shared, want_reverse = oracles.shared_neighbours(nbrs, src, dst)
+    np.testing.assert_array_equal(get(shared), want_shared)
+    np.testing.assert_array_equal(get(reverse), want_reverse)
+
+
+@given(inputs=edges_over_tables())
+def test_shared_neighbours_sorted_search_matches_oracle(inputs):
+    # the torch implementation CUDA tensors take, run here on CPU tensors
+    nbrs, src, dst = (torch.from_numpy(x) for x in inputs)
+    shared, reverse = ops._shared_neighbours_sorted(nbrs, src, dst)
+    want_shared, want_reverse = oracles.shared_neighbours(*inputs)
+    np.testing.assert_array_equal(shared.numpy(), want_shared)
+    np.testing.assert_array_equal(reverse.numpy(), want_reverse)
+
+
+def test_shared_neighbours_hand_computed():
+    nbrs = np.array([[0, 1, 2], [1, 0, -1], [2, 3, 0], [3, 2, 1]])
+    shared, reverse = ops.shared_neighbours(nbrs, np.array([0, 0, 2, 1]), np.array([1, 2, 3, 3]))
+    assert shared.tolist() == [2, 2, 2, 1]
+    assert reverse.tolist() == [1, 2, 1, 2]
+
+
 def test_torch_in_torch_out():
     sims = torch.rand(5, 3)
     assert isinstance(ops.density(sims), torch.Tensor)
@@ -238,6 +282,9 @@ FEATS = np.ones((3, 4), dtype=np.float32)
     (lambda: ops.gather_add(FEATS, FEATS[:, :3], NBRS, np.array([0])), ValueError, "bproj must have shape"),
     (lambda: ops.gather_add(FEATS, FEATS, NBRS, np.array([0]), bias=np.ones(2, np.float32)), ValueError, "bias must have shape"),
     (lambda: ops.aggregate(np.ones((2, 2), np.float32), FEATS, NBRS, np.array([0])), ValueError, "weights must have shape"),
+    (lambda: ops.shared_neighbours(NBRS, np.array([0, 1]), np.array([1])), ValueError, "dst must have shape"),
+    (lambda: ops.shared_neighbours(NBRS, np.array([0]), np.array([3])), IndexError, "endpoint 3 outside"),
+    (lambda: ops.shared_neighbours(np.array([[0, 4], [1, 0], [2, 1]]), np.array([0]), np.array([1])), IndexError, "index 4 outside"),
     (lambda: ops.link(np.array([0, 1]), np.array([1]), None, 0.5, 2), ValueError, "dst must have shape"),
     (lambda: ops.link(np.array([0]), np.array([1]), None, 1.5, 2), ValueError, "threshold"),
     (lambda: ops.link(np.array([0]), np.array([2]), None, 0.5, 2), IndexError, "outside"),

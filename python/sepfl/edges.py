@@ -74,33 +74,6 @@ def candidate_edges(nbrs: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Ten
     return src[keep], dst[keep], rank[keep]
 
 
-def _shared_and_reverse(nbrs: torch.Tensor, src: torch.Tensor,
-                        dst: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per edge: kNN entries a and b share, and a's rank in b's list (k when absent).
-
-    Sorted rows make each edge's intersection a batched binary search (int32,
-    half the memory traffic of int64); edges are processed in chunks so the
-    working set stays a few hundred MB.
-    """
-    k = nbrs.shape[1]
-    ordered, order = torch.sort(nbrs.to(torch.int32), dim=1)
-    order = order.to(torch.int32)
-    shared = torch.empty(src.shape[0], dtype=torch.int64, device=nbrs.device)
-    reverse = torch.empty_like(shared)
-    for start in range(0, src.shape[0], _CHUNK):
-        a, b = src[start:start + _CHUNK], dst[start:start + _CHUNK]
-        row_a, row_b = ordered[a], ordered[b]
-        at = torch.searchsorted(row_b, row_a).clamp_(max=k - 1)
-        hit = (torch.gather(row_b, 1, at) == row_a) & (row_a >= 0)
-        shared[start:start + a.shape[0]] = hit.sum(1)
-        own = a.to(torch.int32).unsqueeze(1)
-        at = torch.searchsorted(row_b, own).clamp_(max=k - 1)
-        found = (torch.gather(row_b, 1, at) == own).squeeze(1)
-        rank = torch.gather(order[b], 1, at).squeeze(1).long()
-        reverse[start:start + a.shape[0]] = torch.where(found, rank, torch.full_like(rank, k))
-    return shared, reverse
-
-
 def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, density: torch.Tensor,
                     src: torch.Tensor, dst: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
     """The nine statistics of each candidate edge (module notes), float32 [E, 9].
@@ -120,7 +93,7 @@ def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, density: torch.Tensor,
     # unit halves once, so each cosine is one dot product of gathered rows
     unit = torch.cat([nn.functional.normalize(e[:, :dim], dim=1, eps=1e-8),
                       nn.functional.normalize(e[:, dim:], dim=1, eps=1e-8)], dim=1)
-    shared, reverse = _shared_and_reverse(nbrs, src, dst)
+    shared, reverse = ops.shared_neighbours(nbrs, src, dst)
     out = torch.empty((src.shape[0], NUM_STATISTICS), dtype=torch.float32, device=e.device)
     rows_a = torch.empty((min(_CHUNK, src.shape[0]), 2 * dim), device=e.device)
     rows_b = torch.empty_like(rows_a)
