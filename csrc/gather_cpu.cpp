@@ -79,7 +79,6 @@ void check_node_ids(const int64_t* node_ids, int64_t b, int64_t n) {
   }
 }
 
-
 }  // namespace
 
 void gather_cpu(const float* features, const int64_t* nbrs, const int64_t* node_ids, int64_t n,

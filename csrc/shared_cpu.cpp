@@ -20,10 +20,10 @@ void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < num_edges; ++i) {
       const int64_t a = src[i], b = dst[i];
-      shared[i] = 0;
-      reverse[i] = k;
       if (a < 0 || a >= n || b < 0 || b >= n) {
         bad_edge.record(i, a < 0 || a >= n ? a : b);
+        shared[i] = 0;
+        reverse[i] = k;
         continue;
       }
       if (a != stamped) {
