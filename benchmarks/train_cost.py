@@ -125,7 +125,7 @@ def main() -> None:
 
     splits = make_splits(args.ids, args.ids, seed=0)
     graph = training._training_graph(splits.train.features, splits.train.labels, 80, 39,
-                                     None, CPU, progress=False)
+                                     None, CPU, 0, progress=False)
     print(header(f"training cost, {len(splits.train.labels):,} samples of {args.ids} identities,"
                  " D = 256, k = 80"), flush=True)
     rows = throughput(graph, args)

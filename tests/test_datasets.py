@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from sepfl import ops
-from sepfl.datasets import FaceModel, make_faces, make_splits, write_learn_to_cluster
+from sepfl.datasets import (FaceModel, make_faces, make_splits, random_models,
+                            write_learn_to_cluster)
 from sepfl.io import Dataset, read_dataset
 from sepfl.knn import build_knn
 from sepfl.metrics import pairwise
@@ -104,6 +105,31 @@ def test_splits_have_disjoint_identities():
 def test_bad_model(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FaceModel(**kwargs)
+
+
+def test_random_models_are_seeded_and_vary_every_structure():
+    models = random_models(12, seed=4)
+    assert models == random_models(12, seed=4) and models != random_models(12, seed=5)
+    for name in ("lookalike", "modes", "spread", "spread_sigma", "mean_size", "outliers"):
+        assert len({getattr(m, name) for m in models}) > 1, name
+    assert any(m.modes == 0 for m in models) and any(m.modes > 0 for m in models)
+
+
+def test_mixed_splits_give_each_model_its_own_identities():
+    models = [FaceModel(mean_size=5, size_sigma=0.0), FaceModel(mean_size=40, size_sigma=0.0)]
+    splits = make_splits(10, 6, dim=16, seed=2, model=models)
+    for side, n_ids in ((splits.train, 10), (splits.test, 6)):
+        np.testing.assert_array_equal(np.unique(side.labels), np.arange(n_ids))
+        np.testing.assert_array_equal(side.classes, np.arange(n_ids))
+        np.testing.assert_allclose(np.linalg.norm(side.features, axis=1), 1.0, atol=1e-5)
+        sizes = np.bincount(side.labels)
+        # half the identities of each split from each model, the small ones first
+        assert set(sizes[:n_ids // 2]) == {5} and set(sizes[n_ids // 2:]) == {40}
+        assert len(np.unique(side.labels[:10])) > 1  # the parts are shuffled together
+    again = make_splits(10, 6, dim=16, seed=2, model=models)
+    np.testing.assert_array_equal(splits.test.features, again.test.features)
+    with pytest.raises(ValueError, match="models"):
+        make_splits(2, 2, dim=16, model=[FaceModel()] * 3)
 
 
 def test_bad_sizes():

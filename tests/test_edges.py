@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sepfl import edges, ops
+from sepfl import edges
 from sepfl.cluster import ClusterConfig, cluster
 from sepfl.datasets import make_faces
 from sepfl.estimator import SEPFL
@@ -42,11 +42,10 @@ def test_candidate_edges_are_the_first_ranks_without_missing_entries():
 def test_edge_statistics_columns(faces):
     x = torch.from_numpy(faces.features)
     nbrs, sims = (torch.from_numpy(a) for a in build_knn(faces.features, k=K, progress=False))
-    density = ops.density(sims, 0.7)
     summary = torch.randn_like(x)
     e = torch.cat([x, summary], 1)
     src, dst, rank = edges.candidate_edges(nbrs, 4)
-    stats = edges.edge_statistics(e, nbrs, density, src, dst, rank)
+    stats = edges.edge_statistics(e, nbrs, sims, src, dst, rank)
     assert stats.shape == (len(src), edges.NUM_STATISTICS) and stats.dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity
     np.testing.assert_allclose(stats[:, 0], sims[src, rank], atol=1e-5)  # cos(f_a, f_b)
@@ -57,8 +56,13 @@ def test_edge_statistics_columns(faces):
     np.testing.assert_allclose(stats[:, 4], shared / K)
     np.testing.assert_allclose(stats[:, 5], rank / K)
     np.testing.assert_allclose(stats[:, 6], reverse / K)
-    np.testing.assert_array_equal(stats[:, 7], density[src])
-    np.testing.assert_array_equal(stats[:, 8], density[dst])
+    # local scale: mean similarity at ranks 1..min(NEAR, k-1); far end: rank min(FAR, k-1)
+    near, far = min(edges.NEAR, K - 1), min(edges.FAR, K - 1)
+    scale = np.array([np.mean(row[1:near + 1]) for row in sims.numpy()])
+    for column, ends in ((7, src), (8, dst)):
+        np.testing.assert_allclose(stats[:, column], scale[ends], rtol=1e-6)
+        np.testing.assert_allclose(stats[:, column + 2], stats[:, 0].numpy() - scale[ends], atol=1e-6)
+        np.testing.assert_array_equal(stats[:, column + 4], sims[ends, far])
 
 
 def test_group_edges_components_and_infomap():
@@ -81,6 +85,7 @@ def test_training_adds_a_calibrated_edge_head(trained):
     assert int(head.candidates) == FAST["candidates"]
     assert float(head.markov_time) in (1.0, 2.0, 4.0, 8.0)
     assert 0 < float(head.threshold) < 1
+    assert head.grouping in ("infomap", "components")
 
 
 def test_edges_scheme_beats_one_pair_per_sample(faces, trained):
@@ -137,3 +142,12 @@ def test_edges_oracle_is_pure_and_infomap_baseline_is_deterministic(faces):
     first = baselines.infomap_knn(*knn, K, 0.4)
     np.testing.assert_array_equal(first, baselines.infomap_knn(*knn, K, 0.4))
     assert baselines.infomap_knn(*knn, K, 1.0).max() + 1 == len(faces.labels)  # no edge kept
+
+
+def test_a_head_over_other_statistics_is_dropped_with_a_warning(trained, caplog):
+    state = dict(trained.state_dict())
+    state["edge_head.net.0.weight"] = torch.zeros(64, 9)  # an older head's nine statistics
+    state["edge_head.mean"] = state["edge_head.std"] = torch.zeros(9)
+    model = PairClassifier.from_state_dict(state)
+    assert model.edge_head is None
+    assert "reads 9 edge statistics" in caplog.text

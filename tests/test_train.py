@@ -76,7 +76,7 @@ def test_config_rejects_bad_values(field, value):
 
 def test_epoch_pairs_are_balanced(faces):
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     config = small_config(pairs_per_epoch=60)
     first, second = (training._epoch_pairs(graph, config, epoch) for epoch in (0, 1))
     for chosen in (first, second):
@@ -95,7 +95,7 @@ def test_epoch_pairs_are_balanced(faces):
 def test_shared_node_logits_match_per_pair_forward(faces):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K).eval()
     src = torch.from_numpy(graph.src[:50])
     dst = torch.from_numpy(graph.dst[:50])
@@ -110,7 +110,7 @@ def test_shared_node_logits_match_per_pair_forward(faces):
 def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K).init_mean_attention()
     getattr(model, mode)()
     ids = torch.arange(len(x))
@@ -125,7 +125,7 @@ def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
 def test_warm_up_trains_only_the_classifier(faces):
     torch.manual_seed(0)
     x, labels = faces
-    graph = training._training_graph(x, labels, K, RANKS, 0.7, None, torch.device("cpu"), 0)
+    graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     record = training._warm_up(model, graph, small_config(warmup_steps=200))

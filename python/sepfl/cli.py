@@ -309,10 +309,12 @@ def cmd_demo(args: argparse.Namespace) -> str:
 
 
 def cmd_synth(args: argparse.Namespace) -> str:
-    from sepfl.datasets import make_splits, write_learn_to_cluster
+    from sepfl.datasets import FaceModel, make_splits, random_models, write_learn_to_cluster
 
     out = _writable_folder(Path(args.out), "--out")
-    splits = make_splits(args.n_ids, args.n_test_ids or args.n_ids, seed=args.seed)
+    splits = _user_errors(lambda: make_splits(
+        args.n_ids, args.n_test_ids or args.n_ids, seed=args.seed,
+        model=random_models(args.mixture, seed=args.seed) if args.mixture else FaceModel()))
     for name, data in (("train", splits.train), ("test", splits.test)):
         if args.layout == "learn-to-cluster":
             paths = write_learn_to_cluster(data, out, f"synth_{name}", k=args.k)
@@ -467,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-test-ids", type=int, default=None, help="test identities "
                                                                     "(default: --n-ids)")
     synth.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    synth.add_argument("--mixture", type=int, default=0, metavar="N",
+                       help="share the identities among N face models with look-alikes, "
+                            "sub-modes, spreads, size tails and outliers at random degrees "
+                            "(sepfl.datasets.random_models; the bundled weights' training "
+                            "set) instead of the calibrated model (default: 0, off)")
     synth.add_argument("--layout", choices=["npy", "learn-to-cluster"], default="npy",
                        help="npy: NAME_features.npy + NAME_labels.npy; learn-to-cluster: "
                             "features/*.bin, labels/*.meta, knns/*/faiss_k_K.npz "

@@ -4,7 +4,8 @@ features → kNN → density → per-sample embeddings, then
 
 * ``scheme="edges"`` (the default, :mod:`sepfl.edges`): each sample's first
   ``candidates`` neighbours as candidate edges → edge statistics → the edge
-  head's P(same) → edges with P > threshold grouped by Infomap (or union-find);
+  head's P(same) → edges with P > threshold grouped as training calibrated
+  (Infomap, or connected components);
 * ``scheme="sepfl"``: SEPFL's pairs (nearest denser neighbour) → pair
   classifier → links (P(same) > threshold) → union-find.
 
@@ -59,10 +60,11 @@ class ClusterConfig:
         grouped by "components".
     candidates : int
         Candidate edges per sample for "edges" (ranks 1..candidates, capped at k - 1).
-    grouping : {"infomap", "components"}
-        How "edges" groups the kept edges: Infomap weighted by P (connected
-        components when the infomap package is missing, logged), or connected
-        components.
+    grouping : {None, "infomap", "components"}
+        How "edges" groups the kept edges: None means the grouping the model's
+        training calibrated on held-out identities; "infomap" is Infomap weighted
+        by P (connected components when the infomap package is missing, logged),
+        "components" connected components.
     markov_time : float or None
         Infomap's Markov time for "edges"; None means the model's calibrated one.
     max_per_node : int
@@ -94,7 +96,7 @@ class ClusterConfig:
     scheme: str = "edges"
     threshold: Optional[float] = None
     candidates: int = 40
-    grouping: str = "infomap"
+    grouping: Optional[str] = None
     markov_time: Optional[float] = None
     max_per_node: int = 1
     device: Optional[str] = None
@@ -112,7 +114,7 @@ class ClusterConfig:
         check_probability(self.rho, "rho")
         if self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        if self.grouping not in GROUPINGS:
+        if self.grouping is not None and self.grouping not in GROUPINGS:
             raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
         if self.threshold is not None:
             check_probability(self.threshold, "threshold")
@@ -258,8 +260,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
                     "checkpoint): clustering with scheme='sepfl'")
         scheme = "sepfl"
     if scheme == "edges":
-        src, dst, scores, threshold, labels = _edges_scheme(model, e, nbrs, density, config,
-                                                            watch)
+        src, dst, scores, threshold, labels = _edges_scheme(model, e, nbrs, sims, config, watch)
     else:
         threshold = 0.5 if config.threshold is None else config.threshold
         with watch.stage("pairs"):
@@ -275,10 +276,10 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
 
 
 def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
-                  density: torch.Tensor, config: ClusterConfig, watch: _Stopwatch):
+                  sims: torch.Tensor, config: ClusterConfig, watch: _Stopwatch):
     """Candidate edges, their P(same) from the edge head, and the grouped labels."""
     head = model.edge_head.to(e.device).eval()
-    grouping = config.grouping
+    grouping = config.grouping or head.grouping
     if grouping == "infomap" and not edges.infomap_available():
         log.warning("the infomap package is not installed (pip install infomap): grouping "
                     "the scored edges by connected components instead")
@@ -289,7 +290,7 @@ def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
     with watch.stage("edges"):
         src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, model.k - 1))
-        stats = edges.edge_statistics(e, nbrs, density, src, dst, rank)
+        stats = edges.edge_statistics(e, nbrs, sims, src, dst, rank)
     with watch.stage("scores"):
         scores = head.probability(stats)
     with watch.stage("group"):

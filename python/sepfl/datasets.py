@@ -27,7 +27,11 @@ The model
 * **Hard samples** (share ``hard``) have ``hard_scale`` times the spread;
   **outliers** (share ``outliers``) have 4 times it, close to noise.
 
-All parameters live in :class:`FaceModel`.
+All parameters live in :class:`FaceModel`. :func:`random_models` draws
+several models with every structure above switched on to a random degree;
+``make_splits(model=[...])`` then gives each model its share of the
+identities: the randomised family the bundled weights are trained on, so
+that they do not learn one generator's settings.
 
 Calibration
 -----------
@@ -49,7 +53,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -58,7 +62,8 @@ from sepfl.io import Dataset, l2_normalize, learn_to_cluster_paths, write_featur
     write_knn, write_labels
 from sepfl.knn import build_knn
 
-__all__ = ["FaceModel", "make_faces", "make_splits", "Splits", "write_learn_to_cluster"]
+__all__ = ["FaceModel", "make_faces", "make_splits", "random_models", "Splits",
+           "write_learn_to_cluster"]
 
 
 @dataclass
@@ -243,12 +248,39 @@ def make_faces(n_ids: int = 1500, dim: int = 256, seed: int = 0,
     return _samples(rng, pop, model)
 
 
+def random_models(count: int, seed: int = 0) -> List[FaceModel]:
+    """``count`` face models with each structure at a random degree (seeded).
+
+    Look-alikes (share 0-0.8, centre cosines from 0.5-0.7 up to 0.15-0.25
+    higher), sub-modes (none for a third of the models, else 0.5-2 extra per
+    identity at cosine 0.72-0.88), spread 0.75-1.15 varying per identity by a
+    lognormal sigma of 0.2-0.6, mean sizes 20-70 with a tail sigma of 0.6-1.3,
+    hard samples 3-10 %, outliers 0-4 %, nuisance 0.3-0.9.
+    """
+    rng = np.random.default_rng(check_positive_int(seed, "seed", minimum=0))
+    models = []
+    for _ in range(check_positive_int(count, "count")):
+        low = rng.uniform(0.5, 0.7)
+        models.append(FaceModel(
+            mean_size=rng.uniform(20, 70), size_sigma=rng.uniform(0.6, 1.3),
+            spread=rng.uniform(0.75, 1.15), spread_sigma=rng.uniform(0.2, 0.6),
+            lookalike=rng.uniform(0.0, 0.8),
+            lookalike_cos=(low, min(0.92, low + rng.uniform(0.15, 0.25))),
+            nuisance=rng.uniform(0.3, 0.9), hard=rng.uniform(0.03, 0.1),
+            outliers=rng.uniform(0.0, 0.04),
+            modes=0.0 if rng.random() < 1 / 3 else rng.uniform(0.5, 2.0),
+            mode_cos=rng.uniform(0.72, 0.88)))
+    return models
+
+
 def make_splits(n_train_ids: int = 1500, n_test_ids: int = 1500, dim: int = 256, seed: int = 0,
-                model: FaceModel = FaceModel()) -> Splits:
+                model: Union[FaceModel, Sequence[FaceModel]] = FaceModel()) -> Splits:
     """Train and test sets with disjoint identities drawn from one population.
 
     Look-alikes may cross the split (a test identity resembling a train one),
-    as in real data.
+    as in real data. With a sequence of models, the identities are shared out
+    among them as evenly as possible, each model's part is its own population
+    (its own seed and nuisance subspace), and the parts are shuffled together.
 
     Returns
     -------
@@ -258,11 +290,39 @@ def make_splits(n_train_ids: int = 1500, n_test_ids: int = 1500, dim: int = 256,
     """
     n_train = check_positive_int(n_train_ids, "n_train_ids")
     n_test = check_positive_int(n_test_ids, "n_test_ids")
+    dim = check_positive_int(dim, "dim")
+    if not isinstance(model, FaceModel):
+        return _mixed_splits(n_train, n_test, dim, seed, list(model))
     rng = np.random.default_rng(seed)
-    pop = _population(rng, n_train + n_test, check_positive_int(dim, "dim"), model)
+    pop = _population(rng, n_train + n_test, dim, model)
     train_rng, test_rng = rng.spawn(2)
     return Splits(train=_samples(train_rng, pop.take(slice(0, n_train)), model),
                   test=_samples(test_rng, pop.take(slice(n_train, None)), model))
+
+
+def _mixed_splits(n_train: int, n_test: int, dim: int, seed: int,
+                  models: List[FaceModel]) -> Splits:
+    if not models or len(models) > min(n_train, n_test):
+        raise ValueError(f"need 1 to {min(n_train, n_test)} models (one identity each at "
+                         f"least), got {len(models)}")
+    seeds = np.random.SeedSequence(seed).generate_state(len(models) + 1)
+    parts = [make_splits(len(train_ids), len(test_ids), dim, int(part_seed), part_model)
+             for train_ids, test_ids, part_seed, part_model in zip(
+                 np.array_split(np.arange(n_train), len(models)),
+                 np.array_split(np.arange(n_test), len(models)), seeds, models)]
+    shuffle = np.random.default_rng(int(seeds[-1]))
+    return Splits(*(_concatenate([getattr(part, side) for part in parts], shuffle)
+                    for side in ("train", "test")))
+
+
+def _concatenate(sets: List[Dataset], rng: np.random.Generator) -> Dataset:
+    """One set of all rows of ``sets`` in a random order, labels offset to stay distinct."""
+    offsets = np.cumsum([0] + [len(part.classes) for part in sets[:-1]])
+    labels = np.concatenate([part.labels + offset for part, offset in zip(sets, offsets)])
+    order = rng.permutation(labels.size)
+    return Dataset(features=np.concatenate([part.features for part in sets])[order],
+                   labels=labels[order],
+                   classes=np.arange(sum(len(part.classes) for part in sets), dtype=np.int64))
 
 
 def write_learn_to_cluster(dataset: Dataset, root: Union[str, Path], name: str,

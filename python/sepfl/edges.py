@@ -8,23 +8,30 @@ and changes what is scored and how it is grouped:
 
 * **Candidates**: every sample's first ``m`` kNN neighbours (ranks 1..m), so
   each sample has several chances to join its identity.
-* **Edge statistics** (:func:`edge_statistics`), nine numbers per edge (a, b)
-  read off the network's node embeddings ``e_u = [f_u ‖ s_u]`` (``s_u`` the
-  attention-weighted neighbour summary, SEPFL.md §4 step 6) and the kNN graph:
-  ``cos(f_a, f_b)``, ``cos(s_a, s_b)``, ``cos(f_a, s_b)``, ``cos(s_a, f_b)``,
-  the shared kNN entries over k, b's rank in a's list over k, a's rank in
-  b's list over k (1 when absent), and both densities. The pair classifier
+* **Edge statistics** (:func:`edge_statistics`), thirteen numbers per edge
+  (a, b) read off the network's node embeddings ``e_u = [f_u ‖ s_u]`` (``s_u``
+  the attention-weighted neighbour summary, SEPFL.md §4 step 6) and the kNN
+  graph: ``cos(f_a, f_b)``, ``cos(s_a, s_b)``, ``cos(f_a, s_b)``,
+  ``cos(s_a, f_b)``, the shared kNN entries over k, b's rank in a's list over
+  k, a's rank in b's list over k (1 when absent), and each end's local scale:
+  the mean similarity of its nearest neighbours, ``cos(f_a, f_b)`` minus it,
+  and the similarity at the far end of its candidates. The pair classifier
   sees ``[e_a ‖ e_b]`` and must learn an inner product from a concatenation;
-  these statistics hand the comparisons to the scorer directly.
+  these statistics hand the comparisons to the scorer directly. Every one is
+  local (no normalisation by a maximum over the data set), so a tight
+  identity next to a loose one, or a set with far-off samples, reads the same
+  to the head as the sets it was trained on.
 * **Edge head** (:class:`EdgeHead`): a small MLP over the standardised
   statistics giving P(same identity), trained on the training graph's own
   candidate edges (the negatives inference meets: look-alikes at low ranks).
 * **Grouping** (:func:`group_edges`): Infomap on the edges with P > 0.5,
   weighted by P, so a cluster is a region the weighted walk stays in and one
-  wrong edge does not merge two identities; its Markov time is calibrated in
-  training on held-out identities (sub-modes of one identity want a longer
-  walk). Without the ``infomap`` package, connected components of the edges
-  above a threshold calibrated the same way.
+  wrong edge does not merge two identities; or connected components of the
+  edges above a high threshold, which keep an identity whose sub-modes are
+  joined by a few sure edges in one piece where Infomap would cut it. Training
+  clusters held-out identities to choose between them and to set Infomap's
+  Markov time and the components threshold (:attr:`EdgeHead.grouping`).
+  Without the ``infomap`` package, connected components.
 
 Everything here is torch on the tensors' device, CPU or CUDA.
 """
@@ -44,7 +51,9 @@ log = logging.getLogger("sepfl")
 __all__ = ["EdgeHead", "candidate_edges", "edge_statistics", "group_edges", "infomap_available",
            "NUM_STATISTICS"]
 
-NUM_STATISTICS = 9
+NUM_STATISTICS = 13
+NEAR = 10  # neighbours whose mean similarity is a sample's local scale
+FAR = 40   # the rank whose similarity marks the far end of a sample's candidates
 _CHUNK = 1 << 16  # edges at a time: a chunk's gathered rows stay in cache
 
 
@@ -74,17 +83,24 @@ def candidate_edges(nbrs: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Ten
     return src[keep], dst[keep], rank[keep]
 
 
-def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, density: torch.Tensor,
+def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
                     src: torch.Tensor, dst: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """The nine statistics of each candidate edge (module notes), float32 [E, 9].
+    """The thirteen statistics of each candidate edge (module notes), float32 [E, 13].
+
+    Columns: 0 ``cos(f_a, f_b)``, 1 ``cos(s_a, s_b)``, 2 ``cos(f_a, s_b)``,
+    3 ``cos(s_a, f_b)``, 4 shared kNN entries / k, 5 ``rank`` / k, 6 a's rank in
+    b's list / k; then for a (7, 9, 11) and b (8, 10, 12): the local scale (mean
+    similarity at ranks 1..:data:`NEAR`), ``cos(f_a, f_b)`` minus that scale, and
+    the similarity at rank :data:`FAR` (both ranks capped at k - 1).
 
     Parameters
     ----------
     e : float32 Tensor [N, 2D]
         Node embeddings ``[f_u ‖ s_u]`` (:meth:`PairClassifier.node_embeddings`).
     nbrs : int64 Tensor [N, k]
-    density : float32 Tensor [N]
-        :func:`sepfl.ops.density` of the kNN similarities.
+    sims : float32 Tensor [N, k]
+        The kNN similarities, rows in rank order (a missing entry's similarity is
+        whatever the kNN table holds there, as everywhere in sepfl).
     src, dst, rank : int64 Tensors [E]
         From :func:`candidate_edges` (``rank`` = k for a pair from outside the lists).
     """
@@ -107,8 +123,12 @@ def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, density: torch.Tensor,
     out[:, 4] = shared.float() / k
     out[:, 5] = rank.float() / k
     out[:, 6] = reverse.float() / k
-    out[:, 7] = density[src]
-    out[:, 8] = density[dst]
+    scale = sims[:, 1:min(NEAR, k - 1) + 1].float().mean(1)
+    far = sims[:, min(FAR, k - 1)].float()
+    for column, ends in ((7, src), (8, dst)):
+        out[:, column] = scale[ends]
+        out[:, column + 2] = out[:, 0] - out[:, column]
+        out[:, column + 4] = far[ends]
     return out
 
 
@@ -116,10 +136,12 @@ class EdgeHead(nn.Module):
     """P(same identity) of a candidate edge from its :func:`edge_statistics`.
 
     Standardisation (``mean``, ``std``, set by :meth:`set_normalization` from
-    the training edges) then Linear(9→64), GELU, Linear(64→64), GELU,
+    the training edges) then Linear(13→64), GELU, Linear(64→64), GELU,
     Linear(64→2). The buffers hold what training calibrated: ``markov_time``
-    for Infomap, ``threshold`` for connected components, and ``candidates``,
-    the candidate edges per sample it was trained with.
+    for Infomap, ``threshold`` for connected components, ``components`` (1 when
+    connected components grouped the held-out identities better than Infomap,
+    see :attr:`grouping`), and ``candidates``, the candidate edges per sample
+    it was trained with.
     """
 
     def __init__(self, hidden: int = 64):
@@ -131,15 +153,21 @@ class EdgeHead(nn.Module):
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("markov_time", torch.tensor(1.0))
         self.register_buffer("candidates", torch.tensor(20))
+        self.register_buffer("components", torch.tensor(0))
+
+    @property
+    def grouping(self) -> str:
+        """The calibrated grouping: "components" or "infomap"."""
+        return "components" if int(self.components) else "infomap"
 
     @torch.no_grad()
     def set_normalization(self, stats: torch.Tensor) -> None:
-        """Standardise by the mean and standard deviation of ``stats`` [E, 9]."""
+        """Standardise by the mean and standard deviation of ``stats`` [E, 13]."""
         self.mean.copy_(stats.mean(0))
         self.std.copy_(stats.std(0).clamp_min(1e-6))
 
     def forward(self, stats: torch.Tensor) -> torch.Tensor:
-        """Logits [E, 2] (class 1: same identity) from ``stats`` float32 [E, 9]."""
+        """Logits [E, 2] (class 1: same identity) from ``stats`` float32 [E, 13]."""
         return self.net((stats - self.mean) / self.std)
 
     @torch.no_grad()

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import logging
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
@@ -32,11 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sepfl import ops
-from sepfl.edges import EdgeHead
+from sepfl.edges import NUM_STATISTICS, EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, is_tensor)
 
 __all__ = ["PairClassifier", "bf16_autocast", "cpu_tile", "fast_bf16"]
+
+log = logging.getLogger("sepfl")
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -118,8 +121,16 @@ class PairClassifier(nn.Module):
         except (KeyError, AttributeError, IndexError) as err:
             raise ValueError(f"not a PairClassifier state_dict: {err!r}") from None
         model = cls(int(dim), int(k))
-        if "edge_head.net.0.weight" in state_dict:
-            model.edge_head = EdgeHead(int(state_dict["edge_head.net.0.weight"].shape[0]))
+        head = state_dict.get("edge_head.net.0.weight")
+        if head is not None and head.shape[1] != NUM_STATISTICS:
+            # a head over another set of edge statistics cannot score today's
+            log.warning("this checkpoint's edge head reads %d edge statistics, this version "
+                        "computes %d: dropping it (the model clusters with scheme='sepfl'; "
+                        "retrain for the edges scheme)", head.shape[1], NUM_STATISTICS)
+            state_dict = {name: value for name, value in state_dict.items()
+                          if not name.startswith("edge_head.")}
+        elif head is not None:
+            model.edge_head = EdgeHead(int(head.shape[0]))
         model.load_state_dict(state_dict, strict=True)
         return model
 

@@ -137,7 +137,8 @@ class TrainConfig:
         Share of the training identities held out of the edge head's training to
         choose its link threshold on (module notes); 0 keeps the threshold at 0.5.
     rho : float
-        Density's similarity level for the edge statistics (as :attr:`ClusterConfig.rho`).
+        Density's similarity level when training clusters its held-out identities
+        and validation split (as :attr:`ClusterConfig.rho`).
     """
 
     epochs: int = 4
@@ -310,7 +311,7 @@ class _Graph:
 
     features: torch.Tensor   # float32 [N, D], unit rows
     nbrs: torch.Tensor       # int64 [N, k]
-    density: torch.Tensor    # float32 [N]
+    sims: torch.Tensor       # float32 [N, k]
     labels: np.ndarray       # int64 [N]
     src: np.ndarray          # int64 [P] candidate pairs (CPU: sampling happens in numpy)
     dst: np.ndarray          # int64 [P]
@@ -362,7 +363,7 @@ def with_negatives(src: np.ndarray, dst: np.ndarray, target: np.ndarray, labels:
             np.concatenate([target, np.zeros(extra_src.size, target.dtype)]))
 
 
-def _training_graph(features: Array, labels: Array, k: int, ranks: int, rho: float,
+def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                     knn: Optional[Tuple[Array, Array]], device: torch.device, seed: int,
                     progress: Optional[bool] = None) -> _Graph:
     features = as_values(features, "features", 2)
@@ -383,9 +384,8 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int, rho: flo
                          f"1..{ranks}: no sample has a same-identity neighbour")
     src, dst, target = with_negatives(src, dst, target, labels, _seed(seed, 4),
                                       "training pairs")
-    density = ops.density(_as_tensor(sims, device), rho)
-    return _Graph(_as_tensor(features, device), _as_tensor(nbrs, device), density, labels,
-                  src, dst, target)
+    return _Graph(_as_tensor(features, device), _as_tensor(nbrs, device),
+                  _as_tensor(sims, device), labels, src, dst, target)
 
 
 def _epoch_pairs(graph: _Graph, config: TrainConfig, epoch: int) -> np.ndarray:
@@ -524,7 +524,7 @@ def _embeddings(model: PairClassifier, graph: _Graph, config: TrainConfig) -> to
 
 # ----------------------------------------------------------------------- edge head
 
-CALIBRATION_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+CALIBRATION_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 CALIBRATION_MARKOV_TIMES = (1.0, 2.0, 4.0, 8.0)
 
 
@@ -566,9 +566,11 @@ def _head_edges(graph: _Graph, inside: np.ndarray, m: int,
 def _calibrate(model: PairClassifier, graph: _Graph, subset: np.ndarray,
                config: TrainConfig) -> Optional[Dict[str, float]]:
     """Cluster the held-out identities ``subset`` (bool [N]) with the edges scheme and store
-    in the edge head the Markov time (of :data:`CALIBRATION_MARKOV_TIMES`, for Infomap)
-    and the threshold (of :data:`CALIBRATION_THRESHOLDS`, for connected components) with
-    the best pairwise F. None when the subset is too small for a kNN graph."""
+    in the edge head the grouping that scores best there — Infomap at the Markov time of
+    :data:`CALIBRATION_MARKOV_TIMES`, or connected components at the threshold of
+    :data:`CALIBRATION_THRESHOLDS` — with both settings. The score is the mean of pairwise
+    and BCubed F, so neither a few large identities nor the many small ones decide alone.
+    None when the subset is too small for a kNN graph."""
     rows = np.flatnonzero(subset)
     if rows.size <= 2 * model.k:
         return None
@@ -579,24 +581,33 @@ def _calibrate(model: PairClassifier, graph: _Graph, subset: np.ndarray,
                              grouping="components", threshold=0.0)
     result = cluster(features, model, settings)
 
-    def best(grouping: str, name: str, values: Tuple[float, ...]) -> Tuple[float, float]:
-        scored = {value: evaluate(labels, edges.group_edges(
-            result.src, result.dst, result.scores, rows.size, grouping,
-            **({"threshold": value} if name == "threshold" else {"markov_time": value})
-        ))["pairwise_f"] for value in values}
+    def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
+        scored = {}
+        for value in values:
+            found = edges.group_edges(result.src, result.dst, result.scores, rows.size,
+                                      grouping, **({"threshold": value} if grouping == "components"
+                                                   else {"markov_time": value}))
+            metrics = evaluate(labels, found)
+            scored[value] = (metrics["pairwise_f"] + metrics["bcubed_f"]) / 2
         value = max(scored, key=scored.get)
-        log.info("edge head calibrated on %d held-out samples: %s %s %g (F_P %.4f)",
-                 rows.size, grouping, name, value, scored[value])
+        log.info("edge head calibrated on %d held-out samples: %s at %g (mean of F_P and "
+                 "F_B %.4f)", rows.size, grouping, value, scored[value])
         return float(value), float(scored[value])
 
-    threshold, threshold_f = best("components", "threshold", CALIBRATION_THRESHOLDS)
-    model.edge_head.threshold.fill_(threshold)
-    record = {"threshold": threshold, "calibration_components_f": threshold_f,
+    head = model.edge_head
+    threshold, components_f = best("components", CALIBRATION_THRESHOLDS)
+    head.threshold.fill_(threshold)
+    record = {"threshold": threshold, "calibration_components_f": components_f,
               "calibration_samples": int(rows.size)}
     if edges.infomap_available():
-        markov_time, markov_f = best("infomap", "markov time", CALIBRATION_MARKOV_TIMES)
-        model.edge_head.markov_time.fill_(markov_time)
-        record.update(markov_time=markov_time, calibration_infomap_f=markov_f)
+        markov_time, infomap_f = best("infomap", CALIBRATION_MARKOV_TIMES)
+        head.markov_time.fill_(markov_time)
+        head.components.fill_(int(components_f > infomap_f))
+        record.update(markov_time=markov_time, calibration_infomap_f=infomap_f)
+    else:
+        head.components.fill_(1)
+    record["grouping"] = head.grouping
+    log.info("edge head groups by %s", head.grouping)
     return record
 
 
@@ -610,7 +621,7 @@ def _fit_edge_head(model: PairClassifier, graph: _Graph, config: TrainConfig,
     inside, held_out = _split_identities(graph.labels, config.calibration_share,
                                          _seed(config.seed, 5))
     src, dst, rank, target = _head_edges(graph, inside, m, _seed(config.seed, 6))
-    stats = edges.edge_statistics(e, graph.nbrs, graph.density, src, dst, rank)
+    stats = edges.edge_statistics(e, graph.nbrs, graph.sims, src, dst, rank)
     head = edges.EdgeHead().to(e.device)
     head.candidates.fill_(m)
     head.set_normalization(stats)
@@ -733,7 +744,7 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
     ranks = default_ranks(k) if config.ranks is None else config.ranks
     k = check_positive_int(k, "k", minimum=ranks + 1)
     # progress=False silences the kNN bar too; True leaves the choice to build_knn
-    graph = _training_graph(features, labels, k, ranks, config.rho, knn, device, config.seed,
+    graph = _training_graph(features, labels, k, ranks, knn, device, config.seed,
                             progress=None if config.progress else False)
     data_fingerprint = fingerprint(features)
     val = _prepare_validation(validation, k, device)
