@@ -193,31 +193,31 @@ def test_saved_state_continues_like_the_one_in_memory(faces, tmp_path):
 # ------------------------------------------------------------------ sepfl cluster --state
 
 
-def test_cli_state_is_created_then_extended(faces, tmp_path):
-    x = faces.features
-    np.save(tmp_path / "a.npy", x[:700])
-    np.save(tmp_path / "b.npy", x[700:1000])
+def first_state_call(faces, tmp_path):
+    """Features a.npy (700 rows, clustered into the state folder) and b.npy (300 more);
+    returns the state folder and the common flags."""
+    np.save(tmp_path / "a.npy", faces.features[:700])
+    np.save(tmp_path / "b.npy", faces.features[700:1000])
     state = tmp_path / "state"
-    common = ["--state", str(state), "--threads", "1", "--no-progress", "-q"]
+    flags = ["--state", str(state), "--threads", "1", "--no-progress", "-q"]
     assert main(["cluster", str(tmp_path / "a.npy"), "--out", str(tmp_path / "a_pred.npy"),
-                 *common]) == 0
+                 *flags]) == 0
+    return state, flags
+
+
+def test_cli_state_is_created_then_extended(faces, tmp_path):
+    state, flags = first_state_call(faces, tmp_path)
     assert main(["cluster", str(tmp_path / "b.npy"), "--out", str(tmp_path / "b_pred.npy"),
-                 *common]) == 0
+                 *flags]) == 0
     first, second = np.load(tmp_path / "a_pred.npy"), np.load(tmp_path / "b_pred.npy")
     assert len(second) == 1000 and never_split(first, second)
     assert np.array_equal(SEPFL.load(state / STATE_FILE).labels_, second)
     assert main(["cluster", str(tmp_path / "b.npy"), "--out", str(tmp_path / "c.npy"),
-                 "--knn", str(tmp_path / "x.npz"), *common]) == 2
+                 "--knn", str(tmp_path / "x.npz"), *flags]) == 2
 
 
 def test_cli_killed_while_writing_the_state_keeps_the_previous_one(faces, tmp_path):
-    x = faces.features
-    np.save(tmp_path / "a.npy", x[:700])
-    np.save(tmp_path / "b.npy", x[700:1000])
-    state = tmp_path / "state"
-    args = ["--state", str(state), "--threads", "1", "--no-progress", "-q"]
-    assert main(["cluster", str(tmp_path / "a.npy"), "--out", str(tmp_path / "a.npy.pred.npy"),
-                 *args]) == 0
+    state, flags = first_state_call(faces, tmp_path)
     code = f"""
 import os, signal, torch
 from sepfl.cli import main
@@ -227,11 +227,11 @@ def dying_save(obj, f, *a, **kw):
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = dying_save
 main(["cluster", {str(tmp_path / "b.npy")!r}, "--out", {str(tmp_path / "b.pred.npy")!r},
-      *{args!r}])
+      *{flags!r}])
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == -signal.SIGKILL, run.stderr
     loaded = SEPFL.load(state / STATE_FILE)
-    assert np.array_equal(loaded.labels_, np.load(tmp_path / "a.npy.pred.npy"))
+    assert np.array_equal(loaded.labels_, np.load(tmp_path / "a_pred.npy"))
     assert loaded.state_.features.shape[0] == 700
