@@ -48,6 +48,10 @@ CONFIG_FIELDS = {f.name for cls in (ClusterConfig, TrainConfig) for f in datacla
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
 
+# the clustering state inside a --state folder
+STATE_FILE = "state.pt"
+
+
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
@@ -392,9 +396,16 @@ def cmd_cluster(args: argparse.Namespace) -> str:
 
     out = _writable(args.out, "--out", io.LABEL_SUFFIXES)
     report = _writable(args.report, "--report", (".png",)) if args.report else None
+    state = _writable(str(Path(args.state) / STATE_FILE), "--state") if args.state else None
+    extend = state is not None and state.exists()
+    if extend:
+        for flag in ("checkpoint", "knn", "labels", "report"):
+            if getattr(args, flag):
+                raise UserError(f"--{flag} applies to the first call with --state {args.state}; "
+                                f"this one adds to the clustering held there")
     given = _given(ClusterConfig, args)
-    load = ((lambda: SEPFL.load(args.checkpoint, **given)) if args.checkpoint
-            else (lambda: SEPFL.pretrained(**given)))
+    load = ((lambda: SEPFL.load(state if extend else args.checkpoint, **given))
+            if extend or args.checkpoint else (lambda: SEPFL.pretrained(**given)))
     estimator = _user_errors(load)
     config = estimator.cluster_config
     _check_knn_backend(config)
@@ -402,7 +413,7 @@ def cmd_cluster(args: argparse.Namespace) -> str:
     gt = _read_labels_for(args.labels, features, args.features) if args.labels else None
     _check_model(estimator.model_, features, args.features, args)
     knn = _read_knn_for(args.knn, features, args.features, config.k) if args.knn else None
-    labels = estimator.predict(features, knn=knn)
+    labels = estimator.add(features) if extend else estimator.predict(features, knn=knn)
     if gt is not None:
         print(_metrics_table([("sepfl", evaluate(gt, labels))]))
     outputs = [(out, lambda: io.write_labels(out, labels))]
@@ -411,7 +422,14 @@ def cmd_cluster(args: argparse.Namespace) -> str:
 
         outputs.append((report, lambda: write_report(report, estimator.result_,
                                                      estimator.result_.threshold, gt=gt)))
+    # the state last (atomically): a run killed before it leaves the previous state, and
+    # rerunning it adds these samples once
+    if state is not None:
+        outputs.append((state, lambda: estimator.save(state)))
     _write_all(outputs)
+    if extend:
+        print(f"{len(features):,} samples added to {len(labels) - len(features):,}; "
+              f"{len(estimator.result_.merged):,} old clusters merged")
     print(f"labels written to {out}" + (f", report to {report}" if report else ""))
     return _summary(labels, sum(estimator.result_.timings.values()), gt=gt)
 
@@ -515,7 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "when it was built from other features")
     clus.add_argument("--labels", help="true labels: print precision / recall / F and NMI")
     clus.add_argument("--report", help="write a PNG report here")
-    clus.add_argument("--out", required=True, help="labels output: .npy, .meta, .txt or .csv")
+    clus.add_argument("--out", required=True, help="labels output: .npy, .meta, .txt or .csv "
+                                                   "(with --state: of every sample held)")
+    clus.add_argument("--state", help="incremental clustering folder: created on the first call, "
+                                      "the new samples added to it on later ones (old clusters "
+                                      "keep their ids and are never split)")
     _add_config_options(clus, ClusterConfig)
 
     evaluate = command("evaluate", cmd_evaluate, "compare predicted labels with true ones")

@@ -69,6 +69,11 @@ class ClusterConfig:
         Infomap's Markov time for "edges"; None means the model's calibrated one.
     max_per_node : int
         Denser neighbours paired per sample (1 in SEPFL).
+    refresh : float
+        Incremental clustering (:mod:`sepfl.incremental`): an old sample is
+        re-embedded once ``refresh * (k - 1)`` entries (at least one) have
+        entered its kNN list since it was last embedded; 0 re-embeds every
+        sample whose list changed.
     device : str or None
         "cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl's CUDA module and one are present.
     knn_backend : str
@@ -99,6 +104,7 @@ class ClusterConfig:
     grouping: Optional[str] = None
     markov_time: Optional[float] = None
     max_per_node: int = 1
+    refresh: float = 1.0
     device: Optional[str] = None
     knn_backend: str = "auto"
     knn_precision: str = "fp32"
@@ -122,6 +128,7 @@ class ClusterConfig:
         if self.markov_time is not None and not self.markov_time > 0:
             raise ValueError(f"markov_time must be > 0, got {self.markov_time}")
         check_positive_int(self.max_per_node, "max_per_node")
+        check_probability(self.refresh, "refresh")
         check_positive_int(self.node_batch_size, "node_batch_size")
         check_positive_int(self.pair_batch_size, "pair_batch_size")
         check_device(self.device)
@@ -157,6 +164,16 @@ class ClusterResult:
         The threshold the pairs were kept at.
     timings : dict of str to float
         Seconds spent in each stage, in pipeline order.
+    scheme : {"edges", "sepfl"}
+        The scheme that ran (``"sepfl"`` for a model without an edge head).
+    features : float32 ndarray [N, D]
+        The L2-normalised features.
+    nbrs, sims : int64 / float32 ndarray [N, k]
+        The kNN graph.
+    embeddings : float32 ndarray [N, 2D]
+        Each sample's network embedding ``e_u``.
+
+    The last four are what :mod:`sepfl.incremental` continues from.
     """
 
     labels: np.ndarray
@@ -166,6 +183,11 @@ class ClusterResult:
     scores: np.ndarray
     threshold: float
     timings: Dict[str, float]
+    scheme: str
+    features: np.ndarray
+    nbrs: np.ndarray
+    sims: np.ndarray
+    embeddings: np.ndarray
 
     @property
     def num_clusters(self) -> int:
@@ -254,11 +276,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
     with watch.stage("embeddings"):
         e = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
                                   bf16=config.bf16, progress=config.progress)
-    scheme = config.scheme
-    if scheme == "edges" and model.edge_head is None:
-        log.warning("this model has no edge head (trained with edge_steps=0, or a SEPFL "
-                    "checkpoint): clustering with scheme='sepfl'")
-        scheme = "sepfl"
+    scheme = resolve_scheme(model, config)
     if scheme == "edges":
         src, dst, scores, threshold, labels = _edges_scheme(model, e, nbrs, sims, config, watch)
     else:
@@ -272,13 +290,28 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
             labels = _numpy(ops.link(src, dst, scores, threshold, features.shape[0]))
     return ClusterResult(labels=labels, density=_numpy(density), src=_numpy(src),
                          dst=_numpy(dst), scores=_numpy(scores), threshold=threshold,
-                         timings=watch.timings)
+                         timings=watch.timings, scheme=scheme, features=_numpy(features),
+                         nbrs=_numpy(nbrs), sims=_numpy(sims), embeddings=_numpy(e))
 
 
-def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
-                  sims: torch.Tensor, config: ClusterConfig, watch: _Stopwatch):
-    """Candidate edges, their P(same) from the edge head, and the grouped labels."""
-    head = model.edge_head.to(e.device).eval()
+def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
+    """``config.scheme``, or "sepfl" (logged) when it asks for "edges" of a model without
+    an edge head."""
+    if config.scheme == "edges" and model.edge_head is None:
+        log.warning("this model has no edge head (trained with edge_steps=0, or a SEPFL "
+                    "checkpoint): clustering with scheme='sepfl'")
+        return "sepfl"
+    return config.scheme
+
+
+def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Tuple[str, float, float]:
+    """How "edges" groups its scored edges: (grouping, threshold, markov_time).
+
+    The config's values, with the model's calibrated grouping, threshold and
+    Markov time where they are None, and connected components (logged) when
+    Infomap is asked for but not installed.
+    """
+    head = model.edge_head
     grouping = config.grouping or head.grouping
     if grouping == "infomap" and not edges.infomap_available():
         log.warning("the infomap package is not installed (pip install infomap): grouping "
@@ -288,6 +321,14 @@ def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
     if threshold is None:
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
+    return grouping, threshold, markov_time
+
+
+def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
+                  sims: torch.Tensor, config: ClusterConfig, watch: _Stopwatch):
+    """Candidate edges, their P(same) from the edge head, and the grouped labels."""
+    head = model.edge_head.to(e.device).eval()
+    grouping, threshold, markov_time = edge_grouping(model, config)
     with watch.stage("edges"):
         src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, model.k - 1))
         stats = edges.edge_statistics(e, nbrs, sims, src, dst, rank)

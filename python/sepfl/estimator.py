@@ -20,8 +20,9 @@ from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple, Uni
 
 import numpy as np
 
+from sepfl import incremental
 from sepfl._threads import torch_threads
-from sepfl._validate import Array
+from sepfl._validate import Array, as_values, to_tensor
 from sepfl.cluster import ClusterConfig, ClusterResult, cluster
 from sepfl.io import fingerprint
 from sepfl.train import TrainConfig, load_checkpoint, save_checkpoint, train
@@ -121,9 +122,13 @@ class SEPFL:
     model_ : PairClassifier
         The trained network (after ``fit``, ``load`` or ``pretrained``).
     labels_ : int64 ndarray [N]
-        Labels of the last ``fit_predict`` / ``predict`` call.
+        Labels of the last ``fit_predict`` / ``predict`` call, or of every sample
+        held after an ``add``.
     result_ : ClusterResult
-        Everything the last clustering produced, per-stage timings included.
+        Everything the last clustering produced, per-stage timings included
+        (an :class:`~sepfl.incremental.AddResult` after ``add``).
+    state_ : sepfl.incremental.State
+        The clustering ``add`` continues (after ``predict`` or ``add``).
     """
 
     def __init__(self, *, cluster_config: Optional[ClusterConfig] = None,
@@ -230,6 +235,44 @@ class SEPFL:
         config = self.cluster_config
         with torch_threads(config.threads):
             self.result_: ClusterResult = cluster(X, self.model_, config, knn=knn)
+        self.state_ = incremental.State.of(self.result_)
+        self.labels_ = self.result_.labels
+        return self.labels_
+
+    def add(self, X_new: Array) -> np.ndarray:
+        """Cluster new samples into the clustering held (:mod:`sepfl.incremental`).
+
+        Old clusters are never split and keep their ids; two merge only when
+        the new samples join them (``result_.merged`` says which). New samples
+        take an existing id or a new one.
+
+        Parameters
+        ----------
+        X_new : float [M, D]
+            New embeddings; they become rows N..N+M-1.
+
+        Returns
+        -------
+        labels : int64 ndarray [N + M]
+            Stable cluster ids of every sample held, old ones first.
+
+        Raises
+        ------
+        ValueError
+            No clustering held yet (call ``predict`` first), or D not the model's.
+        """
+        if not hasattr(self, "state_"):
+            raise ValueError("add() continues a clustering: call predict() (or load a state "
+                             "saved after one) first")
+        X_new = as_values(X_new, "X_new", 2)
+        dim = self.state_.features.shape[1]
+        if X_new.shape[1] != dim:
+            raise ValueError(f"X_new has D = {X_new.shape[1]} but the clustering held has "
+                             f"D = {dim}")
+        config = self.cluster_config
+        with torch_threads(config.threads):
+            self.state_, self.result_ = incremental.add(
+                self.state_, to_tensor(X_new, "cpu").numpy(), self.model_, config)
         self.labels_ = self.result_.labels
         return self.labels_
 
@@ -242,13 +285,15 @@ class SEPFL:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: PathLike) -> None:
-        """Write the model, both configs and the training data's fingerprint to ``path``
-        (atomically)."""
+        """Write the model, both configs, the training data's fingerprint and the
+        clustering state ``add`` continues (when one is held) to ``path``, atomically."""
         if not hasattr(self, "model_"):
             raise NotFittedError("nothing to save: the model is not trained")
+        state = self.state_.to_dict() if hasattr(self, "state_") else None
         save_checkpoint(path, self.model_, self.train_config,
                         extra={"cluster_config": dataclasses.asdict(self.cluster_config),
-                               "fingerprint": getattr(self, "fingerprint_", None)})
+                               "fingerprint": getattr(self, "fingerprint_", None),
+                               "state": state})
 
     @classmethod
     def load(cls, path: PathLike, cluster_config: Optional[ClusterConfig] = None,
@@ -275,6 +320,9 @@ class SEPFL:
         estimator.model_ = checkpoint["model"]
         if checkpoint.get("fingerprint"):
             estimator.fingerprint_ = checkpoint["fingerprint"]
+        if checkpoint.get("state"):
+            estimator.state_ = incremental.State.from_dict(checkpoint["state"])
+            estimator.labels_ = estimator.state_.labels
         return estimator
 
     @classmethod

@@ -270,8 +270,8 @@ class PairClassifier(nn.Module):
     @torch.no_grad()
     def node_embeddings(self, features: Array, nbrs: Array, batch_size: int = 2048,
                         bf16: Optional[bool] = None, factorised: bool = True,
-                        progress: bool = False) -> torch.Tensor:
-        """``e_u`` for every sample, computed once per sample (eval mode only).
+                        progress: bool = False, nodes: Optional[Array] = None) -> torch.Tensor:
+        """``e_u`` for every sample (or for ``nodes`` only), once per sample (eval mode only).
 
         The fast inference path: BatchNorms folded into the Linears (cached on
         the model), the first channel-mix Linear factorised into per-sample
@@ -305,10 +305,16 @@ class PairClassifier(nn.Module):
             table in the compute dtype.
         progress : bool
             Show a tqdm bar (stderr) over the samples.
+        nodes : int [M], optional
+            Embed only these samples (distinct indices in ``[0, N)``), e.g. the
+            ones whose kNN lists changed: the work and the tables then cover
+            only them and their kNN entries, and row i of the output is
+            ``e`` of ``nodes[i]``, the same as the full call's row up to float
+            rounding.
 
         Returns
         -------
-        e : float32 Tensor [N, 2D]
+        e : float32 Tensor [N, 2D], or [M, 2D] with ``nodes``
             On the device of ``features``.
 
         Raises
@@ -326,21 +332,30 @@ class PairClassifier(nn.Module):
         batch_size = check_positive_int(batch_size, "batch_size")
         check_finite(features, "features")
         check_index_range(nbrs, "nbrs", features.shape[0], allow_missing=True)
+        if nodes is not None:
+            nodes = as_indices(nodes, "nodes", 1)
+            nodes = (nodes if is_tensor(nodes) else torch.from_numpy(nodes)).to(features.device)
+            check_index_range(nodes, "nodes", features.shape[0])
+            if torch.unique(nodes).numel() != nodes.numel():
+                raise ValueError("nodes must not repeat an index")
+            features, nbrs = _local_rows(features, nbrs, nodes)
+        count = features.shape[0] if nodes is None else nodes.numel()
         self._check_inference(features.device)
         dtype = _compute_dtype(features.device, bf16)
         folded = self._folded_weights(dtype)
+        # embedded: rows 0..count-1 of the tables (all of them, or the leading ``nodes``)
         n, dim, k = features.shape[0], self.dim, self.k
-        batch = max(1, min(batch_size, n))
+        batch = max(1, min(batch_size, count))
         tile = batch if features.device.type != "cpu" else min(batch, cpu_tile(dim, k, dtype))
         tables = _Tables(folded, features.to(dtype), batch, factorised)
         # missing neighbours read row n: a zero projection, a zero feature
         rows = torch.where(nbrs < 0, n, nbrs)
-        out = torch.empty((n, 2 * dim), dtype=torch.float32, device=features.device)
-        out[:, :dim] = features
-        with tqdm(total=n, desc="embeddings", unit="node", unit_scale=True, leave=False,
+        out = torch.empty((count, 2 * dim), dtype=torch.float32, device=features.device)
+        out[:, :dim] = features[:count]
+        with tqdm(total=count, desc="embeddings", unit="node", unit_scale=True, leave=False,
                   disable=not progress) as bar:
-            for start in range(0, n, batch):
-                stop = min(start + batch, n)
+            for start in range(0, count, batch):
+                stop = min(start + batch, count)
                 tables.set_centres(start, stop)
                 weights = torch.empty((stop - start, k), dtype=torch.float32,
                                       device=features.device)
@@ -395,6 +410,29 @@ class PairClassifier(nn.Module):
 
 
 # --------------------------------------------------------------------- fast inference path
+
+
+def _local_rows(features: torch.Tensor, nbrs: torch.Tensor,
+                nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The rows :meth:`PairClassifier.node_embeddings` needs to embed ``nodes`` [M] only.
+
+    Returns ``features`` [U, D] of ``nodes`` followed by their other kNN
+    entries, and a kNN table [U, k] of those rows whose first M rows are the
+    lists of ``nodes`` renumbered (-1 kept) and the others empty (-1), so the
+    embedding of ``nodes[i]`` is row i of a full call on them.
+    """
+    lists = nbrs[nodes]
+    local = torch.full((features.shape[0],), -1, dtype=torch.int64, device=features.device)
+    local[nodes] = torch.arange(nodes.numel(), device=features.device)
+    entries = torch.unique(lists[lists >= 0])
+    others = entries[local[entries] < 0]
+    local[others] = torch.arange(nodes.numel(), nodes.numel() + others.numel(),
+                                 device=features.device)
+    rows = torch.cat([nodes, others])
+    table = torch.full((rows.numel(), nbrs.shape[1]), -1, dtype=torch.int64,
+                       device=features.device)
+    table[:nodes.numel()] = torch.where(lists < 0, -1, local[lists.clamp_min(0)])
+    return features[rows], table
 
 # A CPU tile's [tile, k, 4D] hidden activations are kept to about this size per thread
 # (a core's L2 cache).

@@ -1,0 +1,346 @@
+"""Incremental clustering: add new samples to a clustering without redoing it.
+
+:meth:`sepfl.SEPFL.add` runs :func:`add` on the :class:`State` that ``predict``
+(or a previous ``add``) left. What each stage of :func:`sepfl.cluster.cluster`
+becomes, for M new samples joining N old ones:
+
+* **kNN** (:func:`extend_knn`): exact brute force, one [M, N + M] product. The
+  new rows get their lists among old + new; the same product gives every old
+  row its best new candidates, merged into its list. An old sample's list
+  *changed* when a new sample entered it.
+* **density**: recomputed for all samples from the kNN similarities (one pass
+  over [N + M, k], cheap), so it is exactly the one-shot density, maximum
+  normalisation included.
+* **embeddings** (the cost): the new samples, and the old samples whose lists
+  have *drifted*: at least ``refresh * (k - 1)`` entries (at least one) entered
+  them since they were last embedded (``State.drift`` counts them across
+  adds). Every other old sample keeps its embedding: a few late entries move
+  its attention-weighted neighbour summary little, and re-embedding every
+  changed list would re-embed nearly every old sample at each add.
+* **scores**: a pair is re-scored when one of its inputs changed; every other
+  pair keeps its stored score, which its inputs would reproduce exactly.
+  ``"edges"``: an edge's statistics read both kNN lists (and the local
+  scales taken from them) and both embeddings, so the edges touching a
+  changed sample (new ones included) are re-scored. ``"sepfl"``: the pairs are chosen again from the exact
+  density (cheap); a pair's score reads the two embeddings only, so the
+  pairs that are new or touch a re-embedded sample are re-scored.
+* **grouping**: Infomap (or union-find) over all pairs again.
+* **labels** (:func:`stable_labels`): old clusters are never split. Each old
+  cluster follows the group holding most of its members; old clusters
+  following the same group merge into the smallest id (reported in
+  ``merged``); a new sample takes the id of the old clusters its group holds,
+  or a new id. Ids are stable across adds, so they are not renumbered 0..C-1
+  (merged ids leave gaps).
+
+Where the result differs from clustering everything at once: the embeddings
+of old samples whose lists drifted less than ``refresh`` (and so the scores of
+the edges that read them); the ``"sepfl"`` pairs are exact, chosen from the
+density normalised by today's maximum. And old clusters are kept whole where
+a one-shot run could split them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+from sepfl import edges, ops
+from sepfl.cluster import (ClusterConfig, ClusterResult, _Stopwatch, edge_grouping,
+                           resolve_scheme)
+from sepfl.io import normalize_features
+from sepfl.model import PairClassifier
+
+__all__ = ["AddResult", "State", "add", "extend_knn", "stable_labels"]
+
+# new rows per block of the [block, N + M] similarity product
+_KNN_BLOCK = 1024
+
+
+@dataclasses.dataclass
+class State:
+    """What an incremental clustering keeps between adds (all numpy, CPU).
+
+    Attributes
+    ----------
+    scheme : {"edges", "sepfl"}
+    features : float32 [N, D]
+        L2-normalised features (the brute-force kNN index).
+    nbrs, sims : int64 / float32 [N, k]
+        The kNN graph.
+    embeddings : float32 [N, 2D]
+        ``e_u`` of each sample, from its list when it was last embedded.
+    drift : int64 [N]
+        kNN entries that entered each list since the sample was last embedded.
+    src, dst : int64 [P]
+        The scored pairs: ``candidate_edges(nbrs, m)`` ("edges") or
+        ``select_pairs(nbrs, density)`` ("sepfl"), in that order.
+    scores : float32 [P]
+        P(same identity) of each pair.
+    labels : int64 [N]
+        Stable cluster ids (see the module notes).
+    """
+
+    scheme: str
+    features: np.ndarray
+    nbrs: np.ndarray
+    sims: np.ndarray
+    embeddings: np.ndarray
+    drift: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, result: ClusterResult) -> "State":
+        """The state a one-shot :func:`~sepfl.cluster.cluster` run leaves."""
+        return cls(scheme=result.scheme, features=result.features, nbrs=result.nbrs,
+                   sims=result.sims, embeddings=result.embeddings,
+                   drift=np.zeros(len(result.labels), dtype=np.int64), src=result.src,
+                   dst=result.dst, scores=result.scores, labels=result.labels)
+
+    def to_dict(self) -> Dict[str, object]:
+        """Tensors and strings only, for ``torch.save`` / ``torch.load(weights_only=True)``."""
+        return {f.name: (getattr(self, f.name) if f.name == "scheme"
+                         else torch.from_numpy(np.ascontiguousarray(getattr(self, f.name))))
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, stored: Dict[str, object]) -> "State":
+        return cls(**{name: (value if name == "scheme" else value.numpy())
+                      for name, value in stored.items()})
+
+
+@dataclasses.dataclass
+class AddResult(ClusterResult):
+    """What :func:`add` did, beyond a :class:`~sepfl.cluster.ClusterResult` of all samples.
+
+    Attributes
+    ----------
+    merged : dict of int to int
+        Old cluster id → the id it merged into, for each old cluster that merged.
+    groups : int64 ndarray [N + M]
+        The regrouping of all samples before :func:`stable_labels` (0..G-1 by
+        smallest member): what a relabelling run would report, splits included.
+    reembedded : int64 ndarray [R]
+        Samples whose embedding was computed in this add (the new ones included).
+    rescored : int64 ndarray [S]
+        Indices into ``src`` / ``dst`` of the pairs scored in this add.
+    changed : int64 ndarray [C]
+        Samples whose kNN list changed (the new ones included).
+    """
+
+    merged: Dict[int, int] = dataclasses.field(default_factory=dict)
+    groups: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    reembedded: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    rescored: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    changed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
+               new: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exact kNN graph of old + new samples from the old one.
+
+    Parameters
+    ----------
+    features : float32 Tensor [N, D]
+        Old samples, unit rows.
+    nbrs, sims : int64 / float32 Tensor [N, k]
+        Their kNN graph (self at rank 0, full lists).
+    new : float32 Tensor [M, D]
+        New samples, unit rows; they become rows N..N+M-1.
+
+    Returns
+    -------
+    nbrs, sims : int64 / float32 Tensor [N + M, k]
+        Self first, then by decreasing cosine similarity.
+    entered : int64 Tensor [N + M]
+        New entries in each list: for old rows how many new samples entered
+        it, for new rows k - 1.
+    """
+    n, k = nbrs.shape
+    m = new.shape[0]
+    x = torch.cat([features, new])
+    out_nbrs = torch.empty((m, k), dtype=torch.int64)
+    out_sims = torch.empty((m, k), dtype=torch.float32)
+    # each old row's best new candidates so far, ranks 1..k-1 only
+    best_sims = torch.full((n, k - 1), -math.inf)
+    best_nbrs = torch.full((n, k - 1), -1, dtype=torch.int64)
+    for start in range(0, m, _KNN_BLOCK):
+        stop = min(start + _KNN_BLOCK, m)
+        scores = x[n + start:n + stop] @ x.T
+        rows = torch.arange(stop - start)
+        scores[rows, n + start + rows] = math.inf  # self first, even among duplicates
+        vals, idx = scores.topk(k, dim=1)
+        vals[:, 0] = 1.0
+        out_nbrs[start:stop], out_sims[start:stop] = idx, vals.clamp_(-1.0, 1.0)
+        vals, idx = scores[:, :n].topk(min(k - 1, stop - start), dim=0)
+        best_sims, order = torch.cat([best_sims, vals.T], 1).topk(k - 1, dim=1)
+        best_nbrs = torch.cat([best_nbrs, idx.T + n + start], 1).gather(1, order)
+    merged_sims, order = torch.cat([sims[:, 1:], best_sims.clamp(-1.0, 1.0)], 1).topk(k - 1,
+                                                                                     dim=1)
+    entered = (order >= k - 1).sum(1)
+    merged_nbrs = torch.cat([nbrs[:, 1:], best_nbrs], 1).gather(1, order)
+    all_nbrs = torch.cat([torch.cat([nbrs[:, :1], merged_nbrs], 1), out_nbrs])
+    all_sims = torch.cat([torch.cat([sims[:, :1], merged_sims], 1), out_sims])
+    return all_nbrs, all_sims, torch.cat([entered, torch.full((m,), k - 1)])
+
+
+def stable_labels(old: np.ndarray, groups: np.ndarray) -> Tuple[np.ndarray, Dict[int, int]]:
+    """Labels of all samples that never split an old cluster.
+
+    Parameters
+    ----------
+    old : int64 ndarray [N]
+        Stable ids of the N old samples (rows 0..N-1).
+    groups : int64 ndarray [N + M]
+        The new grouping of old + new samples, any numbering.
+
+    Returns
+    -------
+    labels : int64 ndarray [N + M]
+        Each old cluster goes to the group holding most of its members (ties:
+        the smallest group number); old clusters going to one group merge into
+        their smallest id; old samples keep their cluster's (surviving) id; a
+        new sample takes its group's old id, or a new id (from ``old.max() + 1``,
+        in order of the groups' smallest member).
+    merged : dict of int to int
+        Old id → surviving id, for each old cluster that merged.
+    """
+    n = old.shape[0]
+    ids, old_rank = np.unique(old, return_inverse=True)
+    group_ids, group_rank = np.unique(groups, return_inverse=True)
+    width = group_ids.size
+    pairs, counts = np.unique(old_rank * width + group_rank[:n], return_counts=True)
+    # per old cluster, the group with the most members: sort by cluster, then count descending
+    order = np.lexsort((pairs % width, -counts, pairs // width))
+    first = np.unique(pairs[order] // width, return_index=True)[1]
+    target = (pairs[order] % width)[first]  # [len(ids)]: the group each old cluster follows
+    survivor = np.full(width, np.iinfo(np.int64).max)
+    np.minimum.at(survivor, target, ids)
+    following = survivor[target]
+    merged = {int(a): int(b) for a, b in zip(ids, following) if a != b}
+    fresh = survivor == np.iinfo(np.int64).max
+    # new ids for the groups no old cluster follows, in order of their smallest member
+    smallest = np.full(width, groups.shape[0])
+    np.minimum.at(smallest, group_rank, np.arange(groups.shape[0]))
+    fresh_groups = np.flatnonzero(fresh)
+    fresh_groups = fresh_groups[np.argsort(smallest[fresh_groups], kind="stable")]
+    survivor[fresh_groups] = (ids.max() + 1 if ids.size else 0) + np.arange(fresh_groups.size)
+    labels = np.concatenate([following[old_rank], survivor[group_rank[n:]]])
+    return labels, merged
+
+
+def add(state: State, new: np.ndarray, model: PairClassifier,
+        config: ClusterConfig) -> Tuple[State, AddResult]:
+    """Cluster ``new`` samples into ``state`` (the module notes say how).
+
+    Parameters
+    ----------
+    state : State
+    new : float32 ndarray [M, D]
+        Validated new features (D the model's), not yet normalised.
+    model : PairClassifier
+        The model the state was clustered with.
+    config : ClusterConfig
+        Its ``scheme`` must resolve to the state's.
+
+    Returns
+    -------
+    state : State
+        The state of all N + M samples.
+    result : AddResult
+        Labels of all samples (old first), what merged, and what was re-embedded
+        and re-scored.
+    """
+    scheme = resolve_scheme(model, config)
+    if scheme != state.scheme:
+        raise ValueError(f"this clustering was made with scheme={state.scheme!r}; add with "
+                         f"the same scheme, not {scheme!r}")
+    device = torch.device("cpu")
+    model = model.to(device).eval()
+    watch = _Stopwatch(device)
+    n, k = state.nbrs.shape
+    with watch.stage("normalize"):
+        new = torch.from_numpy(np.asarray(normalize_features(new)))
+    with watch.stage("knn"):
+        nbrs, sims, entered = extend_knn(torch.from_numpy(state.features),
+                                         torch.from_numpy(state.nbrs),
+                                         torch.from_numpy(state.sims), new)
+        features = torch.cat([torch.from_numpy(state.features), new])
+    total = nbrs.shape[0]
+    with watch.stage("density"):
+        density = ops.density(sims, config.rho)
+    changed = entered > 0
+    drift = torch.cat([torch.from_numpy(state.drift), torch.zeros(total - n, dtype=torch.int64)])
+    drift += entered
+    stale = drift >= max(1, math.ceil(config.refresh * (k - 1)))
+    reembedded = torch.nonzero(stale).squeeze(1)
+    with watch.stage("embeddings"):
+        e = torch.cat([torch.from_numpy(state.embeddings),
+                       torch.empty((total - n, state.embeddings.shape[1]))])
+        e[reembedded] = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
+                                              bf16=config.bf16, progress=config.progress,
+                                              nodes=reembedded)
+        drift[reembedded] = 0
+    if scheme == "edges":
+        grouping, threshold, markov_time = edge_grouping(model, config)
+        with watch.stage("edges"):
+            src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, k - 1))
+            touched = changed
+    else:
+        threshold = 0.5 if config.threshold is None else config.threshold
+        with watch.stage("pairs"):
+            src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
+            touched = stale
+    with watch.stage("scores"):
+        scores, rescored = _kept_scores(state, src, dst, touched)
+        if scheme == "edges":
+            stats = edges.edge_statistics(e, nbrs, sims, src[rescored], dst[rescored],
+                                          rank[rescored])
+            scores[rescored] = model.edge_head.to(device).eval().probability(stats)
+        else:
+            scores[rescored] = model.score_pairs(e, src[rescored], dst[rescored],
+                                                 batch_size=config.pair_batch_size,
+                                                 bf16=config.bf16)
+    with watch.stage("group"):
+        if scheme == "edges":
+            groups = edges.group_edges(src.numpy(), dst.numpy(), scores.numpy(), total,
+                                       grouping, threshold, markov_time)
+        else:
+            groups = np.asarray(ops.link(src, dst, scores, threshold, total))
+        labels, merged = stable_labels(state.labels, groups)
+    state = State(scheme=scheme, features=features.numpy(), nbrs=nbrs.numpy(),
+                  sims=sims.numpy(), embeddings=e.numpy(), drift=drift.numpy(),
+                  src=src.numpy(), dst=dst.numpy(), scores=scores.numpy(), labels=labels)
+    result = AddResult(labels=labels, density=density.numpy(), src=state.src, dst=state.dst,
+                       scores=state.scores, threshold=threshold, timings=watch.timings,
+                       scheme=scheme, features=state.features, nbrs=state.nbrs,
+                       sims=state.sims, embeddings=state.embeddings, merged=merged, groups=groups,
+                       reembedded=reembedded.numpy(), rescored=rescored.numpy(),
+                       changed=torch.nonzero(changed).squeeze(1).numpy())
+    return state, result
+
+
+def _kept_scores(state: State, src: torch.Tensor, dst: torch.Tensor,
+                 touched: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stored scores of the pairs that keep them, and which pairs need scoring.
+
+    A pair keeps its stored score when it was scored before and neither end
+    is ``touched`` (bool [N + M]); the others are returned as int64 indices,
+    their scores left NaN.
+    """
+    width = touched.shape[0]
+    old_keys = torch.from_numpy(state.src) * width + torch.from_numpy(state.dst)
+    order = torch.argsort(old_keys)
+    # a sentinel past every key, so each search lands on a real slot
+    sorted_keys = torch.cat([old_keys[order], torch.tensor([width * width])])
+    keys = src * width + dst
+    where = torch.searchsorted(sorted_keys, keys)
+    keep = (sorted_keys[where] == keys) & ~touched[src] & ~touched[dst]
+    scores = torch.full((src.shape[0],), math.nan)
+    scores[keep] = torch.from_numpy(state.scores)[order[where[keep]]]
+    return scores, torch.nonzero(~keep).squeeze(1)
