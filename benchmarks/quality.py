@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import header, table  # noqa: E402
-from populations import INFOMAP_FLOORS, INFOMAP_KS, best_infomap  # noqa: E402
+from populations import best_infomap  # noqa: E402
 
 from sepfl import baselines  # noqa: E402
 from sepfl.cluster import ClusterConfig  # noqa: E402
@@ -127,7 +127,8 @@ def main() -> None:
     start = time.perf_counter()
     metrics, note = best_infomap(knn, gt)
     add("Infomap on the kNN graph (best of sweep)", metrics,
-        (time.perf_counter() - start) / (len(INFOMAP_KS) * len(INFOMAP_FLOORS)) + t_knn, note)
+        (time.perf_counter() - start)
+        / (len(baselines.INFOMAP_KS) * len(baselines.INFOMAP_FLOORS)) + t_knn, note)
 
     for name, labels_at in [("kNN cosine threshold", lambda t: baselines.knn_threshold(*knn, t)),
                             ("nearest-denser cosine threshold",

@@ -151,3 +151,15 @@ def test_a_head_over_other_statistics_is_dropped_with_a_warning(trained, caplog)
     model = PairClassifier.from_state_dict(state)
     assert model.edge_head is None
     assert "reads 9 edge statistics" in caplog.text
+
+
+def test_best_infomap_is_the_best_row_of_its_sweep(faces):
+    from sepfl import baselines
+
+    knn = build_knn(faces.features, k=K, progress=False)
+    best = baselines.best_infomap(*knn, faces.labels)
+    assert best["k"] == K  # the sweep's k values are capped at the table's
+    scores = [evaluate(faces.labels, baselines.infomap_knn(*knn, K, floor))["pairwise_f"]
+              for floor in baselines.INFOMAP_FLOORS]
+    assert best["pairwise_f"] == max(scores)
+    assert best["floor"] == baselines.INFOMAP_FLOORS[int(np.argmax(scores))]

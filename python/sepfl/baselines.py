@@ -7,7 +7,8 @@
 * :func:`oracle` — SEPFL's pairs linked exactly when the two samples share a
   true label: the ceiling of one pair per sample, for a perfect classifier.
 * :func:`infomap_knn` — Infomap on the kNN graph weighted by similarity, the
-  strongest training-free baseline (no labels needed).
+  strongest training-free baseline (no labels needed); :func:`best_infomap`
+  its best setting over the sweep its users tune by hand.
 * :func:`edges_oracle` — the edges scheme's candidates kept exactly when the
   labels match: that scheme's ceiling.
 """
@@ -74,6 +75,20 @@ def infomap_knn(nbrs, sims, k: int, floor: float) -> np.ndarray:
     nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
     src, dst, rank = (x.numpy() for x in edges.candidate_edges(torch.from_numpy(nbrs), k - 1))
     return edges.group_edges(src, dst, sims[src, rank], len(nbrs), "infomap", threshold=floor)
+
+
+INFOMAP_KS = (50, 80)
+INFOMAP_FLOORS = (0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65)
+
+
+def best_infomap(nbrs, sims, gt) -> Dict[str, float]:
+    """:func:`infomap_knn` at every k of :data:`INFOMAP_KS` (capped at the table's k) and
+    floor of :data:`INFOMAP_FLOORS`: the :func:`sepfl.metrics.evaluate` row with the best
+    pairwise F, with its ``k`` and ``floor`` (chosen on the labels ``gt``, as at best a
+    user tuning it would)."""
+    ks = sorted({min(k, np.shape(nbrs)[1]) for k in INFOMAP_KS})
+    return max(({"k": k, "floor": floor, **evaluate(gt, infomap_knn(nbrs, sims, k, floor))}
+                for k in ks for floor in INFOMAP_FLOORS), key=lambda row: row["pairwise_f"])
 
 
 def edges_oracle(nbrs, gt, candidates: int) -> np.ndarray:

@@ -290,10 +290,7 @@ def cmd_demo(args: argparse.Namespace) -> str:
     sepfl_scheme = evaluate(data.labels, estimator.predict(data.features, knn=knn))
     estimator.set_params(scheme=config.scheme)
     labels = estimator.predict(data.features, knn=knn)
-    infomap = max(({"k": k, "floor": floor, **evaluate(
-        data.labels, baselines.infomap_knn(*knn, k, floor))}
-        for k in (50, 80) for floor in np.arange(0.40, 0.66, 0.05)),
-        key=lambda row: row["pairwise_f"])
+    infomap = baselines.best_infomap(*knn, data.labels)
     sweep = baselines.sweep(lambda t: baselines.knn_threshold(*knn, t), data.labels,
                             np.arange(0.30, 0.91, 0.05))
     naive = baselines.best(sweep)
