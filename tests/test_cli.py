@@ -137,6 +137,15 @@ def test_cluster_with_report_and_own_knn_then_evaluate(workdir, cluster_args):
     assert code == 0 and "R_B" in out
 
 
+def test_synth_mixture_shares_the_identities_among_random_models(tmp_path):
+    assert main(["synth", "--n-ids", "12", "--n-test-ids", "6", "--mixture", "3",
+                 "--out", str(tmp_path)]) == 0
+    for name, n_ids in (("train", 12), ("test", 6)):
+        labels = np.load(tmp_path / f"{name}_labels.npy")
+        assert np.array_equal(np.unique(labels), np.arange(n_ids))
+        assert np.load(tmp_path / f"{name}_features.npy").shape == (len(labels), 256)
+
+
 def test_demo_runs_end_to_end(tmp_path):
     code, out, err = run("demo", "--n-ids", "15", "--out", tmp_path, "--no-progress")
     assert code == 0, err
@@ -213,6 +222,8 @@ def test_a_wrong_dim_that_divides_the_bin_size_is_caught_by_the_labels(workdir, 
      + TINY_TRAIN, "labels"),
     (["cluster", "{data}/test_features.npy", "--checkpoint", "{root}/model.pt",
       "--out", "{tmp}/x.npy", "--knn-backend", "faiss"], "needs faiss"),
+    (["synth", "--n-ids", "4", "--mixture", "-1", "--out", "{tmp}/d"], "--mixture must be >= 0"),
+    (["synth", "--n-ids", "4", "--mixture", "6", "--out", "{tmp}/d"], "got 6"),
 ])
 def test_user_errors_are_one_line_without_traceback(workdir, tmp_path, argv, message):
     (tmp_path / "broken.pt").write_bytes((workdir / "model.pt").read_bytes()[:300])

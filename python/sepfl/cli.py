@@ -312,6 +312,8 @@ def cmd_demo(args: argparse.Namespace) -> str:
 def cmd_synth(args: argparse.Namespace) -> str:
     from sepfl.datasets import FaceModel, make_splits, random_models, write_learn_to_cluster
 
+    if args.mixture < 0:
+        raise UserError(f"--mixture must be >= 0 (0: the calibrated model), got {args.mixture}")
     out = _writable_folder(Path(args.out), "--out")
     splits = _user_errors(lambda: make_splits(
         args.n_ids, args.n_test_ids or args.n_ids, seed=args.seed,
