@@ -99,8 +99,8 @@ def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
         Node embeddings ``[f_u ‖ s_u]`` (:meth:`PairClassifier.node_embeddings`).
     nbrs : int64 Tensor [N, k]
     sims : float32 Tensor [N, k]
-        The kNN similarities, rows in rank order (a missing entry's similarity is
-        whatever the kNN table holds there, as everywhere in sepfl).
+        The kNN similarities, rows in rank order (-1 at a missing entry, as sepfl's
+        kNN tables hold it, so a short list lowers its sample's local scale).
     src, dst, rank : int64 Tensors [E]
         From :func:`candidate_edges` (``rank`` = k for a pair from outside the lists).
     """

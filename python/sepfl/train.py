@@ -135,7 +135,8 @@ class TrainConfig:
         capped at k - 1); :attr:`ClusterConfig.candidates` should match.
     calibration_share : float
         Share of the training identities held out of the edge head's training to
-        choose its link threshold on (module notes); 0 keeps the threshold at 0.5.
+        choose its grouping on (Infomap's Markov time or a components threshold,
+        :mod:`sepfl.edges`); 0 keeps Infomap at Markov time 1 and the threshold at 0.5.
     rho : float
         Density's similarity level when training clusters its held-out identities
         and validation split (as :attr:`ClusterConfig.rho`).
