@@ -74,6 +74,15 @@ def _model(args, dim: int, train) -> SEPFL:
         SEPFL.pretrained(**settings)
 
 
+def _grouping_note(head, scheme: str, threshold: float) -> str:
+    """How a run grouped: SEPFL's links, or the edge head's calibrated grouping."""
+    if scheme != "edges" or head is None:
+        return f"links, threshold {threshold:g}"
+    if head.grouping == "infomap":
+        return f"infomap, markov time {float(head.markov_time):g}"
+    return f"components, threshold {threshold:g}"
+
+
 def best_infomap(knn, gt):
     """The best Infomap setting's metrics and a note naming it."""
     best = baselines.best_infomap(*knn, gt)
@@ -104,11 +113,7 @@ def run(name: str, seed: int, args) -> list:
         start = time.perf_counter()
         labels = estimator.predict(test.features, knn=knn)
         result = estimator.result_
-        head = estimator.model_.edge_head
-        note = (f"{head.grouping}, markov time {float(head.markov_time):g}"
-                if scheme == "edges" and head and head.grouping == "infomap"
-                else f"{head.grouping if scheme == 'edges' and head else 'links'}, "
-                     f"threshold {result.threshold:g}")
+        note = _grouping_note(estimator.model_.edge_head, scheme, result.threshold)
         add(f"sepfl scheme={scheme!r}", evaluate(gt, labels),
             time.perf_counter() - start + t_knn, note)
     candidates = estimator.cluster_config.candidates
