@@ -43,7 +43,9 @@ def test_node_embeddings_of_some_nodes_are_the_full_rows(faces):
     nbrs, _ = build_knn(x, 80)
     nodes = torch.tensor([5, 0, 599, 42, 300])
     full = model.node_embeddings(x, nbrs, bf16=False)
-    assert torch.equal(model.node_embeddings(x, nbrs, bf16=False, nodes=nodes), full[nodes])
+    got = model.node_embeddings(x, nbrs, bf16=False, nodes=nodes)
+    # equal up to float rounding: a node may sit in a tile of another size
+    assert float((got - full[nodes]).abs().max()) <= 1e-5
     with pytest.raises(ValueError, match="repeat"):
         model.node_embeddings(x, nbrs, nodes=[1, 1])
     with pytest.raises(IndexError, match="nodes"):
