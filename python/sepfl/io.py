@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from sepfl._validate import Array, as_indices, as_values, check_finite, check_index_range, \
-    check_positive_int, is_tensor
+    check_positive_int, is_tensor, to_numpy
 
 __all__ = [
     "atomic_write", "fingerprint", "l2_normalize", "normalize_features",
@@ -157,10 +157,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from None
 
 
-def _to_numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if is_tensor(x) else x
-
-
 def _rows_text(rows: np.ndarray) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:_SHOWN_ROWS])
     more = ", ..." if len(rows) > _SHOWN_ROWS else ""
@@ -190,7 +186,7 @@ def fingerprint(features: Array) -> str:
     n, d = x.shape
     rows = np.unique(np.linspace(0, n - 1, min(n, _FINGERPRINT_ROWS)).astype(np.int64))
     sample = x[torch.as_tensor(rows, device=x.device)] if is_tensor(x) else x[rows]
-    sample = np.ascontiguousarray(_to_numpy(sample))
+    sample = np.ascontiguousarray(to_numpy(sample))
     digest = hashlib.blake2b(sample.tobytes(), digest_size=16)
     digest.update(np.array([n, d], dtype=np.int64).tobytes())
     return f"{n}x{d}:{digest.hexdigest()}"
@@ -209,7 +205,7 @@ def _row_norms(x: Array) -> Array:
 
 
 def _check_normalizable(norms: Array, name: str) -> None:
-    norms = _to_numpy(norms)
+    norms = to_numpy(norms)
     broken = np.flatnonzero(~np.isfinite(norms))
     if len(broken):
         raise ValueError(f"{name} rows {_rows_text(broken)} hold NaN or inf")
@@ -281,7 +277,7 @@ def normalize_features(x: Array, warn: bool = True, atol: float = 1e-3,
     """
     x = as_values(x, name, 2)
     norms = _row_norms(x)
-    off = _to_numpy(~(abs(norms - 1.0) <= atol))  # NaN norms count as off
+    off = to_numpy(~(abs(norms - 1.0) <= atol))  # NaN norms count as off
     if not off.any():
         return x
     _check_normalizable(norms, name)
@@ -407,7 +403,7 @@ def write_features(path: PathLike, features: Array) -> None:
     """
     path = Path(path)
     suffix = _suffix(path, FEATURE_SUFFIXES, "feature")
-    x = _to_numpy(as_values(features, "features", 2))
+    x = to_numpy(as_values(features, "features", 2))
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         if suffix == ".bin":
             x.tofile(f)
@@ -505,7 +501,7 @@ def write_labels(path: PathLike, labels: Array) -> None:
     """
     path = Path(path)
     suffix = _suffix(path, LABEL_SUFFIXES, "label")
-    raw = _to_numpy(labels) if is_tensor(labels) else np.asarray(labels)
+    raw = to_numpy(labels) if is_tensor(labels) else np.asarray(labels)
     if raw.size == 0:
         raw = raw.astype(np.int64)  # np.asarray([]) is float64
     _encode_labels(raw, "labels")  # the same checks as reading
@@ -632,8 +628,8 @@ def write_knn(path: PathLike, nbrs: Array, sims: Array, features: Optional[Array
     TypeError, ValueError (shapes, NaN, layout, features row count,
     fingerprint or meta with the learn-to-cluster layout), IndexError (indices).
     """
-    nbrs = _to_numpy(as_indices(nbrs, "nbrs", 2))
-    sims = _to_numpy(as_values(sims, "sims", 2, shape=nbrs.shape))
+    nbrs = to_numpy(as_indices(nbrs, "nbrs", 2))
+    sims = to_numpy(as_values(sims, "sims", 2, shape=nbrs.shape))
     n = nbrs.shape[0]
     check_finite(sims, "sims")
     check_index_range(nbrs, "nbrs", n, allow_missing=True)

@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sepfl._validate import Array, as_values, check_positive_int, is_tensor, same_device
+from sepfl._validate import (Array, as_values, check_positive_int, is_tensor, same_device,
+                             to_numpy)
 from sepfl.io import fingerprint, normalize_features, read_knn, write_knn
 
 __all__ = ["build_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
@@ -132,7 +133,7 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     if found is None:
         show = _show_progress(progress, *x.shape)
         if backend == "faiss":
-            found = _faiss_knn(_to_numpy(x), k, exact, where, chunk_size, show)
+            found = _faiss_knn(to_numpy(x), k, exact, where, chunk_size, show)
         else:
             found = _torch_knn(_to_tensor(x, where), k, precision, chunk_size, show)
         if cache is not None:
@@ -195,10 +196,6 @@ def choose_backend(backend: str, where: torch.device, precision: str) -> str:
 # --------------------------------------------------------------------------- conversions
 
 
-def _to_numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if is_tensor(x) else x
-
-
 def _to_tensor(x: Array, where: torch.device) -> torch.Tensor:
     if not is_tensor(x):
         with warnings.catch_warnings():
@@ -213,7 +210,7 @@ def _like(found: Tuple[Array, Array], features: Array) -> Tuple[Array, Array]:
     if is_tensor(features):
         return (torch.as_tensor(nbrs).to(features.device),
                 torch.as_tensor(sims).to(features.device))
-    return _to_numpy(nbrs), _to_numpy(sims)
+    return to_numpy(nbrs), to_numpy(sims)
 
 
 # --------------------------------------------------------------------------- cache

@@ -57,7 +57,8 @@ import sepfl
 from sepfl import edges, ops
 from sepfl._threads import torch_threads
 from sepfl._validate import (Array, as_indices, as_values, check_device, check_finite,
-                             check_positive_int, check_probability, check_threads, is_tensor)
+                             check_positive_int, check_probability, check_threads, is_tensor,
+                             to_numpy)
 from sepfl.cluster import ClusterConfig, cluster, resolve_device
 from sepfl.io import atomic_write, fingerprint, normalize_features
 from sepfl.knn import build_knn
@@ -324,10 +325,6 @@ def _as_tensor(x: Array, device: torch.device) -> torch.Tensor:
     return (x if is_tensor(x) else torch.from_numpy(np.require(x, requirements="W"))).to(device)
 
 
-def _numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if is_tensor(x) else x
-
-
 def default_ranks(k: int) -> int:
     """Training ranks when ``TrainConfig.ranks`` is None: SEPFL's 39, or k - 1 for a smaller k."""
     return min(39, k - 1)
@@ -368,7 +365,7 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                     knn: Optional[Tuple[Array, Array]], device: torch.device, seed: int,
                     progress: Optional[bool] = None) -> _Graph:
     features = as_values(features, "features", 2)
-    labels = _numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
+    labels = to_numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
     check_finite(features, "features")
     if np.unique(labels).size < 2:
         raise ValueError("training needs at least two identities in labels, got "
@@ -379,7 +376,7 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
     else:
         nbrs = as_indices(knn[0], "knn nbrs", 2, shape=(features.shape[0], k))
         sims = as_values(knn[1], "knn sims", 2, shape=(features.shape[0], k))
-    src, dst, target = ops.train_pairs(_numpy(nbrs), labels, ranks)
+    src, dst, target = ops.train_pairs(to_numpy(nbrs), labels, ranks)
     if int(target.sum()) == 0:
         raise ValueError(f"the training kNN graph has no positive candidate pair in ranks "
                          f"1..{ranks}: no sample has a same-identity neighbour")
@@ -674,7 +671,7 @@ def _prepare_validation(validation: Optional[tuple], k: int, device: torch.devic
         return None
     features, labels = validation
     features = normalize_features(as_values(features, "validation features", 2))
-    labels = _numpy(as_indices(labels, "validation labels", 1, shape=(features.shape[0],)))
+    labels = to_numpy(as_indices(labels, "validation labels", 1, shape=(features.shape[0],)))
     return _as_tensor(features, device), labels, build_knn(_as_tensor(features, device), k=k)
 
 
