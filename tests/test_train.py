@@ -10,7 +10,7 @@ import torch
 import sepfl
 from sepfl import ops
 from sepfl import train as training
-from sepfl.io import fingerprint
+from sepfl.features import fingerprint
 from sepfl.model import PairClassifier
 from sepfl.train import TrainConfig, learning_rate, load_checkpoint, save_checkpoint, train
 

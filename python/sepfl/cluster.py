@@ -28,7 +28,7 @@ import sepfl
 from sepfl import edges, ops
 from sepfl._validate import (Array, as_values, check_device, check_positive_int,
                              check_probability, check_threads, to_tensor)
-from sepfl.io import normalize_features
+from sepfl.features import normalize_features
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
 

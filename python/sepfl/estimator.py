@@ -24,7 +24,7 @@ from sepfl import incremental
 from sepfl._threads import torch_threads
 from sepfl._validate import Array, as_values, to_tensor
 from sepfl.cluster import ClusterConfig, ClusterResult, cluster
-from sepfl.io import fingerprint
+from sepfl.features import fingerprint
 from sepfl.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 PathLike = Union[str, Path]

@@ -50,7 +50,7 @@ import torch
 from sepfl import edges, ops
 from sepfl.cluster import (ClusterConfig, ClusterResult, _Stopwatch, edge_grouping,
                            resolve_scheme)
-from sepfl.io import normalize_features
+from sepfl.features import normalize_features
 from sepfl.model import PairClassifier
 
 __all__ = ["AddResult", "State", "add", "extend_knn", "stable_labels"]

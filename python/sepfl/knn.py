@@ -1,8 +1,9 @@
 """The kNN graph: each sample's k most cosine-similar samples, itself first (SEPFL §1).
 
 :func:`build_knn` is the one entry point. Rows of the features are normalised
-first (:func:`sepfl.io.normalize_features`: a warning and a normalised copy
-when they were not unit length), so similarities are cosines whatever the input.
+first (:func:`sepfl.features.normalize_features`: a warning and a normalised
+copy when they were not unit length), so similarities are cosines whatever the
+input.
 
 Backends
 --------
@@ -51,7 +52,8 @@ from tqdm import tqdm
 
 from sepfl._validate import (Array, as_values, check_positive_int, is_tensor, same_device,
                              to_numpy)
-from sepfl.io import fingerprint, normalize_features, read_knn, write_knn
+from sepfl.features import fingerprint, normalize_features
+from sepfl.io import read_knn, write_knn
 
 __all__ = ["build_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
 
@@ -92,8 +94,9 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
         Matrix-product precision of the torch backend's candidate search.
     cache : str or path, optional
         A sepfl ``.npz`` kNN file: reused when it holds the same N and k, the
-        same features (:func:`sepfl.io.fingerprint`) and, for an exact request,
-        an exact graph; otherwise rebuilt (logged) and rewritten atomically.
+        same features (:func:`sepfl.features.fingerprint`) and, for an exact
+        request, an exact graph; otherwise rebuilt (logged) and rewritten
+        atomically.
     chunk_size : int, optional
         Query rows per block. Default: as many as fit a 256 MiB (CPU) / 2 GiB
         (CUDA) block.

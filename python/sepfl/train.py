@@ -60,7 +60,8 @@ from sepfl._validate import (Array, as_indices, as_values, check_device, check_f
                              check_positive_int, check_probability, check_threads, is_tensor,
                              to_numpy)
 from sepfl.cluster import ClusterConfig, cluster, resolve_device
-from sepfl.io import atomic_write, fingerprint, normalize_features
+from sepfl.features import fingerprint, normalize_features
+from sepfl.io import atomic_write
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
