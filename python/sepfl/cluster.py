@@ -24,10 +24,10 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-import sepfl
 from sepfl import edges, ops
 from sepfl._validate import (Array, as_values, check_device, check_positive_int,
                              check_probability, check_threads, to_tensor)
+from sepfl.device import resolve_device
 from sepfl.features import normalize_features
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
@@ -133,17 +133,6 @@ class ClusterConfig:
         check_positive_int(self.pair_batch_size, "pair_batch_size")
         check_device(self.device)
         check_threads(self.threads)
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """The torch device to run on; None means a GPU when sepfl can use one, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if sepfl.has_cuda() else "cpu")
-    resolved = check_device(device)
-    if resolved.type == "cuda" and not sepfl.has_cuda():
-        raise ValueError("device 'cuda' was asked for, but no GPU is usable or sepfl was built "
-                         "without its CUDA module")
-    return resolved
 
 
 @dataclasses.dataclass

@@ -59,7 +59,8 @@ from sepfl._threads import torch_threads
 from sepfl._validate import (Array, as_indices, as_values, check_device, check_finite,
                              check_positive_int, check_probability, check_threads, is_tensor,
                              to_numpy)
-from sepfl.cluster import ClusterConfig, cluster, resolve_device
+from sepfl.cluster import ClusterConfig, cluster
+from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
 from sepfl.io import atomic_write
 from sepfl.knn import build_knn
