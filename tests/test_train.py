@@ -12,7 +12,8 @@ from sepfl import ops
 from sepfl import train as training
 from sepfl.features import fingerprint
 from sepfl.model import PairClassifier
-from sepfl.train import TrainConfig, learning_rate, load_checkpoint, save_checkpoint, train
+from sepfl.config import TrainConfig
+from sepfl.train import learning_rate, load_checkpoint, save_checkpoint, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

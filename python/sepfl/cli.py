@@ -1,7 +1,7 @@
 """The ``sepfl`` command line: a thin layer over the Python API.
 
 Every option that tunes clustering or training is generated from the fields
-of :class:`sepfl.cluster.ClusterConfig` and :class:`sepfl.train.TrainConfig`,
+of :class:`sepfl.config.ClusterConfig` and :class:`sepfl.config.TrainConfig`,
 so the CLI and the API share one definition (and one set of defaults).
 
 Each command checks all its inputs and output paths before any work (files
@@ -28,8 +28,7 @@ import numpy as np
 
 import sepfl
 from sepfl import baselines, io
-from sepfl.cluster import ClusterConfig
-from sepfl.train import TrainConfig
+from sepfl.config import ClusterConfig, TrainConfig
 
 log = logging.getLogger("sepfl")
 

@@ -3,7 +3,7 @@
 Candidates are every sample paired with its kNN neighbours at ranks 1..39;
 each epoch trains on a class-balanced sample of them with cross-entropy, the
 learning rate multiplied by ``lr_gamma`` at the ``lr_milestones``.
-:meth:`TrainConfig.paper` is the published recipe (SGD, batch 512, 100 epochs
+:meth:`sepfl.config.TrainConfig.paper` is the published recipe (SGD, batch 512, 100 epochs
 of 2M pairs from Xavier-initialised weights: a GPU run).
 
 The default configuration is a CPU recipe for the same network. Embedding one
@@ -56,10 +56,10 @@ from tqdm.auto import tqdm
 import sepfl
 from sepfl import edges, ops
 from sepfl._threads import torch_threads
-from sepfl._validate import (Array, as_indices, as_values, check_device, check_finite,
-                             check_positive_int, check_probability, check_threads, is_tensor,
-                             to_numpy)
-from sepfl.cluster import ClusterConfig, cluster
+from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
+                             is_tensor, to_numpy)
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
 from sepfl.io import atomic_write
@@ -67,7 +67,7 @@ from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
 
-__all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "learning_rate"]
+__all__ = ["train", "save_checkpoint", "load_checkpoint", "learning_rate", "default_ranks"]
 
 log = logging.getLogger("sepfl")
 PathLike = Union[str, Path]
@@ -75,138 +75,6 @@ PathLike = Union[str, Path]
 _FORMAT = "sepfl-checkpoint"
 # Settings that may change between a run and its resumption without changing its result.
 _RESUMABLE_CHANGES = ("device", "progress", "threads")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Settings of :func:`train`, shared by the Python API and the CLI.
-
-    Attributes
-    ----------
-    epochs : int
-        Passes of ``pairs_per_epoch`` pairs each.
-    pairs_per_epoch : int
-        Class-balanced pairs per epoch, half positive and half negative (capped
-        by the rarer class among the candidates).
-    resample_pairs : bool
-        Draw a fresh balanced sample every epoch (more distinct pairs for a
-        small budget); ``False`` draws one sample and reshuffles it each epoch,
-        as the paper does.
-    ranks : int or None
-        Candidate pairs join each sample to its neighbours at ranks 1..ranks;
-        None means SEPFL's 39, or k - 1 for a smaller k (:func:`default_ranks`).
-    batch_size : int
-        Pairs per optimiser step.
-    optimizer : {"adamw", "sgd"}
-        AdamW (the CPU default) or SGD with momentum (the paper).
-    lr, momentum, weight_decay : float
-        Optimiser settings (``momentum`` is SGD's only).
-    lr_milestones : tuple of float
-        Fractions of the total steps at which the learning rate is multiplied
-        by ``lr_gamma``.
-    lr_gamma : float
-        Factor applied to the learning rate at each milestone.
-    warmup_steps : int
-        Classifier warm-up steps before the first epoch (see the module
-        notes); 0 skips the warm-up and keeps the Xavier initialisation of
-        every layer, as in the paper.
-    refit_steps : int
-        Classifier refit steps after the last epoch (module notes); 0 skips it.
-    classifier_batch_size : int
-        Pairs per step of the warm-up and the refit.
-    classifier_lr : float
-        AdamW learning rate of the warm-up and the refit, each decayed to 0
-        along a cosine.
-    seed : int
-        Seeds the weights, the pair sampling, the shuffles and dropout.
-    device : str or None
-        "cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl can use one.
-    bf16 : bool or None
-        Dense layers under bfloat16 autocast; None where the device runs it
-        faster (:func:`sepfl.model.fast_bf16`): ~1.5x faster on CPUs with bf16
-        instructions, more on GPUs.
-    progress : bool
-        Show a tqdm bar with the running loss and pair accuracy.
-    threads : int or None
-        torch threads for the run; None keeps torch's setting but runs the small
-        classifier steps of the warm-up and refit on one thread (see sepfl._threads).
-    edge_steps : int
-        Steps of the edge head (:mod:`sepfl.edges`) after the refit; 0 trains
-        none, and the model then clusters with SEPFL's scheme only.
-    candidates : int
-        Candidate edges per sample the edge head is trained on (ranks 1..candidates,
-        capped at k - 1); :attr:`ClusterConfig.candidates` should match.
-    calibration_share : float
-        Share of the training identities held out of the edge head's training to
-        choose its grouping on (Infomap's Markov time or a components threshold,
-        :mod:`sepfl.edges`); 0 keeps Infomap at Markov time 1 and the threshold at 0.5.
-    rho : float
-        Density's similarity level when training clusters its held-out identities
-        and validation split (as :attr:`ClusterConfig.rho`).
-    """
-
-    epochs: int = 4
-    pairs_per_epoch: int = 8192
-    resample_pairs: bool = True
-    ranks: Optional[int] = None
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_milestones: Tuple[float, ...] = (0.5, 0.75)
-    lr_gamma: float = 0.1
-    warmup_steps: int = 3000
-    refit_steps: int = 3000
-    classifier_batch_size: int = 1024
-    classifier_lr: float = 2e-3
-    seed: int = 0
-    device: Optional[str] = None
-    bf16: Optional[bool] = None
-    progress: bool = True
-    threads: Optional[int] = None
-    edge_steps: int = 3000
-    candidates: int = 40
-    calibration_share: float = 0.15
-    rho: float = 0.7
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "pairs_per_epoch", "batch_size", "classifier_batch_size",
-                     "candidates"):
-            check_positive_int(getattr(self, name), name)
-        if self.ranks is not None:
-            check_positive_int(self.ranks, "ranks")
-        for name in ("seed", "warmup_steps", "refit_steps", "edge_steps"):
-            check_positive_int(getattr(self, name), name, minimum=0)
-        if not 0 <= self.calibration_share < 1:
-            raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
-        check_probability(self.rho, "rho")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for name in ("lr", "classifier_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        check_probability(self.momentum, "momentum")
-        check_probability(self.lr_gamma, "lr_gamma")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
-        if any(not 0 < m < 1 for m in self.lr_milestones) or \
-                list(self.lr_milestones) != sorted(self.lr_milestones):
-            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got "
-                             f"{self.lr_milestones}")
-        check_device(self.device)
-        check_threads(self.threads)
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "TrainConfig":
-        """The published recipe: SGD from Xavier weights, 100 epochs over one draw of
-        1M positive + 1M negative pairs, float32 (a GPU run)."""
-        settings = dict(epochs=100, pairs_per_epoch=2_000_000, resample_pairs=False,
-                        batch_size=512, optimizer="sgd", lr=0.01,
-                        lr_milestones=(0.4, 0.6, 0.8), warmup_steps=0, refit_steps=0,
-                        bf16=False)
-        return cls(**{**settings, **overrides})
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
