@@ -11,6 +11,7 @@ import torch
 
 import sepfl
 from sepfl import SEPFL, io, ops
+from sepfl.checkpoint import load_checkpoint
 from sepfl.cli import main
 from sepfl.cluster import cluster
 from sepfl.config import ClusterConfig, TrainConfig
@@ -19,7 +20,6 @@ from sepfl.estimator import NotFittedError
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
-from sepfl.train import load_checkpoint
 
 FACES = make_faces(12, dim=16, seed=11)
 X, Y = FACES.features, FACES.labels

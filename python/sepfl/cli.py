@@ -351,7 +351,7 @@ def _state_path(args: argparse.Namespace) -> Path:
 def cmd_train(args: argparse.Namespace) -> str:
     from sepfl.estimator import SEPFL
     from sepfl.features import fingerprint
-    from sepfl.train import load_checkpoint
+    from sepfl.checkpoint import load_checkpoint
 
     out = _writable(args.out, "--out")
     state = _writable(str(_state_path(args)), "--state")

@@ -23,10 +23,11 @@ import numpy as np
 from sepfl import incremental
 from sepfl._threads import torch_threads
 from sepfl._validate import Array, as_values, to_tensor
+from sepfl.checkpoint import load_checkpoint, save_checkpoint
 from sepfl.cluster import ClusterResult, cluster
 from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.features import fingerprint
-from sepfl.train import load_checkpoint, save_checkpoint, train
+from sepfl.train import train
 
 PathLike = Union[str, Path]
 
