@@ -26,8 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-import sepfl
 from sepfl import baselines, io
+from sepfl._version import __version__
 from sepfl.config import ClusterConfig, TrainConfig
 
 log = logging.getLogger("sepfl")
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sepfl", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Supervised clustering of embeddings with SEPFL.",
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()), parents=[_verbosity(False)])
-    parser.add_argument("--version", action="version", version=f"sepfl {sepfl.__version__}")
+    parser.add_argument("--version", action="version", version=f"sepfl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     after = _verbosity(argparse.SUPPRESS)
 
