@@ -36,11 +36,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import header, table, timeit  # noqa: E402
 
 from sepfl import ops  # noqa: E402
+from sepfl.checkpoint import load_checkpoint  # noqa: E402
 from sepfl.datasets import make_splits  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402
 from sepfl.model import bf16_autocast, cpu_tile, fast_bf16  # noqa: E402
-from sepfl.train import load_checkpoint  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "python/sepfl/weights/default_k80_d256.pt"
 

@@ -33,7 +33,8 @@ from bench_ops import density_torch, select_torch  # noqa: E402
 from common import header, table  # noqa: E402
 
 from sepfl import ops  # noqa: E402
-from sepfl.cluster import ClusterConfig, cluster  # noqa: E402
+from sepfl.cluster import cluster  # noqa: E402
+from sepfl.config import ClusterConfig  # noqa: E402
 from sepfl.datasets import make_faces  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402

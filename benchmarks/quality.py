@@ -27,7 +27,7 @@ from common import header, table  # noqa: E402
 from populations import best_infomap  # noqa: E402
 
 from sepfl import baselines  # noqa: E402
-from sepfl.cluster import ClusterConfig  # noqa: E402
+from sepfl.config import ClusterConfig  # noqa: E402
 from sepfl.datasets import make_splits  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402

@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from common import faces_of_size, header, table  # noqa: E402
 
-from sepfl.cluster import ClusterConfig, cluster  # noqa: E402
+from sepfl.cluster import cluster  # noqa: E402
+from sepfl.config import ClusterConfig  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402

@@ -36,9 +36,10 @@ from common import header, table  # noqa: E402
 
 from sepfl import ops  # noqa: E402
 from sepfl import train as training  # noqa: E402
+from sepfl.config import TrainConfig  # noqa: E402
 from sepfl.datasets import make_splits  # noqa: E402
 from sepfl.model import PairClassifier  # noqa: E402
-from sepfl.train import TrainConfig, train  # noqa: E402
+from sepfl.train import train  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -11,14 +11,15 @@ import torch
 
 import sepfl
 from sepfl import SEPFL, io, ops
+from sepfl.checkpoint import load_checkpoint
 from sepfl.cli import main
-from sepfl.cluster import ClusterConfig, cluster
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.datasets import make_faces
 from sepfl.estimator import NotFittedError
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
-from sepfl.train import TrainConfig, load_checkpoint
 
 FACES = make_faces(12, dim=16, seed=11)
 X, Y = FACES.features, FACES.labels

@@ -14,9 +14,8 @@ import pytest
 
 from sepfl import io
 from sepfl.cli import _field_help, build_parser, main
-from sepfl.cluster import ClusterConfig
+from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.knn import build_knn
-from sepfl.train import TrainConfig
 
 SEPFL = Path(sys.executable).with_name("sepfl")
 TINY_TRAIN = ["--k", "20", "--ranks", "10", "--epochs", "1", "--pairs-per-epoch", "256",

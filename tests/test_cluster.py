@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sepfl import baselines, ops
-from sepfl.cluster import ClusterConfig, cluster
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig
 from sepfl.datasets import make_faces
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from sepfl import SEPFL
-from sepfl.train import load_checkpoint
+from sepfl.checkpoint import load_checkpoint
 
 SETUP = """
 import os, signal, sys

@@ -4,13 +4,15 @@ import pytest
 import torch
 
 from sepfl import edges
-from sepfl.cluster import ClusterConfig, cluster
+from sepfl.checkpoint import load_checkpoint, save_checkpoint
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.datasets import make_faces
 from sepfl.estimator import SEPFL
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
-from sepfl.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from sepfl.train import train
 
 import oracles
 

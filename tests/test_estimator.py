@@ -5,11 +5,10 @@ import torch
 
 import sepfl
 from sepfl import SEPFL
-from sepfl.cluster import ClusterConfig
+from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.datasets import make_faces
 from sepfl.estimator import NotFittedError
 from sepfl.model import PairClassifier
-from sepfl.train import TrainConfig
 
 SMALL = dict(k=10, ranks=5, epochs=1, pairs_per_epoch=256, batch_size=64, warmup_steps=20,
              refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from sepfl import knn as knn_module
 from sepfl.datasets import make_faces
-from sepfl.io import fingerprint, read_knn, write_knn
+from sepfl.features import fingerprint
+from sepfl.io import read_knn, write_knn
 from sepfl.knn import build_knn, estimate_recall
+from samples import unit_rows
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
                                  reason="faiss is not installed")
@@ -19,11 +21,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 # (backend, precision) pairs that must all give the exact graph.
 EXACT = [pytest.param("faiss", "fp32", marks=needs_faiss), ("torch", "fp32"),
          ("torch", "tf32"), ("torch", "bf16")]
-
-
-def unit_rows(n, d, seed=0):
-    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def circle(degrees):

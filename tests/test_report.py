@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from sepfl.cluster import ClusterConfig, cluster
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig
 from sepfl.datasets import make_faces
 from sepfl.model import PairClassifier
 from sepfl.report import threshold_curve, write_report

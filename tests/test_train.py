@@ -10,9 +10,11 @@ import torch
 import sepfl
 from sepfl import ops
 from sepfl import train as training
-from sepfl.io import fingerprint
+from sepfl.checkpoint import load_checkpoint, save_checkpoint
+from sepfl.config import TrainConfig
+from sepfl.features import fingerprint
 from sepfl.model import PairClassifier
-from sepfl.train import TrainConfig, learning_rate, load_checkpoint, save_checkpoint, train
+from sepfl.train import learning_rate, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

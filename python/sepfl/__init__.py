@@ -1,25 +1,21 @@
-"""sepfl: Structure-Enhanced Pairwise Feature Learning for clustering embeddings."""
+"""sepfl: Structure-Enhanced Pairwise Feature Learning for clustering embeddings.
+
+Re-exports :class:`~sepfl.estimator.SEPFL` and :func:`~sepfl.device.has_cuda`;
+each is imported on first use, because both pull in torch (the estimator the
+whole pipeline), which ``import sepfl`` alone should not pay for.
+"""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
+from sepfl._version import __version__
 
-def has_cuda() -> bool:
-    """True when the CUDA module ``sepfl._cuda`` was built and a GPU is usable."""
-    try:
-        from sepfl import _cuda
-    except ImportError:
-        return False
-    import torch
+__all__ = ["SEPFL", "has_cuda", "__version__"]
 
-    return _cuda.device_count() > 0 and torch.cuda.is_available()
+_LAZY = {"SEPFL": "sepfl.estimator", "has_cuda": "sepfl.device"}
 
 
 def __getattr__(name: str):
-    # SEPFL is imported on first use: the estimator pulls in torch and the
-    # whole pipeline, which `import sepfl` alone should not pay for.
-    if name == "SEPFL":
-        from sepfl.estimator import SEPFL
-
-        return SEPFL
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sepfl' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """How many CPU threads sepfl's torch (and faiss) work uses.
 
-``threads=None`` (the default of :class:`~sepfl.cluster.ClusterConfig` and
-:class:`~sepfl.train.TrainConfig`) keeps torch's setting, which follows
+``threads=None`` (the default of :class:`~sepfl.config.ClusterConfig` and
+:class:`~sepfl.config.TrainConfig`) keeps torch's setting, which follows
 ``OMP_NUM_THREADS`` or else uses every core, for the large products of the node
 embeddings and the kNN search, but runs the small classifier steps of training
 (a few MFLOP each) on one thread.

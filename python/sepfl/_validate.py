@@ -34,6 +34,11 @@ def to_tensor(x: Array, device: Optional[torch.device] = None) -> torch.Tensor:
     return x if device is None else x.to(device)
 
 
+def to_numpy(x: Array) -> np.ndarray:
+    """``x`` as a numpy array: a tensor is copied to the CPU, a numpy array returned as it is."""
+    return x.cpu().numpy() if is_tensor(x) else x
+
+
 def _describe(x: Array) -> str:
     return f"{type(x).__name__} of dtype {x.dtype} and shape {tuple(x.shape)}"
 

@@ -1,7 +1,7 @@
 """The ``sepfl`` command line: a thin layer over the Python API.
 
 Every option that tunes clustering or training is generated from the fields
-of :class:`sepfl.cluster.ClusterConfig` and :class:`sepfl.train.TrainConfig`,
+of :class:`sepfl.config.ClusterConfig` and :class:`sepfl.config.TrainConfig`,
 so the CLI and the API share one definition (and one set of defaults).
 
 Each command checks all its inputs and output paths before any work (files
@@ -26,10 +26,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-import sepfl
 from sepfl import baselines, io
-from sepfl.cluster import ClusterConfig
-from sepfl.train import TrainConfig
+from sepfl._version import __version__
+from sepfl.config import ClusterConfig, TrainConfig
 
 log = logging.getLogger("sepfl")
 
@@ -351,8 +350,8 @@ def _state_path(args: argparse.Namespace) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> str:
     from sepfl.estimator import SEPFL
-    from sepfl.io import fingerprint
-    from sepfl.train import load_checkpoint
+    from sepfl.features import fingerprint
+    from sepfl.checkpoint import load_checkpoint
 
     out = _writable(args.out, "--out")
     state = _writable(str(_state_path(args)), "--state")
@@ -462,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sepfl", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Supervised clustering of embeddings with SEPFL.",
         epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()), parents=[_verbosity(False)])
-    parser.add_argument("--version", action="version", version=f"sepfl {sepfl.__version__}")
+    parser.add_argument("--version", action="version", version=f"sepfl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     after = _verbosity(argparse.SUPPRESS)
 

@@ -24,126 +24,15 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-import sepfl
 from sepfl import edges, ops
-from sepfl._validate import (Array, as_values, check_device, check_positive_int,
-                             check_probability, check_threads, to_tensor)
-from sepfl.io import normalize_features
+from sepfl._validate import Array, as_values, to_tensor
+from sepfl.config import ClusterConfig
+from sepfl.device import resolve_device
+from sepfl.features import normalize_features
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
 
 log = logging.getLogger("sepfl")
-
-
-SCHEMES = ("edges", "sepfl")
-GROUPINGS = ("infomap", "components")
-
-
-@dataclasses.dataclass
-class ClusterConfig:
-    """Settings of :func:`cluster`, shared by the Python API and the CLI.
-
-    Attributes
-    ----------
-    k : int
-        Neighbours per sample, self included (80 in SEPFL); must equal the model's k.
-    rho : float
-        Similarity counted as "close" by the density (0.7 in SEPFL).
-    scheme : {"edges", "sepfl"}
-        "edges" scores several candidate edges per sample with the model's edge
-        head and groups them (module notes); "sepfl" is SEPFL's exact rule, one
-        pair per sample. A model without an edge head (e.g. the authors'
-        checkpoint) clusters with "sepfl" (logged).
-    threshold : float or None
-        An edge or pair is kept when its P(same identity) is above this; None
-        means 0.5 (the argmax), or the model's calibrated threshold for "edges"
-        grouped by "components".
-    candidates : int
-        Candidate edges per sample for "edges" (ranks 1..candidates, capped at k - 1).
-    grouping : {None, "infomap", "components"}
-        How "edges" groups the kept edges: None means the grouping the model's
-        training calibrated on held-out identities; "infomap" is Infomap weighted
-        by P (connected components when the infomap package is missing, logged),
-        "components" connected components.
-    markov_time : float or None
-        Infomap's Markov time for "edges"; None means the model's calibrated one.
-    max_per_node : int
-        Denser neighbours paired per sample (1 in SEPFL).
-    refresh : float
-        Incremental clustering (:mod:`sepfl.incremental`): an old sample is
-        re-embedded once ``refresh * (k - 1)`` entries (at least one) have
-        entered its kNN list since it was last embedded; 0 re-embeds every
-        sample whose list changed.
-    device : str or None
-        "cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl's CUDA module and one are present.
-    knn_backend : str
-        "auto", "faiss" or "torch" (see :func:`sepfl.knn.build_knn`).
-    knn_precision : str
-        "fp32", "tf32" or "bf16" for the torch kNN backend.
-    knn_exact : bool
-        False lets faiss use an approximate IVF index (for millions of samples; recall is logged).
-    node_batch_size : int
-        Samples embedded at a time.
-    pair_batch_size : int
-        Pairs classified at a time.
-    bf16 : bool or None
-        Compute dtype of the network: bfloat16 (True), float32 (False), or None for
-        whichever the device runs faster (:func:`sepfl.model.fast_bf16`: bfloat16 on
-        GPUs and on CPUs with AMX or AVX-512 BF16, float32 otherwise).
-    progress : bool
-        Show progress bars for long stages.
-    threads : int or None
-        torch threads for the run; None keeps torch's setting (see sepfl._threads).
-    """
-
-    k: int = 80
-    rho: float = 0.7
-    scheme: str = "edges"
-    threshold: Optional[float] = None
-    candidates: int = 40
-    grouping: Optional[str] = None
-    markov_time: Optional[float] = None
-    max_per_node: int = 1
-    refresh: float = 1.0
-    device: Optional[str] = None
-    knn_backend: str = "auto"
-    knn_precision: str = "fp32"
-    knn_exact: bool = True
-    node_batch_size: int = 2048
-    pair_batch_size: int = 65536
-    bf16: Optional[bool] = None
-    progress: bool = True
-    threads: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        check_positive_int(self.k, "k", minimum=2)
-        check_probability(self.rho, "rho")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
-        if self.grouping is not None and self.grouping not in GROUPINGS:
-            raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
-        if self.threshold is not None:
-            check_probability(self.threshold, "threshold")
-        check_positive_int(self.candidates, "candidates")
-        if self.markov_time is not None and not self.markov_time > 0:
-            raise ValueError(f"markov_time must be > 0, got {self.markov_time}")
-        check_positive_int(self.max_per_node, "max_per_node")
-        check_probability(self.refresh, "refresh")
-        check_positive_int(self.node_batch_size, "node_batch_size")
-        check_positive_int(self.pair_batch_size, "pair_batch_size")
-        check_device(self.device)
-        check_threads(self.threads)
-
-
-def resolve_device(device: Optional[str]) -> torch.device:
-    """The torch device to run on; None means a GPU when sepfl can use one, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if sepfl.has_cuda() else "cpu")
-    resolved = check_device(device)
-    if resolved.type == "cuda" and not sepfl.has_cuda():
-        raise ValueError("device 'cuda' was asked for, but no GPU is usable or sepfl was built "
-                         "without its CUDA module")
-    return resolved
 
 
 @dataclasses.dataclass

@@ -58,8 +58,8 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 
 from sepfl._validate import check_positive_int, check_probability
-from sepfl.io import Dataset, l2_normalize, learn_to_cluster_paths, write_features, \
-    write_knn, write_labels
+from sepfl.features import l2_normalize
+from sepfl.io import Dataset, learn_to_cluster_paths, write_features, write_knn, write_labels
 from sepfl.knn import build_knn
 
 __all__ = ["FaceModel", "make_faces", "make_splits", "random_models", "Splits",

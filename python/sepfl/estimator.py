@@ -5,8 +5,8 @@
 >>> model = SEPFL(k=80).fit(train_features, train_labels)     # doctest: +SKIP
 >>> labels = model.predict(test_features)                     # doctest: +SKIP
 
-The estimator's parameters are the fields of :class:`~sepfl.cluster.ClusterConfig`
-and :class:`~sepfl.train.TrainConfig`, flat (``SEPFL(k=40, threshold=0.6,
+The estimator's parameters are the fields of :class:`~sepfl.config.ClusterConfig`
+and :class:`~sepfl.config.TrainConfig`, flat (``SEPFL(k=40, threshold=0.6,
 epochs=2)``), read from the dataclasses themselves: a field added there is a
 parameter here, an option of the CLI, and survives ``get_params`` / ``clone``.
 """
@@ -23,9 +23,11 @@ import numpy as np
 from sepfl import incremental
 from sepfl._threads import torch_threads
 from sepfl._validate import Array, as_values, to_tensor
-from sepfl.cluster import ClusterConfig, ClusterResult, cluster
-from sepfl.io import fingerprint
-from sepfl.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from sepfl.checkpoint import load_checkpoint, save_checkpoint
+from sepfl.cluster import ClusterResult, cluster
+from sepfl.config import ClusterConfig, TrainConfig
+from sepfl.features import fingerprint
+from sepfl.train import train
 
 PathLike = Union[str, Path]
 
@@ -103,8 +105,8 @@ class SEPFL:
     Parameters
     ----------
     **params
-        Every field of :class:`~sepfl.cluster.ClusterConfig` (k, rho, threshold,
-        device, kNN and batch settings, ...) and :class:`~sepfl.train.TrainConfig`
+        Every field of :class:`~sepfl.config.ClusterConfig` (k, rho, threshold,
+        device, kNN and batch settings, ...) and :class:`~sepfl.config.TrainConfig`
         (epochs, pairs per epoch, optimiser, seed, ...) by name, with the same
         defaults. A field both define (``device``, ``bf16``, ``progress``,
         ``threads``) sets both; ``bf16=None`` (its default) leaves each config

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 
 from sepfl import edges, ops
-from sepfl.cluster import (ClusterConfig, ClusterResult, _Stopwatch, edge_grouping,
-                           resolve_scheme)
-from sepfl.io import normalize_features
+from sepfl.cluster import ClusterResult, _Stopwatch, edge_grouping, resolve_scheme
+from sepfl.config import ClusterConfig
+from sepfl.features import normalize_features
 from sepfl.model import PairClassifier
 
 __all__ = ["AddResult", "State", "add", "extend_knn", "stable_labels"]

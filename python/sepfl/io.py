@@ -41,26 +41,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
 import secrets
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional, Union
 
 import numpy as np
-import torch
 
 from sepfl._validate import Array, as_indices, as_values, check_finite, check_index_range, \
-    check_positive_int, is_tensor
+    check_positive_int, is_tensor, to_numpy
+from sepfl.features import fingerprint, l2_normalize, normalize_features
 
 __all__ = [
-    "atomic_write", "fingerprint", "l2_normalize", "normalize_features",
-    "read_features", "write_features", "read_labels", "write_labels",
+    "atomic_write", "read_features", "write_features", "read_labels", "write_labels",
     "KnnGraph", "read_knn", "write_knn", "verify_knn", "Dataset", "read_dataset",
     "learn_to_cluster_paths", "FEATURE_SUFFIXES", "LABEL_SUFFIXES",
 ]
@@ -77,14 +74,10 @@ _LABEL_TEXT_SUFFIXES = (".meta", ".txt", ".csv")
 LABEL_SUFFIXES = _LABEL_TEXT_SUFFIXES + (".npy",)
 _KNN_LAYOUTS = ("sepfl", "learn-to-cluster")
 _SEPFL_KNN_VERSION = 1
-# Rows per step when normalising: bounds the float64 temporaries to ~130 MB at D = 256.
-_NORM_CHUNK = 65536
-_FINGERPRINT_ROWS = 1024
 # verify_knn: rows recomputed, the tolerance on a similarity, the share of entries allowed off
 _VERIFY_ROWS = 256
 _VERIFY_ATOL = 1e-2
 _VERIFY_OFF = 0.01
-_SHOWN_ROWS = 10
 
 
 # --------------------------------------------------------------------------- files
@@ -155,142 +148,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
                 return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable .npz file ({err})") from None
-
-
-def _to_numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if is_tensor(x) else x
-
-
-def _rows_text(rows: np.ndarray) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:_SHOWN_ROWS])
-    more = ", ..." if len(rows) > _SHOWN_ROWS else ""
-    return f"[{shown}{more}] ({len(rows)} in all)"
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-def fingerprint(features: Array) -> str:
-    """A cheap, stable identifier of a feature matrix.
-
-    The shape plus a blake2b hash of up to 1024 evenly spaced rows (all rows
-    of a small matrix), as float32. Reads only those rows, so it is cheap on a
-    memory map; a change confined to rows outside the sample goes unnoticed.
-
-    Parameters
-    ----------
-    features : float [N, D], numpy array or torch tensor (any device)
-
-    Returns
-    -------
-    str
-        ``"NxD:<32 hex digits>"``.
-    """
-    x = as_values(features, "features", 2)
-    n, d = x.shape
-    rows = np.unique(np.linspace(0, n - 1, min(n, _FINGERPRINT_ROWS)).astype(np.int64))
-    sample = x[torch.as_tensor(rows, device=x.device)] if is_tensor(x) else x[rows]
-    sample = np.ascontiguousarray(_to_numpy(sample))
-    digest = hashlib.blake2b(sample.tobytes(), digest_size=16)
-    digest.update(np.array([n, d], dtype=np.int64).tobytes())
-    return f"{n}x{d}:{digest.hexdigest()}"
-
-
-def _row_norms(x: Array) -> Array:
-    """Euclidean norm of every row, accumulated in float64, chunk by chunk: float64 [N]."""
-    chunks = range(0, x.shape[0], _NORM_CHUNK)
-    if is_tensor(x):
-        parts = [torch.linalg.vector_norm(x[s:s + _NORM_CHUNK], dim=1, dtype=torch.float64)
-                 for s in chunks]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=x.device)
-    parts = [np.linalg.norm(np.asarray(x[s:s + _NORM_CHUNK], dtype=np.float64), axis=1)
-             for s in chunks]
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def _check_normalizable(norms: Array, name: str) -> None:
-    norms = _to_numpy(norms)
-    broken = np.flatnonzero(~np.isfinite(norms))
-    if len(broken):
-        raise ValueError(f"{name} rows {_rows_text(broken)} hold NaN or inf")
-    zero = np.flatnonzero(norms == 0)
-    if len(zero):
-        raise ValueError(f"{name} rows {_rows_text(zero)} are all zero and cannot be normalised")
-
-
-def _divide_rows(x: Array, norms: Array) -> Array:
-    if is_tensor(x):
-        return x / norms.to(torch.float32)[:, None]
-    out = np.empty(x.shape, dtype=np.float32)
-    for s in range(0, x.shape[0], _NORM_CHUNK):
-        out[s:s + _NORM_CHUNK] = x[s:s + _NORM_CHUNK] / norms[s:s + _NORM_CHUNK, None]
-    return out
-
-
-def l2_normalize(x: Array, name: str = "features") -> Array:
-    """Divide every row by its Euclidean norm.
-
-    Parameters
-    ----------
-    x : float [N, D], numpy array or torch tensor
-    name : str
-        How error messages call ``x``.
-
-    Returns
-    -------
-    float32 [N, D], a new array (or tensor on ``x``'s device) with unit rows.
-
-    Raises
-    ------
-    ValueError
-        Naming the rows that hold NaN / inf or are all zero.
-    """
-    x = as_values(x, name, 2)
-    norms = _row_norms(x)
-    _check_normalizable(norms, name)
-    return _divide_rows(x, norms)
-
-
-def normalize_features(x: Array, warn: bool = True, atol: float = 1e-3,
-                       name: str = "features") -> Array:
-    """Unit-length rows for cosine similarity, warning when ``x`` was not normalised.
-
-    Rows whose norms are all within ``atol`` of 1 are returned as they are
-    (float32, no copy when already float32 and C-contiguous: possibly a
-    read-only memory map), so normalising twice changes nothing, not even
-    :func:`fingerprint`. Otherwise every row is divided by its norm and, when
-    ``warn``, a UserWarning says how many rows were off.
-
-    Parameters
-    ----------
-    x : float [N, D], numpy array or torch tensor
-    warn : bool
-    atol : float
-        Tolerance on each row's norm.
-    name : str
-        How messages call ``x``.
-
-    Returns
-    -------
-    float32 [N, D] with unit rows, same kind (and device) as ``x``.
-
-    Raises
-    ------
-    ValueError
-        Naming the rows that hold NaN / inf or are all zero.
-    """
-    x = as_values(x, name, 2)
-    norms = _row_norms(x)
-    off = _to_numpy(~(abs(norms - 1.0) <= atol))  # NaN norms count as off
-    if not off.any():
-        return x
-    _check_normalizable(norms, name)
-    if warn:
-        low, high = float(norms.min()), float(norms.max())
-        warnings.warn(f"{int(off.sum())} of {len(off)} {name} rows were not unit length "
-                      f"(norms {low:.4g} to {high:.4g}); normalised them", UserWarning,
-                      stacklevel=2)
-    return _divide_rows(x, norms)
 
 
 # --------------------------------------------------------------------------- features
@@ -369,7 +226,7 @@ def read_features(path: PathLike, dim: Optional[int] = None,
     Returns
     -------
     float32 [N, D] numpy array, as stored (not normalised; see
-    :func:`normalize_features`).
+    :func:`sepfl.features.normalize_features`).
 
     Raises
     ------
@@ -407,7 +264,7 @@ def write_features(path: PathLike, features: Array) -> None:
     """
     path = Path(path)
     suffix = _suffix(path, FEATURE_SUFFIXES, "feature")
-    x = _to_numpy(as_values(features, "features", 2))
+    x = to_numpy(as_values(features, "features", 2))
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         if suffix == ".bin":
             x.tofile(f)
@@ -505,7 +362,7 @@ def write_labels(path: PathLike, labels: Array) -> None:
     """
     path = Path(path)
     suffix = _suffix(path, LABEL_SUFFIXES, "label")
-    raw = _to_numpy(labels) if is_tensor(labels) else np.asarray(labels)
+    raw = to_numpy(labels) if is_tensor(labels) else np.asarray(labels)
     if raw.size == 0:
         raw = raw.astype(np.int64)  # np.asarray([]) is float64
     _encode_labels(raw, "labels")  # the same checks as reading
@@ -534,8 +391,8 @@ class KnnGraph(NamedTuple):
     sims : float32 [N, k]
         Cosine similarities, -1.0 for an empty slot.
     fingerprint : str or None
-        :func:`fingerprint` of the features the graph was built on (sepfl
-        layout only).
+        :func:`sepfl.features.fingerprint` of the features the graph was built
+        on (sepfl layout only).
     meta : dict
         How the graph was built (sepfl layout only; empty otherwise).
     """
@@ -619,8 +476,8 @@ def write_knn(path: PathLike, nbrs: Array, sims: Array, features: Optional[Array
     sims : float [N, k]
         Cosine similarities (finite).
     features : float [N, D], optional
-        The features the graph was built on; their :func:`fingerprint` is
-        stored (sepfl layout only).
+        The features the graph was built on; their
+        :func:`~sepfl.features.fingerprint` is stored (sepfl layout only).
     layout : {"sepfl", "learn-to-cluster"}
         The learn-to-cluster layout stores indices as float32 (float64 when
         N > 2**24, beyond which float32 loses integers) and ``clip(1 - sim, 0, 1)``.
@@ -632,8 +489,8 @@ def write_knn(path: PathLike, nbrs: Array, sims: Array, features: Optional[Array
     TypeError, ValueError (shapes, NaN, layout, features row count,
     fingerprint or meta with the learn-to-cluster layout), IndexError (indices).
     """
-    nbrs = _to_numpy(as_indices(nbrs, "nbrs", 2))
-    sims = _to_numpy(as_values(sims, "sims", 2, shape=nbrs.shape))
+    nbrs = to_numpy(as_indices(nbrs, "nbrs", 2))
+    sims = to_numpy(as_values(sims, "sims", 2, shape=nbrs.shape))
     n = nbrs.shape[0]
     check_finite(sims, "sims")
     check_index_range(nbrs, "nbrs", n, allow_missing=True)
@@ -757,8 +614,8 @@ def read_dataset(features_path: PathLike, labels_path: Optional[PathLike] = None
     dim : int, optional
         Feature width of a ``.bin`` without sidecar.
     normalize : bool
-        Pass the features through :func:`normalize_features` (warns when rows
-        were not unit length).
+        Pass the features through :func:`~sepfl.features.normalize_features`
+        (warns when rows were not unit length).
 
     Returns
     -------

@@ -1,8 +1,9 @@
 """The kNN graph: each sample's k most cosine-similar samples, itself first (SEPFL §1).
 
 :func:`build_knn` is the one entry point. Rows of the features are normalised
-first (:func:`sepfl.io.normalize_features`: a warning and a normalised copy
-when they were not unit length), so similarities are cosines whatever the input.
+first (:func:`sepfl.features.normalize_features`: a warning and a normalised
+copy when they were not unit length), so similarities are cosines whatever the
+input.
 
 Backends
 --------
@@ -49,8 +50,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sepfl._validate import Array, as_values, check_positive_int, is_tensor, same_device
-from sepfl.io import fingerprint, normalize_features, read_knn, write_knn
+from sepfl._validate import (Array, as_values, check_positive_int, is_tensor, same_device,
+                             to_numpy)
+from sepfl.features import fingerprint, normalize_features
+from sepfl.io import read_knn, write_knn
 
 __all__ = ["build_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
 
@@ -91,8 +94,9 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
         Matrix-product precision of the torch backend's candidate search.
     cache : str or path, optional
         A sepfl ``.npz`` kNN file: reused when it holds the same N and k, the
-        same features (:func:`sepfl.io.fingerprint`) and, for an exact request,
-        an exact graph; otherwise rebuilt (logged) and rewritten atomically.
+        same features (:func:`sepfl.features.fingerprint`) and, for an exact
+        request, an exact graph; otherwise rebuilt (logged) and rewritten
+        atomically.
     chunk_size : int, optional
         Query rows per block. Default: as many as fit a 256 MiB (CPU) / 2 GiB
         (CUDA) block.
@@ -132,7 +136,7 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     if found is None:
         show = _show_progress(progress, *x.shape)
         if backend == "faiss":
-            found = _faiss_knn(_to_numpy(x), k, exact, where, chunk_size, show)
+            found = _faiss_knn(to_numpy(x), k, exact, where, chunk_size, show)
         else:
             found = _torch_knn(_to_tensor(x, where), k, precision, chunk_size, show)
         if cache is not None:
@@ -195,10 +199,6 @@ def choose_backend(backend: str, where: torch.device, precision: str) -> str:
 # --------------------------------------------------------------------------- conversions
 
 
-def _to_numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if is_tensor(x) else x
-
-
 def _to_tensor(x: Array, where: torch.device) -> torch.Tensor:
     if not is_tensor(x):
         with warnings.catch_warnings():
@@ -213,7 +213,7 @@ def _like(found: Tuple[Array, Array], features: Array) -> Tuple[Array, Array]:
     if is_tensor(features):
         return (torch.as_tensor(nbrs).to(features.device),
                 torch.as_tensor(sims).to(features.device))
-    return _to_numpy(nbrs), _to_numpy(sims)
+    return to_numpy(nbrs), to_numpy(sims)
 
 
 # --------------------------------------------------------------------------- cache

@@ -3,7 +3,7 @@
 Candidates are every sample paired with its kNN neighbours at ranks 1..39;
 each epoch trains on a class-balanced sample of them with cross-entropy, the
 learning rate multiplied by ``lr_gamma`` at the ``lr_milestones``.
-:meth:`TrainConfig.paper` is the published recipe (SGD, batch 512, 100 epochs
+:meth:`sepfl.config.TrainConfig.paper` is the published recipe (SGD, batch 512, 100 epochs
 of 2M pairs from Xavier-initialised weights: a GPU run).
 
 The default configuration is a CPU recipe for the same network. Embedding one
@@ -42,168 +42,35 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import pickle
 import time
-import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import sepfl
 from sepfl import edges, ops
 from sepfl._threads import torch_threads
-from sepfl._validate import (Array, as_indices, as_values, check_device, check_finite,
-                             check_positive_int, check_probability, check_threads, is_tensor)
-from sepfl.cluster import ClusterConfig, cluster, resolve_device
-from sepfl.io import atomic_write, fingerprint, normalize_features
+from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
+                             is_tensor, to_numpy)
+from sepfl.checkpoint import load_checkpoint, save_checkpoint
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig, TrainConfig
+from sepfl.device import resolve_device
+from sepfl.features import fingerprint, normalize_features
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
 
-__all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "learning_rate"]
+__all__ = ["train", "learning_rate", "default_ranks"]
 
 log = logging.getLogger("sepfl")
 PathLike = Union[str, Path]
 
-_FORMAT = "sepfl-checkpoint"
 # Settings that may change between a run and its resumption without changing its result.
 _RESUMABLE_CHANGES = ("device", "progress", "threads")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Settings of :func:`train`, shared by the Python API and the CLI.
-
-    Attributes
-    ----------
-    epochs : int
-        Passes of ``pairs_per_epoch`` pairs each.
-    pairs_per_epoch : int
-        Class-balanced pairs per epoch, half positive and half negative (capped
-        by the rarer class among the candidates).
-    resample_pairs : bool
-        Draw a fresh balanced sample every epoch (more distinct pairs for a
-        small budget); ``False`` draws one sample and reshuffles it each epoch,
-        as the paper does.
-    ranks : int or None
-        Candidate pairs join each sample to its neighbours at ranks 1..ranks;
-        None means SEPFL's 39, or k - 1 for a smaller k (:func:`default_ranks`).
-    batch_size : int
-        Pairs per optimiser step.
-    optimizer : {"adamw", "sgd"}
-        AdamW (the CPU default) or SGD with momentum (the paper).
-    lr, momentum, weight_decay : float
-        Optimiser settings (``momentum`` is SGD's only).
-    lr_milestones : tuple of float
-        Fractions of the total steps at which the learning rate is multiplied
-        by ``lr_gamma``.
-    lr_gamma : float
-        Factor applied to the learning rate at each milestone.
-    warmup_steps : int
-        Classifier warm-up steps before the first epoch (see the module
-        notes); 0 skips the warm-up and keeps the Xavier initialisation of
-        every layer, as in the paper.
-    refit_steps : int
-        Classifier refit steps after the last epoch (module notes); 0 skips it.
-    classifier_batch_size : int
-        Pairs per step of the warm-up and the refit.
-    classifier_lr : float
-        AdamW learning rate of the warm-up and the refit, each decayed to 0
-        along a cosine.
-    seed : int
-        Seeds the weights, the pair sampling, the shuffles and dropout.
-    device : str or None
-        "cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl can use one.
-    bf16 : bool or None
-        Dense layers under bfloat16 autocast; None where the device runs it
-        faster (:func:`sepfl.model.fast_bf16`): ~1.5x faster on CPUs with bf16
-        instructions, more on GPUs.
-    progress : bool
-        Show a tqdm bar with the running loss and pair accuracy.
-    threads : int or None
-        torch threads for the run; None keeps torch's setting but runs the small
-        classifier steps of the warm-up and refit on one thread (see sepfl._threads).
-    edge_steps : int
-        Steps of the edge head (:mod:`sepfl.edges`) after the refit; 0 trains
-        none, and the model then clusters with SEPFL's scheme only.
-    candidates : int
-        Candidate edges per sample the edge head is trained on (ranks 1..candidates,
-        capped at k - 1); :attr:`ClusterConfig.candidates` should match.
-    calibration_share : float
-        Share of the training identities held out of the edge head's training to
-        choose its grouping on (Infomap's Markov time or a components threshold,
-        :mod:`sepfl.edges`); 0 keeps Infomap at Markov time 1 and the threshold at 0.5.
-    rho : float
-        Density's similarity level when training clusters its held-out identities
-        and validation split (as :attr:`ClusterConfig.rho`).
-    """
-
-    epochs: int = 4
-    pairs_per_epoch: int = 8192
-    resample_pairs: bool = True
-    ranks: Optional[int] = None
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_milestones: Tuple[float, ...] = (0.5, 0.75)
-    lr_gamma: float = 0.1
-    warmup_steps: int = 3000
-    refit_steps: int = 3000
-    classifier_batch_size: int = 1024
-    classifier_lr: float = 2e-3
-    seed: int = 0
-    device: Optional[str] = None
-    bf16: Optional[bool] = None
-    progress: bool = True
-    threads: Optional[int] = None
-    edge_steps: int = 3000
-    candidates: int = 40
-    calibration_share: float = 0.15
-    rho: float = 0.7
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "pairs_per_epoch", "batch_size", "classifier_batch_size",
-                     "candidates"):
-            check_positive_int(getattr(self, name), name)
-        if self.ranks is not None:
-            check_positive_int(self.ranks, "ranks")
-        for name in ("seed", "warmup_steps", "refit_steps", "edge_steps"):
-            check_positive_int(getattr(self, name), name, minimum=0)
-        if not 0 <= self.calibration_share < 1:
-            raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
-        check_probability(self.rho, "rho")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        for name in ("lr", "classifier_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        check_probability(self.momentum, "momentum")
-        check_probability(self.lr_gamma, "lr_gamma")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
-        if any(not 0 < m < 1 for m in self.lr_milestones) or \
-                list(self.lr_milestones) != sorted(self.lr_milestones):
-            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got "
-                             f"{self.lr_milestones}")
-        check_device(self.device)
-        check_threads(self.threads)
-
-    @classmethod
-    def paper(cls, **overrides: Any) -> "TrainConfig":
-        """The published recipe: SGD from Xavier weights, 100 epochs over one draw of
-        1M positive + 1M negative pairs, float32 (a GPU run)."""
-        settings = dict(epochs=100, pairs_per_epoch=2_000_000, resample_pairs=False,
-                        batch_size=512, optimizer="sgd", lr=0.01,
-                        lr_milestones=(0.4, 0.6, 0.8), warmup_steps=0, refit_steps=0,
-                        bf16=False)
-        return cls(**{**settings, **overrides})
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -214,93 +81,6 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """
     passed = sum(step >= round(m * total_steps) for m in config.lr_milestones)
     return config.lr * config.lr_gamma ** passed
-
-
-# ----------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: PathLike, model: PairClassifier, config: TrainConfig,
-                    extra: Optional[Mapping[str, Any]] = None) -> None:
-    """Write the model and its training settings to ``path`` atomically.
-
-    Parameters
-    ----------
-    path : str or Path
-        Written through a temporary file in the same directory and
-        ``os.replace``, so a crash never leaves a half-written checkpoint.
-    model : PairClassifier
-    config : TrainConfig
-    extra : mapping, optional
-        More entries to store (training state, other settings); plain Python
-        values and tensors only.
-    """
-    payload = {"format": _FORMAT, "sepfl_version": sepfl.__version__, "dim": model.dim,
-               "k": model.k, "model": model.state_dict(),
-               "config": dataclasses.asdict(config), **(extra or {})}
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _read(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as err:
-        if isinstance(err, (FileNotFoundError, IsADirectoryError, PermissionError)):
-            raise
-        # torch's own message is a paragraph about weights_only; the file is simply damaged
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?: "
-                         f"{type(err).__name__})") from None
-
-
-def load_checkpoint(path: PathLike, dim: Optional[int] = None,
-                    k: Optional[int] = None) -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, or a bare ``state_dict``.
-
-    Parameters
-    ----------
-    path : str or Path
-    dim, k : int, optional
-        When given, the checkpoint's D / k must match (ValueError otherwise).
-
-    Returns
-    -------
-    dict
-        ``model`` (a :class:`PairClassifier` in eval mode), ``config`` (a
-        :class:`TrainConfig`, or None for a bare state_dict), ``dim``, ``k``,
-        and every other stored entry (``epoch``, ``fingerprint``,
-        ``sepfl_version``, ``history``, ...).
-
-    Raises
-    ------
-    FileNotFoundError
-        No file at ``path``.
-    ValueError
-        A truncated, corrupt or foreign file, or a D / k mismatch.
-    """
-    path = Path(path)
-    stored = _read(path)
-    if isinstance(stored, Mapping) and stored.get("format") == _FORMAT:
-        checkpoint = dict(stored)
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = {name: value for name, value in stored["config"].items() if name in fields}
-        checkpoint["config"] = TrainConfig(**config)
-        state_dict = stored["model"]
-    elif isinstance(stored, Mapping) and "channel_mix.0.weight" in stored:
-        checkpoint, state_dict = {"config": None}, stored
-    else:
-        raise ValueError(f"{path} holds neither a sepfl checkpoint nor a PairClassifier "
-                         "state_dict")
-    try:
-        model = PairClassifier.from_state_dict(state_dict)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not fit a PairClassifier: {err}") from None
-    checkpoint.update(model=model.eval(), dim=model.dim, k=model.k)
-    for name, want in (("dim", dim), ("k", k)):
-        if want is not None and checkpoint[name] != want:
-            raise ValueError(f"{path} was trained for {name} = {checkpoint[name]}, but "
-                             f"{name} = {want} was asked for")
-    return checkpoint
 
 
 # ----------------------------------------------------------------------- training data
@@ -322,10 +102,6 @@ class _Graph:
 def _as_tensor(x: Array, device: torch.device) -> torch.Tensor:
     # a read-only array (e.g. a memory-mapped file) is copied: torch tensors are writable
     return (x if is_tensor(x) else torch.from_numpy(np.require(x, requirements="W"))).to(device)
-
-
-def _numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if is_tensor(x) else x
 
 
 def default_ranks(k: int) -> int:
@@ -368,7 +144,7 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                     knn: Optional[Tuple[Array, Array]], device: torch.device, seed: int,
                     progress: Optional[bool] = None) -> _Graph:
     features = as_values(features, "features", 2)
-    labels = _numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
+    labels = to_numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
     check_finite(features, "features")
     if np.unique(labels).size < 2:
         raise ValueError("training needs at least two identities in labels, got "
@@ -379,7 +155,7 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
     else:
         nbrs = as_indices(knn[0], "knn nbrs", 2, shape=(features.shape[0], k))
         sims = as_values(knn[1], "knn sims", 2, shape=(features.shape[0], k))
-    src, dst, target = ops.train_pairs(_numpy(nbrs), labels, ranks)
+    src, dst, target = ops.train_pairs(to_numpy(nbrs), labels, ranks)
     if int(target.sum()) == 0:
         raise ValueError(f"the training kNN graph has no positive candidate pair in ranks "
                          f"1..{ranks}: no sample has a same-identity neighbour")
@@ -674,7 +450,7 @@ def _prepare_validation(validation: Optional[tuple], k: int, device: torch.devic
         return None
     features, labels = validation
     features = normalize_features(as_values(features, "validation features", 2))
-    labels = _numpy(as_indices(labels, "validation labels", 1, shape=(features.shape[0],)))
+    labels = to_numpy(as_indices(labels, "validation labels", 1, shape=(features.shape[0],)))
     return _as_tensor(features, device), labels, build_knn(_as_tensor(features, device), k=k)
 
 
