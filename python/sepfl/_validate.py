@@ -35,8 +35,9 @@ def to_tensor(x: Array, device: Optional[torch.device] = None) -> torch.Tensor:
 
 
 def to_numpy(x: Array) -> np.ndarray:
-    """``x`` as a numpy array: a tensor is copied to the CPU, a numpy array returned as it is."""
-    return x.cpu().numpy() if is_tensor(x) else x
+    """``x`` as a numpy array: a tensor is copied to the CPU, a numpy array returned as it
+    is, anything else (a list) converted by ``np.asarray``."""
+    return x.cpu().numpy() if is_tensor(x) else np.asarray(x)
 
 
 def _describe(x: Array) -> str:

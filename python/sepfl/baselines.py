@@ -20,16 +20,13 @@ import numpy as np
 import torch
 
 from sepfl import edges, ops
+from sepfl._validate import to_numpy
 from sepfl.metrics import evaluate
-
-
-def _as_numpy(x) -> np.ndarray:
-    return x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x)
 
 
 def knn_threshold(nbrs, sims, threshold: float) -> np.ndarray:
     """Labels [N] from kNN edges (ranks >= 1) with similarity > ``threshold``."""
-    nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
+    nbrs, sims = to_numpy(nbrs), to_numpy(sims)
     n, k = nbrs.shape
     src = np.repeat(np.arange(n), k - 1)
     dst = nbrs[:, 1:].reshape(-1)
@@ -40,7 +37,7 @@ def knn_threshold(nbrs, sims, threshold: float) -> np.ndarray:
 
 def denser_pairs(nbrs, sims, rho: float = 0.7) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SEPFL's inference pairs and their cosine similarities: (src, dst, sim) [P]."""
-    nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
+    nbrs, sims = to_numpy(nbrs), to_numpy(sims)
     src, dst = ops.select_pairs(nbrs, ops.density(sims, rho))
     rank = np.argmax(nbrs[src] == dst[:, None], axis=1)
     return src, dst, sims[src, rank]
@@ -55,7 +52,7 @@ def denser_threshold(nbrs, sims, threshold: float, rho: float = 0.7) -> np.ndarr
 def oracle(nbrs, sims, gt, rho: float = 0.7) -> np.ndarray:
     """Labels [N] from nearest-denser pairs kept exactly when their true labels match."""
     src, dst, _ = denser_pairs(nbrs, sims, rho)
-    gt = _as_numpy(gt)
+    gt = to_numpy(gt)
     return ops.link(src, dst, (gt[src] == gt[dst]).astype(np.float32), 0.5, len(nbrs))
 
 
@@ -72,7 +69,7 @@ def best(rows: List[Dict[str, float]], key: str = "pairwise_f") -> Dict[str, flo
 def infomap_knn(nbrs, sims, k: int, floor: float) -> np.ndarray:
     """Labels [N] from Infomap on the kNN graph: ranks 1..k-1 with similarity > ``floor``,
     weighted by similarity (the training-free method face-clustering users tune by hand)."""
-    nbrs, sims = _as_numpy(nbrs), _as_numpy(sims)
+    nbrs, sims = to_numpy(nbrs), to_numpy(sims)
     src, dst, rank = (x.numpy() for x in edges.candidate_edges(torch.from_numpy(nbrs), k - 1))
     return edges.group_edges(src, dst, sims[src, rank], len(nbrs), "infomap", threshold=floor)
 
@@ -94,7 +91,7 @@ def best_infomap(nbrs, sims, gt) -> Dict[str, float]:
 def edges_oracle(nbrs, gt, candidates: int) -> np.ndarray:
     """Labels [N] from the edges scheme's candidates (ranks 1..candidates) kept exactly when
     their true labels match: the ceiling of that scheme's decisions."""
-    nbrs, gt = _as_numpy(nbrs), _as_numpy(gt)
+    nbrs, gt = to_numpy(nbrs), to_numpy(gt)
     src, dst, _ = (x.numpy() for x in edges.candidate_edges(torch.from_numpy(nbrs), candidates))
     return edges.group_edges(src, dst, (gt[src] == gt[dst]).astype(np.float32), len(nbrs),
                              "components")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sepfl import edges, ops
-from sepfl._validate import Array, as_values, to_tensor
+from sepfl._validate import Array, as_values, to_numpy, to_tensor
 from sepfl.config import ClusterConfig
 from sepfl.device import resolve_device
 from sepfl.features import normalize_features
@@ -104,10 +104,6 @@ class _Stopwatch:
         log.info("%-11s %8.3f s", name, self.timings[name])
 
 
-def _numpy(x: Array) -> np.ndarray:
-    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConfig] = None,
             knn: Optional[Tuple[Array, Array]] = None,
             knn_cache: Optional[str] = None) -> ClusterResult:
@@ -176,11 +172,11 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
             scores = model.score_pairs(e, src, dst, batch_size=config.pair_batch_size,
                                        bf16=config.bf16)
         with watch.stage("link"):
-            labels = _numpy(ops.link(src, dst, scores, threshold, features.shape[0]))
-    return ClusterResult(labels=labels, density=_numpy(density), src=_numpy(src),
-                         dst=_numpy(dst), scores=_numpy(scores), threshold=threshold,
-                         timings=watch.timings, scheme=scheme, features=_numpy(features),
-                         nbrs=_numpy(nbrs), sims=_numpy(sims), embeddings=_numpy(e))
+            labels = to_numpy(ops.link(src, dst, scores, threshold, features.shape[0]))
+    return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
+                         dst=to_numpy(dst), scores=to_numpy(scores), threshold=threshold,
+                         timings=watch.timings, scheme=scheme, features=to_numpy(features),
+                         nbrs=to_numpy(nbrs), sims=to_numpy(sims), embeddings=to_numpy(e))
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
@@ -224,6 +220,6 @@ def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
     with watch.stage("scores"):
         scores = head.probability(stats)
     with watch.stage("group"):
-        labels = edges.group_edges(_numpy(src), _numpy(dst), _numpy(scores), e.shape[0],
+        labels = edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), e.shape[0],
                                    grouping, threshold, markov_time)
     return src, dst, scores, threshold, labels

@@ -38,7 +38,7 @@ Everything here is torch on the tensors' device, CPU or CUDA.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
