@@ -14,9 +14,7 @@ SMALL = dict(k=10, ranks=5, epochs=1, pairs_per_epoch=256, batch_size=64, warmup
              refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)
 
 
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(20, dim=16, seed=5)
+MAKE_FACES = dict(n_ids=20, dim=16, seed=5)
 
 
 @pytest.fixture(scope="module")
