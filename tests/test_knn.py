@@ -15,7 +15,6 @@ from samples import unit_rows
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
                                  reason="faiss is not installed")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # (backend, precision) pairs that must all give the exact graph.
 EXACT = [pytest.param("faiss", "fp32", marks=needs_faiss), ("torch", "fp32"),
@@ -312,7 +311,6 @@ def test_progress_bar(capsys, progress, shown):
 
 
 @pytest.mark.cuda
-@needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_cuda_matches_cpu(faces, precision):
     x = torch.from_numpy(faces.features).cuda()
@@ -327,7 +325,6 @@ def test_cuda_matches_cpu(faces, precision):
 
 
 @pytest.mark.cuda
-@needs_cuda
 def test_cuda_numpy_input_returns_numpy():
     nbrs, sims = build_knn(circle([0, 30, 100, 250]), k=3, device="cuda")
     assert isinstance(nbrs, np.ndarray)
