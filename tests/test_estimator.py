@@ -72,6 +72,7 @@ def test_set_params_round_trips_and_keeps_the_model(faces, fitted):
     assert est.threshold == 1.0  # a rejected value leaves the estimator as it was
 
 
+@pytest.mark.slow
 def test_grid_search_over_threshold(faces):
     """Issue 14, item 8: GridSearchCV clones, sets and fits the estimator."""
     from sklearn.metrics import make_scorer
@@ -88,6 +89,7 @@ def test_grid_search_over_threshold(faces):
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
+@pytest.mark.slow
 def test_threads_are_applied_for_the_run_and_restored(faces, fitted, monkeypatch):
     """Issue 14, item 6: threads=N for the run; the default runs classifier steps on 1 thread."""
     from sepfl import estimator, train

@@ -169,6 +169,7 @@ def test_batches_never_split_old_clusters_and_report_merges(faces):
         previous = labels
 
 
+@pytest.mark.slow
 def test_refresh_zero_regroups_like_a_one_shot_run(faces):
     """Re-embedding every changed list, the regrouping is the one-shot clustering's."""
     x = faces.features

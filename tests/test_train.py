@@ -165,6 +165,7 @@ def test_training_learns_and_writes_a_checkpoint(toy, trained):
         assert torch.equal(checkpoint["model"].state_dict()[name], value), name
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(toy, trained, tmp_path):
     again = train(*toy, small_config(), k=K)
     for name, value in trained[0].state_dict().items():
