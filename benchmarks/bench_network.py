@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import header, table, timeit  # noqa: E402
+from common import header, table, timed  # noqa: E402
 
 from sepfl import ops  # noqa: E402
 from sepfl.checkpoint import load_checkpoint  # noqa: E402
@@ -103,7 +103,7 @@ def gemm_floor(dim, k, tile, dtype, nodes):
         def run():
             for _ in range(tiles):
                 step()
-        return timeit(run, repeat=3) / (tiles * tile)
+        return timed(run)[1] / (tiles * tile)
 
     def token_left():
         torch.mm(token_in, tokens, out=mixed[:2 * k])

@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 
-from common import header, table, timeit
+from common import components_scipy, header, table, timed
 from sepfl import ops
 
 
@@ -55,16 +53,6 @@ def select_torch(nbrs, density):
     return has.nonzero()[:, 0], nbrs[torch.arange(len(nbrs)), first][has]
 
 
-def components_scipy(src, dst, n):
-    graph = scipy.sparse.coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
-    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    # renumber in order of each component's smallest member, as ops.link does
-    _, first = np.unique(labels, return_index=True)
-    remap = np.empty(len(first), dtype=np.int64)
-    remap[np.argsort(first)] = np.arange(len(first))
-    return remap[labels]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -84,7 +72,7 @@ def main() -> None:
             out = fn()
             check(out if want is None else want, out)
             want = out if want is None else want
-            results[label] = timeit(fn, repeat=args.repeat)
+            results[label] = timed(fn, repeat=args.repeat)[1]
         best = min(baselines, key=lambda item: results[item[0]])[0]
         rows.append([name, f"{results['native'] * 1e3:.1f}", best,
                      f"{results[best] * 1e3:.1f}", f"{results[best] / results['native']:.2f}x"])

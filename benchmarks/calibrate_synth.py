@@ -20,9 +20,8 @@ import argparse
 import time
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from common import components_scipy
 from sepfl.datasets import make_faces, make_splits
 from sepfl.knn import build_knn
 from sepfl.metrics import pairwise
@@ -30,14 +29,9 @@ from sepfl.metrics import pairwise
 RHO = 0.7
 
 
-def components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
-    return connected_components(graph, directed=True, connection="weak")[1]
-
-
 def threshold_clusters(nbrs: np.ndarray, sims: np.ndarray, threshold: float) -> np.ndarray:
     rows, cols = np.nonzero(sims[:, 1:] >= threshold)
-    return components(len(nbrs), rows, nbrs[rows, cols + 1])
+    return components_scipy(rows, nbrs[rows, cols + 1], len(nbrs))
 
 
 def density(sims: np.ndarray) -> np.ndarray:
@@ -53,7 +47,7 @@ def oracle_clusters(nbrs: np.ndarray, sims: np.ndarray, labels: np.ndarray) -> n
     src = np.flatnonzero(denser.any(axis=1))
     dst = nbrs[src, 1 + denser[src].argmax(axis=1)]
     same = labels[src] == labels[dst]
-    return components(len(nbrs), src[same], dst[same])
+    return components_scipy(src[same], dst[same], len(nbrs))
 
 
 def main() -> None:

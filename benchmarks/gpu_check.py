@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_ops import density_torch, select_torch  # noqa: E402
-from common import header, table  # noqa: E402
+from common import (components_scipy, header, per_pair_probability, recall,  # noqa: E402
+                    table, timed)
 
 from sepfl import ops  # noqa: E402
 from sepfl.cluster import cluster  # noqa: E402
@@ -39,19 +38,6 @@ from sepfl.datasets import make_faces  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402
 from sepfl.model import PairClassifier  # noqa: E402
-
-
-def timed(fn, device, repeat=2):
-    """(result, seconds of the last of ``repeat`` runs); the first run warms up."""
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return out, seconds
 
 
 def load_model(dim, k, device):
@@ -99,33 +85,13 @@ def embed_plain(model, x, nbrs, batch=2048, bf16=True):
     return out
 
 
-@torch.no_grad()
-def per_pair_plain(model, x, nbrs, src, dst, batch=2048, bf16=True):
-    """The un-cached network: both samples of every pair embedded from scratch."""
-    prob = torch.empty(len(src), device=x.device)
-    for start in range(0, len(src), batch):
-        a, b = src[start:start + batch], dst[start:start + batch]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x[a], x[nbrs[a]], x[b], x[nbrs[b]])
-        prob[start:start + batch] = torch.softmax(logits.float(), 1)[:, 1]
-    return prob
-
-
-def union_find_scipy(src, dst, scores, n, threshold=0.5):
+def link_scipy(src, dst, scores, n, threshold=0.5):
+    """``ops.link`` by scipy: the components of the pairs scored above ``threshold``."""
     keep = scores > threshold
-    graph = scipy.sparse.coo_matrix((np.ones(int(keep.sum()), np.int8), (src[keep], dst[keep])),
-                                    shape=(n, n))
-    return scipy.sparse.csgraph.connected_components(graph, directed=False)[1]
+    return components_scipy(src[keep], dst[keep], n)
 
 
 # ---------------------------------------------------------------- checks
-
-def recall(found, exact):
-    """Fraction of the exact neighbours (ranks 1..k-1) that ``found`` also lists, per row."""
-    rows = torch.arange(len(exact), device=exact.device)[:, None] * len(exact)
-    hits = torch.isin(rows + found[:, 1:], rows + exact[:, 1:])
-    return float(hits.float().mean())
-
 
 def cpu_gpu_labels(model, x_gpu, n_sub, k):
     """Run the fp32 pipeline on the first n_sub samples on both devices; count differences."""
@@ -176,40 +142,40 @@ def main() -> None:
 
     # kNN
     (nbrs32, sims32), t32 = timed(lambda: build_knn(x, k=args.k, backend="torch",
-                                                    precision="fp32", progress=False), device)
-    (plain_nbrs, plain_sims), t_plain = timed(lambda: knn_plain(x, args.k), device)
+                                                    precision="fp32", progress=False), repeat=1)
+    (plain_nbrs, plain_sims), t_plain = timed(lambda: knn_plain(x, args.k), repeat=1)
     row("knn fp32 (exact)", t32, "plain bf16 topk", t_plain,
         f"plain recall {recall(plain_nbrs, nbrs32):.4f}")
     for precision in ("tf32", "bf16"):
         (nb, _), t = timed(lambda: build_knn(x, k=args.k, backend="torch", precision=precision,
-                                             progress=False), device)
+                                             progress=False), repeat=1)
         row(f"knn {precision}", t, "plain bf16 topk", t_plain, f"recall {recall(nb, nbrs32):.4f}")
         results[f"knn {precision}"]["recall"] = recall(nb, nbrs32)
 
     # graph stages on the exact graph
-    dens, t = timed(lambda: ops.density(sims32), device)
-    _, tb = timed(lambda: density_torch(sims32), device)
+    dens, t = timed(lambda: ops.density(sims32), repeat=1)
+    _, tb = timed(lambda: density_torch(sims32), repeat=1)
     row("density", t, "torch", tb)
-    (src, dst), t = timed(lambda: ops.select_pairs(nbrs32, dens), device)
-    (psrc, pdst), tb = timed(lambda: select_torch(nbrs32, dens), device)
+    (src, dst), t = timed(lambda: ops.select_pairs(nbrs32, dens), repeat=1)
+    (psrc, pdst), tb = timed(lambda: select_torch(nbrs32, dens), repeat=1)
     assert torch.equal(src, psrc) and torch.equal(dst, pdst), "pairs differ from torch"
     row("pairs", t, "torch", tb, f"{len(src):,} pairs")
 
     # network
-    e32, t = timed(lambda: model.node_embeddings(x, nbrs32, bf16=False), device)
-    e_plain, tb = timed(lambda: embed_plain(model, x, nbrs32, bf16=True), device)
+    e32, t = timed(lambda: model.node_embeddings(x, nbrs32, bf16=False), repeat=1)
+    e_plain, tb = timed(lambda: embed_plain(model, x, nbrs32, bf16=True), repeat=1)
     row("embeddings fp32", t, "node-cached bf16", tb)
-    e16, t = timed(lambda: model.node_embeddings(x, nbrs32, bf16=True), device)
+    e16, t = timed(lambda: model.node_embeddings(x, nbrs32, bf16=True), repeat=1)
     rel = float((e16 - e32).norm() / e32.norm())
     row("embeddings bf16", t, "node-cached bf16", tb, f"rel. diff to fp32 {rel:.1e}")
-    scores, t = timed(lambda: model.score_pairs(e16, src, dst, bf16=True), device)
+    scores, t = timed(lambda: model.score_pairs(e16, src, dst, bf16=True), repeat=1)
     row("pair scores bf16", t)
-    _, t_pp = timed(lambda: per_pair_plain(model, x, nbrs32, src, dst, bf16=True), device,
-                    repeat=1)
+    _, t_pp = timed(lambda: per_pair_probability(model, x, nbrs32, src, dst, bf16=True),
+                    repeat=1, warmup=0)
     row("per-pair network bf16 (baseline)", t_pp, note="un-cached, both samples per pair")
-    labels, t = timed(lambda: ops.link(src, dst, scores, 0.5, n), device)
+    labels, t = timed(lambda: ops.link(src, dst, scores, 0.5, n), repeat=1)
     s_np, d_np, sc_np = (v.cpu().numpy() for v in (src, dst, scores))
-    _, tb = timed(lambda: union_find_scipy(s_np, d_np, sc_np, n), torch.device("cpu"))
+    _, tb = timed(lambda: link_scipy(s_np, d_np, sc_np, n), repeat=1)
     row("union-find", t, "scipy (CPU)", tb, f"{int(labels.max()) + 1:,} clusters")
 
     # end to end, warm, with peak memory
@@ -222,7 +188,7 @@ def main() -> None:
         config = ClusterConfig(device=str(device), k=args.k, progress=False, **cfg)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        result, t = timed(lambda: cluster(x, model, config), device)
+        result, t = timed(lambda: cluster(x, model, config), repeat=1)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         quality = evaluate(data.labels, result.labels)
         row(name, t, "straightforward torch", straightforward,

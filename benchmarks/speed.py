@@ -20,14 +20,12 @@ import resource
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import faces_of_size, header, table  # noqa: E402
+from common import faces_of_size, header, per_pair_probability, table, timed  # noqa: E402
 
 from sepfl.cluster import cluster  # noqa: E402
-from sepfl.config import ClusterConfig  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402
@@ -38,17 +36,6 @@ SCHEME_STAGES = {"edges": ("edges", "scores", "group"), "sepfl": ("pairs", "scor
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-@torch.no_grad()
-def per_pair_seconds(model, features, nbrs, src, dst, batch=1024):
-    """Seconds of the reference forward over every pair (no sharing of embeddings)."""
-    x, nbrs = torch.from_numpy(features), torch.as_tensor(nbrs)
-    start = time.perf_counter()
-    for lo in range(0, len(src), batch):
-        a, b = torch.as_tensor(src[lo:lo + batch]), torch.as_tensor(dst[lo:lo + batch])
-        model(x[a], x[nbrs[a]], x[b], x[nbrs[b]])
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -86,7 +73,9 @@ def main() -> None:
             print(" | ".join(rows[-1]), flush=True)
         print(f"edges / sepfl end to end: {totals['edges'] / totals['sepfl']:.2f}x", flush=True)
         if len(rows) == 2 and args.device == "cpu":
-            reference = per_pair_seconds(model, features, knn[0], result.src, result.dst)
+            _, reference = timed(lambda: per_pair_probability(
+                model, torch.from_numpy(features), torch.as_tensor(knn[0]),
+                torch.as_tensor(result.src), torch.as_tensor(result.dst)), repeat=1, warmup=0)
             cached = result.timings["embeddings"] + result.timings["scores"]
             baseline = (f"per-pair network at N = {len(gt):,}: {reference:.1f} s for "
                         f"{len(result.src):,} pairs; sepfl embeddings + scores: {cached:.1f} s "

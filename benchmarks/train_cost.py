@@ -11,6 +11,11 @@ Part 1 times, on the 1,500-identity synthetic training split and in one run:
 * sepfl's classifier warm-up / refit step: the classifier alone on
   precomputed embeddings (see ``sepfl.train``).
 
+The sepfl steps are timed by ``train`` itself (the seconds in its history, the
+first step included) on one run of the default configuration cut to ``--steps``
+warm-up steps and ``--steps`` end-to-end steps; the reference step is this
+script's own loop, the median of ``--reference-steps`` steps after one untimed.
+
 Part 2 (``--plateau``) trains with the default configuration and clusters a
 held-out validation set (the first ``--val-ids`` identities of the test split)
 after the warm-up, every epoch and the refit, printing the elapsed time and
@@ -26,69 +31,77 @@ import dataclasses
 import itertools
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import header, table  # noqa: E402
+from common import header, per_pair_logits, table, timed  # noqa: E402
 
 from sepfl import ops  # noqa: E402
-from sepfl import train as training  # noqa: E402
+from sepfl.checkpoint import load_checkpoint  # noqa: E402
 from sepfl.config import TrainConfig  # noqa: E402
 from sepfl.datasets import make_splits  # noqa: E402
+from sepfl.knn import build_knn  # noqa: E402
 from sepfl.model import PairClassifier  # noqa: E402
-from sepfl.train import train  # noqa: E402
-
-CPU = torch.device("cpu")
+from sepfl.train import default_ranks, train  # noqa: E402
 
 
-def _seconds_per_step(optimizer, graph, batch_size: int, config: TrainConfig, logits_of,
-                      steps: int, seed: int) -> float:
-    """Seconds per step of sepfl's optimiser loop (``sepfl.train._optimise``) on
-    class-balanced batches at ``config.lr``, after one untimed step."""
-    batches = training._balanced_batches(graph, batch_size, np.random.default_rng(seed))
+def reference_seconds_per_step(x: torch.Tensor, nbrs: torch.Tensor, labels: np.ndarray,
+                                steps: int) -> float:
+    """Median seconds of one step of the paper's recipe run per pair (the baseline): every
+    pair's two samples embedded by the reference forward, float32, SGD, the paper's batch
+    of class-balanced kNN candidate pairs; after one untimed step."""
+    paper = TrainConfig.paper()
+    src, dst, target = ops.train_pairs(nbrs.numpy(), labels, default_ranks(nbrs.shape[1]))
+    model = PairClassifier(x.shape[1], nbrs.shape[1]).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=paper.lr, momentum=paper.momentum,
+                                weight_decay=paper.weight_decay)
+    draws = itertools.count()
 
-    def run(n: int) -> float:
-        return training._optimise(optimizer, graph, itertools.islice(batches, n), n, "timing",
-                                  config, CPU, lambda step: config.lr, logits_of)["seconds"]
+    def step() -> None:
+        batch = ops.balanced_sample(target, paper.batch_size // 2, seed=next(draws))
+        a, b, t = (torch.from_numpy(v[batch]) for v in (src, dst, target))
+        loss = torch.nn.functional.cross_entropy(per_pair_logits(model, x, nbrs, a, b), t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-    run(1)
-    return run(steps) / steps
+    return timed(step, repeat=steps)[1]
 
 
-def throughput(graph, args) -> list:
+def sepfl_seconds_per_step(features: np.ndarray, labels: np.ndarray, knn, steps: int,
+                           workdir: Path) -> dict:
+    """Seconds per step of sepfl's classifier warm-up and end-to-end epoch, from the pairs
+    per second ``train`` records in its history: ``steps`` steps of each (fewer in the
+    epoch when the candidates hold fewer pairs of a class), the first step included."""
+    default = TrainConfig(progress=False)
+    config = dataclasses.replace(default, epochs=1, pairs_per_epoch=steps * default.batch_size,
+                                 warmup_steps=steps, refit_steps=0, edge_steps=0)
+    checkpoint = workdir / "throughput.pt"
+    train(features, labels, config, k=knn[0].shape[1], knn=knn, checkpoint=checkpoint)
+    history = {record["epoch"]: record for record in load_checkpoint(checkpoint)["history"]}
+    return {"warm-up": config.classifier_batch_size / history[0]["pairs_per_s"],
+            "epoch": config.batch_size / history[1]["pairs_per_s"]}
+
+
+def throughput(train_split, args, workdir: Path) -> list:
     """Rows of (path, batch, s/step, pairs/s) for the three training steps."""
     torch.manual_seed(0)
-    default, paper = TrainConfig(progress=False), TrainConfig.paper(progress=False)
-    features, nbrs = graph.features, graph.nbrs
-    rows = []
-
-    model = PairClassifier(features.shape[1], nbrs.shape[1]).train()
-    seconds = _seconds_per_step(
-        torch.optim.SGD(model.parameters(), lr=paper.lr, momentum=paper.momentum), graph,
-        paper.batch_size, paper,
-        lambda s, d: model(features[s], ops.gather(features, nbrs, s),
-                           features[d], ops.gather(features, nbrs, d)),
-        args.reference_steps, seed=1)
-    rows.append(("per-pair reference (paper step: fp32, SGD)", paper.batch_size, seconds))
-
-    model = PairClassifier(features.shape[1], nbrs.shape[1]).train()
-    seconds = _seconds_per_step(
-        torch.optim.AdamW(model.parameters(), lr=default.lr), graph, default.batch_size,
-        default, lambda s, d: training._pair_logits(model, graph, s, d), args.steps, seed=2)
-    rows.append(("sepfl end to end (shared node embeddings, bf16, AdamW)",
-                 default.batch_size, seconds))
-
-    model = PairClassifier(features.shape[1], nbrs.shape[1]).init_mean_attention().train()
-    e = training._initial_embeddings(graph)
-    seconds = _seconds_per_step(
-        torch.optim.AdamW(model.classifier.parameters(), lr=default.classifier_lr), graph,
-        default.classifier_batch_size, dataclasses.replace(default, lr=default.classifier_lr),
-        lambda s, d: model.classify(e[s], e[d]), args.steps, seed=3)
-    rows.append(("sepfl classifier warm-up / refit (precomputed embeddings)",
-                 default.classifier_batch_size, seconds))
+    default, paper = TrainConfig(), TrainConfig.paper()
+    knn = build_knn(train_split.features, k=80, progress=False)
+    x, nbrs = torch.from_numpy(train_split.features), torch.from_numpy(knn[0])
+    reference = reference_seconds_per_step(x, nbrs, train_split.labels, args.reference_steps)
+    sepfl = sepfl_seconds_per_step(train_split.features, train_split.labels, knn, args.steps,
+                                   workdir)
+    rows = [("per-pair reference (paper step: fp32, SGD)", paper.batch_size, reference),
+            ("sepfl end to end (shared node embeddings, bf16, AdamW)", default.batch_size,
+             sepfl["epoch"]),
+            ("sepfl classifier warm-up / refit (precomputed embeddings)",
+             default.classifier_batch_size, sepfl["warm-up"])]
     return [(name, batch, f"{s:.3f}", f"{batch / s:,.0f}") for name, batch, s in rows]
 
 
@@ -101,7 +114,7 @@ def plateau(splits, args) -> list:
     train(splits.train.features, splits.train.labels, config,
           checkpoint=args.checkpoint, validation=(val_features, val_labels))
     total = time.perf_counter() - started
-    history = torch.load(args.checkpoint, weights_only=False)["history"]
+    history = load_checkpoint(args.checkpoint)["history"]
     rows, elapsed = [], 0.0
     for record in history:
         elapsed += record["seconds"]
@@ -125,11 +138,10 @@ def main() -> None:
     args = parser.parse_args()
 
     splits = make_splits(args.ids, args.ids, seed=0)
-    graph = training._training_graph(splits.train.features, splits.train.labels, 80, 39,
-                                     None, CPU, 0, progress=False)
     print(header(f"training cost, {len(splits.train.labels):,} samples of {args.ids} identities,"
                  " D = 256, k = 80"), flush=True)
-    rows = throughput(graph, args)
+    with tempfile.TemporaryDirectory() as workdir:
+        rows = throughput(splits.train, args, Path(workdir))
     print(table(["training step", "pairs / step", "s / step", "pairs / s"], rows), flush=True)
     paper = TrainConfig.paper()
     reference_rate = float(rows[0][3].replace(",", ""))

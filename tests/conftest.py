@@ -5,6 +5,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import sepfl
+from sepfl.datasets import make_faces
 
 # "default" keeps the suite quick; SEPFL_HYPOTHESIS_PROFILE=fuzz is the long fuzzing run.
 settings.register_profile("default", max_examples=60, deadline=None,
@@ -30,3 +31,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces(request):
+    """The synthetic face set of ``make_faces(**MAKE_FACES)``, ``MAKE_FACES`` a dict the test
+    module defines: each file picks the size its checks need."""
+    return make_faces(**request.module.MAKE_FACES)

@@ -42,6 +42,7 @@ def test_nvcc_without_a_gpu_skips_the_cuda_module(tmp_path):
     assert "building the CUDA module" not in out
 
 
+@pytest.mark.slow
 def test_an_explicit_architecture_list_builds_only_those(tmp_path):
     out = configure(tmp_path, "-DSEPFL_CUDA=AUTO", env={"CUDAARCHS": "90"})
     assert "building the CUDA module _cuda for 90\n" in out

@@ -6,16 +6,13 @@ import torch
 from sepfl import baselines, ops
 from sepfl.cluster import cluster
 from sepfl.config import ClusterConfig
-from sepfl.datasets import make_faces
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
 
 K = 10
 
 
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(25, dim=16, seed=3)
+MAKE_FACES = dict(n_ids=25, dim=16, seed=3)
 
 
 @pytest.fixture(scope="module")

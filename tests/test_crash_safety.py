@@ -4,9 +4,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from sepfl import SEPFL
 from sepfl.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # each test trains in child processes
 
 SETUP = """
 import os, signal, sys

@@ -9,9 +9,7 @@ from sepfl.knn import build_knn
 from sepfl.metrics import pairwise
 
 
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(n_ids=120, dim=64, seed=3)
+MAKE_FACES = dict(n_ids=120, dim=64, seed=3)
 
 
 def test_shapes_dtypes_and_unit_rows(faces):

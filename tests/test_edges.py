@@ -21,9 +21,7 @@ FAST = dict(epochs=1, pairs_per_epoch=256, warmup_steps=60, refit_steps=60, edge
             classifier_batch_size=128, candidates=6, progress=False, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(60, dim=16, seed=5)
+MAKE_FACES = dict(n_ids=60, dim=16, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ SMALL = dict(k=10, ranks=5, epochs=1, pairs_per_epoch=256, batch_size=64, warmup
              refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)
 
 
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(20, dim=16, seed=5)
+MAKE_FACES = dict(n_ids=20, dim=16, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +72,7 @@ def test_set_params_round_trips_and_keeps_the_model(faces, fitted):
     assert est.threshold == 1.0  # a rejected value leaves the estimator as it was
 
 
+@pytest.mark.slow
 def test_grid_search_over_threshold(faces):
     """Issue 14, item 8: GridSearchCV clones, sets and fits the estimator."""
     from sklearn.metrics import make_scorer
@@ -90,6 +89,7 @@ def test_grid_search_over_threshold(faces):
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
+@pytest.mark.slow
 def test_threads_are_applied_for_the_run_and_restored(faces, fitted, monkeypatch):
     """Issue 14, item 6: threads=N for the run; the default runs classifier steps on 1 thread."""
     from sepfl import estimator, train

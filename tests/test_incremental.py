@@ -9,7 +9,6 @@ import torch
 
 from sepfl import SEPFL
 from sepfl.cli import STATE_FILE, main
-from sepfl.datasets import make_faces
 from sepfl.edges import candidate_edges
 from sepfl.incremental import extend_knn, stable_labels
 from sepfl.knn import build_knn
@@ -18,10 +17,8 @@ from sepfl.model import PairClassifier
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def faces():
-    """~2,000 face-like samples of 30 identities (D = 256, the bundled model's)."""
-    return make_faces(30, seed=3)
+# ~2,000 face-like samples of 30 identities (D = 256, the bundled model's)
+MAKE_FACES = dict(n_ids=30, seed=3)
 
 
 def pretrained(**params):
@@ -172,6 +169,7 @@ def test_batches_never_split_old_clusters_and_report_merges(faces):
         previous = labels
 
 
+@pytest.mark.slow
 def test_refresh_zero_regroups_like_a_one_shot_run(faces):
     """Re-embedding every changed list, the regrouping is the one-shot clustering's."""
     x = faces.features

@@ -12,7 +12,8 @@ from torch import nn
 from sepfl import model as model_module
 from sepfl import ops
 from sepfl.model import PairClassifier, fast_bf16
-from test_model import randomise, reference_embeddings, toy_graph
+
+from samples import randomise, reference_embeddings, toy_graph
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

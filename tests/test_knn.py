@@ -8,7 +8,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sepfl import knn as knn_module
-from sepfl.datasets import make_faces
 from sepfl.features import fingerprint
 from sepfl.io import read_knn, write_knn
 from sepfl.knn import build_knn, estimate_recall
@@ -16,7 +15,6 @@ from samples import unit_rows
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
                                  reason="faiss is not installed")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # (backend, precision) pairs that must all give the exact graph.
 EXACT = [pytest.param("faiss", "fp32", marks=needs_faiss), ("torch", "fp32"),
@@ -144,9 +142,7 @@ def test_torch_blocks_do_not_matter():
         same_up_to_ties(whole, parts, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(n_ids=25, dim=64, seed=5).features
+MAKE_FACES = dict(n_ids=25, dim=64, seed=5)
 
 
 def recall(found, true):
@@ -156,12 +152,13 @@ def recall(found, true):
 
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
 def test_reduced_precision_recall(faces, precision):
-    exact = build_knn(faces, k=40, backend="torch")
-    nbrs, sims = build_knn(faces, k=40, backend="torch", precision=precision)
+    x = faces.features
+    exact = build_knn(x, k=40, backend="torch")
+    nbrs, sims = build_knn(x, k=40, backend="torch", precision=precision)
     check_rows(nbrs, sims)
     assert recall(nbrs, exact[0]) >= 0.99
     # Re-ranked in float32: every returned similarity is the exact dot product.
-    np.testing.assert_allclose(sims[:, 1:], np.einsum("id,ijd->ij", faces, faces[nbrs[:, 1:]]),
+    np.testing.assert_allclose(sims[:, 1:], np.einsum("id,ijd->ij", x, x[nbrs[:, 1:]]),
                                atol=1e-5)
 
 
@@ -231,9 +228,9 @@ def test_bad_features(bad, error, match):
 @needs_faiss
 def test_approximate_faiss_logs_recall(faces, caplog):
     with caplog.at_level(logging.INFO, logger="sepfl"):
-        nbrs, sims = build_knn(faces, k=30, backend="faiss", exact=False)
+        nbrs, sims = build_knn(faces.features, k=30, backend="faiss", exact=False)
     check_rows(nbrs, sims)
-    exact_nbrs, _ = build_knn(faces, k=30, backend="faiss")
+    exact_nbrs, _ = build_knn(faces.features, k=30, backend="faiss")
     logged = [r.getMessage() for r in caplog.records if "estimated recall" in r.getMessage()]
     assert len(logged) == 1
     estimate = float(logged[0].split("recall@30 ")[1].split()[0])
@@ -242,11 +239,12 @@ def test_approximate_faiss_logs_recall(faces, caplog):
 
 
 def test_estimate_recall(faces):
-    nbrs, _ = build_knn(faces, k=10, backend="torch")
-    assert estimate_recall(faces, nbrs, rows=200) == 1.0
+    x = faces.features
+    nbrs, _ = build_knn(x, k=10, backend="torch")
+    assert estimate_recall(x, nbrs, rows=200) == 1.0
     broken = nbrs.copy()
-    broken[:, 5:] = (broken[:, 5:] + 1) % len(faces)  # half the neighbours now (mostly) wrong
-    assert 0.5 <= estimate_recall(faces, broken, rows=200) < 0.6
+    broken[:, 5:] = (broken[:, 5:] + 1) % len(x)  # half the neighbours now (mostly) wrong
+    assert 0.5 <= estimate_recall(x, broken, rows=200) < 0.6
 
 
 def test_cache_reuse_and_rebuild(tmp_path, caplog, monkeypatch):
@@ -313,14 +311,13 @@ def test_progress_bar(capsys, progress, shown):
 
 
 @pytest.mark.cuda
-@needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_cuda_matches_cpu(faces, precision):
-    x = torch.from_numpy(faces).cuda()
+    x = torch.from_numpy(faces.features).cuda()
     nbrs, sims = build_knn(x, k=40, backend="torch", precision=precision)
     assert nbrs.device.type == "cuda" and sims.device.type == "cuda"
     check_rows(nbrs.cpu().numpy(), sims.cpu().numpy())
-    exact = build_knn(faces, k=40, backend="torch")
+    exact = build_knn(faces.features, k=40, backend="torch")
     if precision == "fp32":
         same_up_to_ties((nbrs.cpu().numpy(), sims.cpu().numpy()), exact)
     else:
@@ -328,7 +325,6 @@ def test_cuda_matches_cpu(faces, precision):
 
 
 @pytest.mark.cuda
-@needs_cuda
 def test_cuda_numpy_input_returns_numpy():
     nbrs, sims = build_knn(circle([0, 30, 100, 250]), k=3, device="cuda")
     assert isinstance(nbrs, np.ndarray)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,15 +10,10 @@ from torch import nn
 from sepfl import ops
 from sepfl.model import PairClassifier
 
+from samples import randomise, reference_embeddings, toy_graph
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second intra-op thread only adds barrier waits, which cost
-    100x on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class AuthorsLayout(nn.Module):
@@ -40,42 +34,6 @@ class AuthorsLayout(nn.Module):
             nn.BatchNorm1d(4 * dim), nn.Linear(4 * dim, 2 * dim), nn.BatchNorm1d(2 * dim),
             nn.GELU(), nn.Dropout(), nn.Linear(2 * dim, dim), nn.BatchNorm1d(dim), nn.GELU(),
             nn.Dropout(), nn.Linear(dim, 2))
-
-
-def randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and non-trivial BatchNorm affine parameters and running statistics."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.normal_(0, 1 / math.sqrt(module.in_features), generator=gen)
-                module.bias.normal_(0, 0.1, generator=gen)
-            elif isinstance(module, nn.BatchNorm1d):
-                module.weight.uniform_(0.5, 1.5, generator=gen)
-                module.bias.normal_(0, 0.2, generator=gen)
-                module.running_mean.normal_(0, 0.5, generator=gen)
-                module.running_var.uniform_(0.3, 3.0, generator=gen)
-    return model
-
-
-def toy_graph(n: int, dim: int, k: int, seed: int, missing: int = 0):
-    """Unit-norm features in a few clusters and their exact kNN table (self at rank 0)."""
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(1, n // 10), dim, generator=gen)
-    x = centres[torch.randint(0, len(centres), (n,), generator=gen)]
-    x = nn.functional.normalize(x + 0.3 * torch.randn(n, dim, generator=gen), dim=1)
-    sims = x @ x.T
-    sims.fill_diagonal_(2.0)
-    nbrs = sims.topk(k, dim=1).indices
-    if missing:
-        rows = torch.randint(0, n, (missing,), generator=gen)
-        nbrs[rows, torch.randint(1, k, (missing,), generator=gen) if k > 1 else 0] = -1
-    return x, nbrs
-
-
-def reference_embeddings(model: PairClassifier, x, nbrs) -> torch.Tensor:
-    with torch.no_grad():
-        return model.embed(x, ops.gather(x, nbrs, torch.arange(len(x))))
 
 
 def test_authors_state_dict_loads_strictly():

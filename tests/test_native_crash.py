@@ -209,6 +209,7 @@ def test_cases_are_distinct():
     assert len({c.id for c in CASES}) == len({c.values[0] for c in CASES}) == len(CASES) >= 12
 
 
+@pytest.mark.slow  # a Python process per case: ~15 s for the table
 @pytest.mark.parametrize("expression, expected", CASES)
 def test_bad_input_is_reported_not_fatal(outcomes, expression, expected):
     """The child exits cleanly (no segfault, abort or hang) and the call raised the

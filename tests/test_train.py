@@ -43,14 +43,14 @@ def small_config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def faces():
+def toy():
     return toy_faces()
 
 
 @pytest.fixture(scope="module")
-def trained(faces, tmp_path_factory):
+def trained(toy, tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "model.pt"
-    model = train(*faces, small_config(), k=K, checkpoint=path)
+    model = train(*toy, small_config(), k=K, checkpoint=path)
     return model, path
 
 
@@ -76,8 +76,8 @@ def test_config_rejects_bad_values(field, value):
         TrainConfig(**{field: value})
 
 
-def test_epoch_pairs_are_balanced(faces):
-    x, labels = faces
+def test_epoch_pairs_are_balanced(toy):
+    x, labels = toy
     graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     config = small_config(pairs_per_epoch=60)
     first, second = (training._epoch_pairs(graph, config, epoch) for epoch in (0, 1))
@@ -94,9 +94,9 @@ def test_epoch_pairs_are_balanced(faces):
     assert np.array_equal(graph.target, (labels[graph.src] == labels[graph.dst]).astype(np.int64))
 
 
-def test_shared_node_logits_match_per_pair_forward(faces):
+def test_shared_node_logits_match_per_pair_forward(toy):
     torch.manual_seed(0)
-    x, labels = faces
+    x, labels = toy
     graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K).eval()
     src = torch.from_numpy(graph.src[:50])
@@ -109,9 +109,9 @@ def test_shared_node_logits_match_per_pair_forward(faces):
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
+def test_mean_attention_embeds_the_neighbour_mean(toy, mode):
     torch.manual_seed(0)
-    x, labels = faces
+    x, labels = toy
     graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K).init_mean_attention()
     getattr(model, mode)()
@@ -124,9 +124,9 @@ def test_mean_attention_embeds_the_neighbour_mean(faces, mode):
     assert float((expected[:, 16:] - mean).abs().max()) <= 1e-6
 
 
-def test_warm_up_trains_only_the_classifier(faces):
+def test_warm_up_trains_only_the_classifier(toy):
     torch.manual_seed(0)
-    x, labels = faces
+    x, labels = toy
     graph = training._training_graph(x, labels, K, RANKS, None, torch.device("cpu"), 0)
     model = PairClassifier(16, K)
     before = {name: value.clone() for name, value in model.state_dict().items()}
@@ -144,8 +144,8 @@ def test_warm_up_trains_only_the_classifier(faces):
     assert balanced_accuracy > 0.75  # chance is 0.5
 
 
-def test_training_learns_and_writes_a_checkpoint(faces, trained):
-    x, _ = faces
+def test_training_learns_and_writes_a_checkpoint(toy, trained):
+    x, _ = toy
     model, path = trained
     assert not model.training
     checkpoint = load_checkpoint(path, dim=16, k=K)
@@ -165,16 +165,17 @@ def test_training_learns_and_writes_a_checkpoint(faces, trained):
         assert torch.equal(checkpoint["model"].state_dict()[name], value), name
 
 
-def test_training_is_deterministic(faces, trained, tmp_path):
-    again = train(*faces, small_config(), k=K)
+@pytest.mark.slow
+def test_training_is_deterministic(toy, trained, tmp_path):
+    again = train(*toy, small_config(), k=K)
     for name, value in trained[0].state_dict().items():
         assert torch.equal(again.state_dict()[name], value), name
-    other = train(*faces, small_config(seed=1), k=K)
+    other = train(*toy, small_config(seed=1), k=K)
     assert not torch.equal(other.channel_mix[0].weight, again.channel_mix[0].weight)
 
 
 @pytest.mark.parametrize("crash_in", ["epoch 2", "refit"])
-def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch, crash_in):
+def test_resume_is_bit_identical(toy, trained, tmp_path, monkeypatch, crash_in):
     path = tmp_path / "interrupted.pt"
     real_epoch, real_refit = training._train_epoch, training._refit
 
@@ -191,18 +192,18 @@ def test_resume_is_bit_identical(faces, trained, tmp_path, monkeypatch, crash_in
     else:
         monkeypatch.setattr(training, "_train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train(*faces, small_config(), k=K, checkpoint=path)
+        train(*toy, small_config(), k=K, checkpoint=path)
     assert load_checkpoint(path)["epoch"] == (4 if crash_in == "refit" else 1)
     monkeypatch.setattr(training, "_train_epoch", real_epoch)
     monkeypatch.setattr(training, "_refit", real_refit)
-    resumed = train(*faces, small_config(progress=True), k=K, checkpoint=path)
+    resumed = train(*toy, small_config(progress=True), k=K, checkpoint=path)
     for name, value in trained[0].state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
     assert [h["epoch"] for h in load_checkpoint(path)["history"]] == [0, 1, 2, 3, 4, 5, 6]
 
 
-def test_resume_refuses_other_data_or_settings(faces, trained):
-    x, labels = faces
+def test_resume_refuses_other_data_or_settings(toy, trained):
+    x, labels = toy
     _, path = trained
     with pytest.raises(ValueError, match="other data"):
         train(x[::-1].copy(), labels[::-1].copy(), small_config(), k=K, checkpoint=path)
@@ -210,14 +211,14 @@ def test_resume_refuses_other_data_or_settings(faces, trained):
         train(x, labels, small_config(lr=0.5), k=K, checkpoint=path)
 
 
-def test_finished_checkpoint_returns_without_training(faces, trained, monkeypatch):
+def test_finished_checkpoint_returns_without_training(toy, trained, monkeypatch):
     monkeypatch.setattr(training, "_train_epoch", None)
-    model = train(*faces, small_config(), k=K, checkpoint=trained[1])
+    model = train(*toy, small_config(), k=K, checkpoint=trained[1])
     assert torch.equal(model.classifier[9].weight, trained[0].classifier[9].weight)
 
 
-def test_validation_history(faces, tmp_path):
-    x, labels = faces
+def test_validation_history(toy, tmp_path):
+    x, labels = toy
     val_x, val_labels = toy_faces(n_ids=10, seed=1)
     path = tmp_path / "v.pt"
     train(x, labels, small_config(epochs=2), k=K, validation=(val_x, val_labels + 100),
@@ -266,8 +267,8 @@ def test_load_rejects_bad_files(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_bad_training_input(faces):
-    x, labels = faces
+def test_bad_training_input(toy):
+    x, labels = toy
     with pytest.raises(ValueError, match="two identities"):
         train(x, np.zeros(len(x), dtype=np.int64), small_config(), k=K)
     with pytest.raises(ValueError, match="no positive"):
