@@ -174,10 +174,11 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
     with watch.stage("scores"):
         scores = pair_scores(model, config, scheme, e, src, dst, stats)
+    grouping = grouping_of(model, config, scheme)
     with watch.stage(GROUP_STAGE[scheme]):
-        labels, threshold = group(model, config, scheme, src, dst, scores, features.shape[0])
+        labels = group(src, dst, scores, features.shape[0], grouping)
     return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
-                         dst=to_numpy(dst), scores=to_numpy(scores), threshold=threshold,
+                         dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
                          timings=watch.timings, scheme=scheme, features=to_numpy(features),
                          nbrs=to_numpy(nbrs), sims=to_numpy(sims), embeddings=to_numpy(e))
 
@@ -219,19 +220,27 @@ def pair_scores(model: PairClassifier, config: ClusterConfig, scheme: str, e: to
     return model.score_pairs(e, src, dst, batch_size=config.pair_batch_size, bf16=config.bf16)
 
 
-def group(model: PairClassifier, config: ClusterConfig, scheme: str, src: Array, dst: Array,
-          scores: Array, num_nodes: int) -> Tuple[np.ndarray, float]:
-    """Labels int64 [num_nodes] from scored pairs (int64 [P], float32 [P]), and the threshold.
+def grouping_of(model: PairClassifier, config: ClusterConfig,
+                scheme: str) -> Tuple[str, float, float]:
+    """How :func:`group` joins the scored pairs: (grouping, threshold, markov_time).
 
-    "edges": :func:`sepfl.edges.group_edges` as :func:`edge_grouping` says;
-    "sepfl": union-find of the pairs above the threshold (0.5 unless configured).
+    "edges": :func:`edge_grouping`; "sepfl": ("link", the threshold, unused 1.0),
+    union-find of the pairs above the threshold (0.5 unless configured).
     """
     if scheme == "edges":
-        grouping, threshold, markov_time = edge_grouping(model, config)
-        return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes,
-                                 grouping, threshold, markov_time), threshold
-    threshold = 0.5 if config.threshold is None else config.threshold
-    return to_numpy(ops.link(src, dst, scores, threshold, num_nodes)), threshold
+        return edge_grouping(model, config)
+    return "link", 0.5 if config.threshold is None else config.threshold, 1.0
+
+
+def group(src: Array, dst: Array, scores: Array, num_nodes: int,
+          grouping: Tuple[str, float, float]) -> np.ndarray:
+    """Labels int64 [num_nodes] of pairs ``src``, ``dst`` (int64 [P]) scored ``scores``
+    (float32 [P]), grouped as ``grouping`` (:func:`grouping_of`) says."""
+    how, threshold, markov_time = grouping
+    if how == "link":
+        return to_numpy(ops.link(src, dst, scores, threshold, num_nodes))
+    return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes, how,
+                             threshold, markov_time)
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
