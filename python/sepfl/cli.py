@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -389,6 +390,7 @@ def cmd_train(args: argparse.Namespace) -> str:
 
 
 def cmd_cluster(args: argparse.Namespace) -> str:
+    from sepfl.distributed import DistributedError, is_rank_zero
     from sepfl.estimator import SEPFL
     from sepfl.metrics import evaluate
 
@@ -402,6 +404,10 @@ def cmd_cluster(args: argparse.Namespace) -> str:
                 raise UserError(f"--{flag} applies to the first call with --state {args.state}; "
                                 f"this one adds to the clustering held there")
     given = _given(ClusterConfig, args)
+    if given.get("distributed"):
+        for flag in ("state", "report"):
+            if getattr(args, flag):
+                raise UserError(f"--{flag} is not supported with --distributed")
     load = ((lambda: SEPFL.load(state if extend else args.checkpoint, **given))
             if extend or args.checkpoint else (lambda: SEPFL.pretrained(**given)))
     estimator = _user_errors(load)
@@ -411,7 +417,13 @@ def cmd_cluster(args: argparse.Namespace) -> str:
     gt = _read_labels_for(args.labels, features, args.features) if args.labels else None
     _check_model(estimator.model_, features, args.features, args)
     knn = _read_knn_for(args.knn, features, args.features, config.k) if args.knn else None
-    labels = estimator.add(features) if extend else estimator.predict(features, knn=knn)
+    try:
+        labels = estimator.add(features) if extend else estimator.predict(features, knn=knn)
+    except DistributedError as err:
+        raise UserError(str(err)) from None  # one line, not a traceback per rank
+    # rank 0 alone reports and writes the outputs
+    if config.distributed and not is_rank_zero():
+        return f"rank {os.environ['RANK']}: {len(estimator.result_.rows):,} rows clustered"
     if gt is not None:
         print(_metrics_table([("sepfl", evaluate(gt, labels))]))
     outputs = [(out, lambda: io.write_labels(out, labels))]

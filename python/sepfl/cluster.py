@@ -34,6 +34,9 @@ from sepfl.model import PairClassifier
 
 log = logging.getLogger("sepfl")
 
+# the last stage's name in ClusterResult.timings, by scheme
+GROUP_STAGE = {"edges": "group", "sepfl": "link"}
+
 
 @dataclasses.dataclass
 class ClusterResult:
@@ -117,6 +120,9 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
     model : PairClassifier
         Trained for this D and k; it is switched to eval mode and moved to the device.
     config : ClusterConfig, optional
+        With ``distributed=True``, every process of a torch.distributed job
+        calls this with the same arguments and clusters its shard of the rows
+        (:func:`sepfl.distributed.cluster_sharded`).
     knn : (nbrs int [N, k], sims float [N, k]), optional
         A precomputed kNN graph (self at rank 0); built when None.
     knn_cache : str, optional
@@ -133,13 +139,12 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         D or k not the model's, non-finite or all-zero rows, fewer than k + 1 samples.
     """
     config = config or ClusterConfig()
+    if config.distributed:
+        from sepfl.distributed import cluster_sharded
+
+        return cluster_sharded(features, model, config, knn=knn, knn_cache=knn_cache)
+    features = check_inputs(features, model, config)
     device = resolve_device(config.device)
-    if config.k != model.k:
-        raise ValueError(f"config.k = {config.k} but the model was built for k = {model.k}")
-    features = as_values(features, "features", 2)
-    if features.shape[1] != model.dim:
-        raise ValueError(f"features have D = {features.shape[1]} but the model was built "
-                         f"for D = {model.dim}")
     watch = _Stopwatch(device)
     with watch.stage("normalize"):
         features = to_tensor(normalize_features(features), device)
@@ -151,10 +156,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
                                    progress=config.progress)
         else:
             nbrs, sims = knn
-        nbrs, sims = to_tensor(nbrs, device), to_tensor(sims, device)
-        if nbrs.shape != (features.shape[0], config.k):
-            raise ValueError(f"knn table has shape {tuple(nbrs.shape)}, expected "
-                             f"({features.shape[0]}, {config.k})")
+        nbrs, sims = checked_knn(nbrs, sims, range(features.shape[0]), config.k, device)
     with watch.stage("density"):
         density = ops.density(sims, config.rho)
     model = model.to(device).eval()
@@ -162,21 +164,83 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         e = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
                                   bf16=config.bf16, progress=config.progress)
     scheme = resolve_scheme(model, config)
+    stats = None
     if scheme == "edges":
-        src, dst, scores, threshold, labels = _edges_scheme(model, e, nbrs, sims, config, watch)
+        with watch.stage("edges"):
+            src, dst, rank = edges.candidate_edges(nbrs, candidates(model, config))
+            stats = edges.edge_statistics(e, nbrs, sims, src, dst, rank)
     else:
-        threshold = 0.5 if config.threshold is None else config.threshold
         with watch.stage("pairs"):
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
-        with watch.stage("scores"):
-            scores = model.score_pairs(e, src, dst, batch_size=config.pair_batch_size,
-                                       bf16=config.bf16)
-        with watch.stage("link"):
-            labels = to_numpy(ops.link(src, dst, scores, threshold, features.shape[0]))
+    with watch.stage("scores"):
+        scores = pair_scores(model, config, scheme, e, src, dst, stats)
+    grouping = grouping_of(model, config, scheme)
+    with watch.stage(GROUP_STAGE[scheme]):
+        labels = group(src, dst, scores, features.shape[0], grouping)
     return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
-                         dst=to_numpy(dst), scores=to_numpy(scores), threshold=threshold,
+                         dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
                          timings=watch.timings, scheme=scheme, features=to_numpy(features),
                          nbrs=to_numpy(nbrs), sims=to_numpy(sims), embeddings=to_numpy(e))
+
+
+def check_inputs(features: Array, model: PairClassifier, config: ClusterConfig) -> Array:
+    """``features`` as float32 [N, D] once D and ``config.k`` are the model's (ValueError)."""
+    if config.k != model.k:
+        raise ValueError(f"config.k = {config.k} but the model was built for k = {model.k}")
+    features = as_values(features, "features", 2)
+    if features.shape[1] != model.dim:
+        raise ValueError(f"features have D = {features.shape[1]} but the model was built "
+                         f"for D = {model.dim}")
+    return features
+
+
+def checked_knn(nbrs: Array, sims: Array, rows: range, k: int,
+                device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kNN lists of ``rows`` as tensors on ``device``: int64 / float32 [len(rows), k]."""
+    nbrs, sims = to_tensor(nbrs, device), to_tensor(sims, device)
+    if nbrs.shape != (len(rows), k):
+        raise ValueError(f"knn table has shape {tuple(nbrs.shape)}, expected "
+                         f"({len(rows)}, {k})")
+    return nbrs, sims
+
+
+def candidates(model: PairClassifier, config: ClusterConfig) -> int:
+    """Candidate edges per sample of the "edges" scheme (``config.candidates``, below k)."""
+    return min(config.candidates, model.k - 1)
+
+
+def pair_scores(model: PairClassifier, config: ClusterConfig, scheme: str, e: torch.Tensor,
+                src: torch.Tensor, dst: torch.Tensor,
+                stats: Optional[torch.Tensor]) -> torch.Tensor:
+    """P(same identity) float32 [P] of each pair: the edge head's from ``stats`` [P, 13]
+    ("edges"), or the pair classifier's from the embeddings ``e`` [N, 2D] of the pairs'
+    ends ``src``, ``dst`` (int64 [P]) ("sepfl")."""
+    if scheme == "edges":
+        return model.edge_head.to(e.device).eval().probability(stats)
+    return model.score_pairs(e, src, dst, batch_size=config.pair_batch_size, bf16=config.bf16)
+
+
+def grouping_of(model: PairClassifier, config: ClusterConfig,
+                scheme: str) -> Tuple[str, float, float]:
+    """How :func:`group` joins the scored pairs: (grouping, threshold, markov_time).
+
+    "edges": :func:`edge_grouping`; "sepfl": ("link", the threshold, unused 1.0),
+    union-find of the pairs above the threshold (0.5 unless configured).
+    """
+    if scheme == "edges":
+        return edge_grouping(model, config)
+    return "link", 0.5 if config.threshold is None else config.threshold, 1.0
+
+
+def group(src: Array, dst: Array, scores: Array, num_nodes: int,
+          grouping: Tuple[str, float, float]) -> np.ndarray:
+    """Labels int64 [num_nodes] of pairs ``src``, ``dst`` (int64 [P]) scored ``scores``
+    (float32 [P]), grouped as ``grouping`` (:func:`grouping_of`) says."""
+    how, threshold, markov_time = grouping
+    if how == "link":
+        return to_numpy(ops.link(src, dst, scores, threshold, num_nodes))
+    return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes, how,
+                             threshold, markov_time)
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
@@ -207,19 +271,3 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Tuple[str, fl
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
     return grouping, threshold, markov_time
-
-
-def _edges_scheme(model: PairClassifier, e: torch.Tensor, nbrs: torch.Tensor,
-                  sims: torch.Tensor, config: ClusterConfig, watch: _Stopwatch):
-    """Candidate edges, their P(same) from the edge head, and the grouped labels."""
-    head = model.edge_head.to(e.device).eval()
-    grouping, threshold, markov_time = edge_grouping(model, config)
-    with watch.stage("edges"):
-        src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, model.k - 1))
-        stats = edges.edge_statistics(e, nbrs, sims, src, dst, rank)
-    with watch.stage("scores"):
-        scores = head.probability(stats)
-    with watch.stage("group"):
-        labels = edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), e.shape[0],
-                                   grouping, threshold, markov_time)
-    return src, dst, scores, threshold, labels

@@ -77,6 +77,14 @@ class ClusterConfig:
         Show progress bars for long stages.
     threads : int or None
         torch threads for the run; None keeps torch's setting (see sepfl._threads).
+    distributed : bool
+        Shard the run over the processes of a torch.distributed job (launched
+        by torchrun; :mod:`sepfl.distributed`): each process clusters a
+        contiguous share of the rows and every process gets all the labels.
+    distributed_timeout : float
+        Seconds a process waits on the others at a collective before it fails
+        (a process that died or failed makes the others stop with an error
+        instead of hanging).
     """
 
     k: int = 80
@@ -97,6 +105,8 @@ class ClusterConfig:
     bf16: Optional[bool] = None
     progress: bool = True
     threads: Optional[int] = None
+    distributed: bool = False
+    distributed_timeout: float = 1800.0
 
     def __post_init__(self) -> None:
         check_positive_int(self.k, "k", minimum=2)
@@ -116,6 +126,9 @@ class ClusterConfig:
         check_positive_int(self.pair_batch_size, "pair_batch_size")
         check_device(self.device)
         check_threads(self.threads)
+        if not self.distributed_timeout > 0:
+            raise ValueError(f"distributed_timeout must be > 0 seconds, got "
+                             f"{self.distributed_timeout}")
 
 
 @dataclasses.dataclass

@@ -226,6 +226,11 @@ class SEPFL:
         knn : (nbrs [N, k], sims [N, k]), optional
             A precomputed kNN graph.
 
+        With ``distributed=True`` every process of a torchrun job calls this
+        with the same X (:mod:`sepfl.distributed`); each gets all the labels,
+        and ``result_`` holds its shard's rows (no ``state_``: ``add`` is not
+        supported).
+
         Returns
         -------
         labels : int64 ndarray [N]
@@ -237,7 +242,11 @@ class SEPFL:
         config = self.cluster_config
         with torch_threads(config.threads):
             self.result_: ClusterResult = cluster(X, self.model_, config, knn=knn)
-        self.state_ = incremental.State.of(self.result_)
+        if config.distributed:
+            # a rank holds its shard's rows only: nothing for add() to continue from
+            self.__dict__.pop("state_", None)
+        else:
+            self.state_ = incremental.State.of(self.result_)
         self.labels_ = self.result_.labels
         return self.labels_
 
@@ -263,6 +272,8 @@ class SEPFL:
         ValueError
             No clustering held yet (call ``predict`` first), or D not the model's.
         """
+        if self.distributed:
+            raise ValueError("add() does not run distributed: set distributed=False")
         if not hasattr(self, "state_"):
             raise ValueError("add() continues a clustering: call predict() (or load a state "
                              "saved after one) first")

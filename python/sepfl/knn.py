@@ -73,8 +73,8 @@ _RECALL_ROWS = 1000
 def build_knn(features: Array, k: int = 80, backend: str = "auto",
               device: Union[str, torch.device, None] = None, exact: bool = True,
               precision: str = "fp32", cache: Union[str, Path, None] = None,
-              chunk_size: Optional[int] = None,
-              progress: Optional[bool] = None) -> Tuple[Array, Array]:
+              chunk_size: Optional[int] = None, progress: Optional[bool] = None,
+              rows: Optional[range] = None) -> Tuple[Array, Array]:
     """The k nearest neighbours of every sample by cosine similarity, the sample itself first.
 
     Parameters
@@ -102,10 +102,14 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
         (CUDA) block.
     progress : bool, optional
         tqdm bar on stderr. Default: shown for builds of more than a few seconds.
+    rows : range, optional
+        Only the lists of these rows (a contiguous ``range(start, stop)``, step
+        1), searched among all N rows: a distributed rank's shard
+        (:mod:`sepfl.distributed`). Not with ``cache``.
 
     Returns
     -------
-    nbrs : int64 [N, k]
+    nbrs : int64 [N, k] (or [len(rows), k])
         ``nbrs[i, 0] == i``; then neighbours by decreasing similarity (ties in
         any order).
     sims : float32 [N, k]
@@ -126,6 +130,7 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     """
     x = as_values(features, "features", 2)
     k = _check_k(k, x.shape[0])
+    rows = _check_rows(rows, x.shape[0], cache)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     where = _compute_device(x, device)
@@ -136,9 +141,9 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     if found is None:
         show = _show_progress(progress, *x.shape)
         if backend == "faiss":
-            found = _faiss_knn(to_numpy(x), k, exact, where, chunk_size, show)
+            found = _faiss_knn(to_numpy(x), k, exact, where, chunk_size, show, rows)
         else:
-            found = _torch_knn(_to_tensor(x, where), k, precision, chunk_size, show)
+            found = _torch_knn(_to_tensor(x, where), k, precision, chunk_size, show, rows)
         if cache is not None:
             write_knn(cache, *found, features=x,
                       meta={"exact": exact_build, "backend": backend, "precision": precision})
@@ -154,6 +159,18 @@ def _check_k(k: int, n: int) -> int:
         raise ValueError(f"k must satisfy 2 <= k < N = {n} (rank 0 is the sample itself), "
                          f"got k={k}")
     return k
+
+
+def _check_rows(rows: Optional[range], n: int, cache: Union[str, Path, None]) -> range:
+    """``rows`` (all N rows when None) once it is a contiguous range inside ``[0, N)``."""
+    if rows is None:
+        return range(n)
+    if not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start <= rows.stop <= n:
+        raise ValueError(f"rows must be a range(start, stop) with 0 <= start <= stop <= N = {n}, "
+                         f"got {rows!r}")
+    if cache is not None:
+        raise ValueError("a kNN cache holds every row: pass rows or cache, not both")
+    return rows
 
 
 def _compute_device(x: Array, device: Union[str, torch.device, None]) -> torch.device:
@@ -357,9 +374,9 @@ def _rerank(x: torch.Tensor, part: torch.Tensor, idx: torch.Tensor,
 
 
 def _torch_knn(x: torch.Tensor, k: int, precision: str, chunk_size: Optional[int],
-               show: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.arange(x.shape[0], device=x.device)
-    return _torch_search(x, rows, k, precision, chunk_size, show)
+               show: bool, rows: range) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _torch_search(x, torch.arange(rows.start, rows.stop, device=x.device), k, precision,
+                         chunk_size, show)
 
 
 # --------------------------------------------------------------------------- faiss backend
@@ -377,7 +394,8 @@ def _faiss_index(faiss: Any, x: np.ndarray, exact: bool) -> Any:
 
 
 def _faiss_knn(x: np.ndarray, k: int, exact: bool, where: torch.device,
-               chunk_size: Optional[int], show: bool) -> Tuple[np.ndarray, np.ndarray]:
+               chunk_size: Optional[int], show: bool,
+               rows: range) -> Tuple[np.ndarray, np.ndarray]:
     faiss = _faiss()
     index = _faiss_index(faiss, x, exact)
     resources = None
@@ -388,58 +406,64 @@ def _faiss_knn(x: np.ndarray, k: int, exact: bool, where: torch.device,
         else:
             logger.info("faiss has no GPU support here; searching on the CPU")
     index.add(x)
-    n = x.shape[0]
+    n = len(rows)
     nbrs = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
     block = chunk_size or _FAISS_BLOCK
     with _bar(n, show) as bar:
         for start in range(0, n, block):
+            first = rows.start + start
             sims[start:start + block], nbrs[start:start + block] = \
-                index.search(np.ascontiguousarray(x[start:start + block]), k)
+                index.search(np.ascontiguousarray(x[first:first + min(block, n - start)]), k)
             bar.update(min(block, n - start))
     del index, resources
-    _finish_rows(nbrs, sims)
+    _finish_rows(nbrs, sims, rows.start)
     if not exact:
-        recall = estimate_recall(x, nbrs)
+        recall = estimate_recall(x, nbrs, first=rows.start)
         logger.info("approximate kNN (faiss IVF): estimated recall@%d %.4f on %d sampled rows",
                     k, recall, min(n, _RECALL_ROWS))
     return nbrs, sims
 
 
-def _finish_rows(nbrs: np.ndarray, sims: np.ndarray) -> None:
-    """In place: mark empty slots, put each row's own index first with sim 1, clamp to [-1, 1]."""
+def _finish_rows(nbrs: np.ndarray, sims: np.ndarray, first: int = 0) -> None:
+    """In place: mark empty slots, put each row's own index first with sim 1, clamp to [-1, 1].
+
+    Row i of the tables is the list of sample ``first + i``.
+    """
     missing = nbrs < 0
     nbrs[missing] = -1
     sims[missing] = -1.0
-    rows = np.arange(nbrs.shape[0])
-    fix = np.flatnonzero(nbrs[:, 0] != rows)
+    own = np.arange(first, first + nbrs.shape[0])
+    fix = np.flatnonzero(nbrs[:, 0] != own)
     if len(fix):
         sub_n, sub_s = nbrs[fix], sims[fix]
-        is_self = sub_n == fix[:, None]
+        is_self = sub_n == own[fix, None]
         # Rows holding themselves further down: a stable sort moves self first, the rest keep order.
         order = np.argsort(~is_self, axis=1, kind="stable")
         sub_n, sub_s = np.take_along_axis(sub_n, order, 1), np.take_along_axis(sub_s, order, 1)
         # Rows missing themselves (more than k duplicates, or an approximate index): insert.
         absent = ~is_self.any(axis=1)
         sub_n[absent, 1:], sub_s[absent, 1:] = sub_n[absent, :-1], sub_s[absent, :-1]
-        sub_n[absent, 0] = fix[absent]
+        sub_n[absent, 0] = own[fix[absent]]
         nbrs[fix], sims[fix] = sub_n, sub_s
     sims[:, 0] = 1.0
     np.clip(sims, -1.0, 1.0, out=sims)
 
 
 def estimate_recall(features: np.ndarray, nbrs: np.ndarray, rows: int = _RECALL_ROWS,
-                    seed: int = 0) -> float:
+                    seed: int = 0, first: int = 0) -> float:
     """Share of true k nearest neighbours found by ``nbrs``, on a sample of rows.
 
     Parameters
     ----------
     features : float32 [N, D], unit rows
-    nbrs : int [N, k]
-        An (approximate) kNN table of ``features``.
+    nbrs : int [M, k]
+        An (approximate) kNN table of rows ``first .. first + M - 1`` of ``features``.
     rows : int
         How many rows to check against brute force (fp32).
     seed : int
+    first : int
+        The sample of ``nbrs``' first row.
 
     Returns
     -------
@@ -448,7 +472,7 @@ def estimate_recall(features: np.ndarray, nbrs: np.ndarray, rows: int = _RECALL_
     n, k = nbrs.shape
     picked = np.sort(np.random.default_rng(seed).choice(n, min(n, rows), replace=False))
     x = _to_tensor(features, torch.device("cpu"))
-    true, _ = _torch_search(x, torch.from_numpy(picked), k, "fp32", None, False)
+    true, _ = _torch_search(x, torch.from_numpy(picked + first), k, "fp32", None, False)
     found = np.asarray(nbrs)[picked]
     hits = (found[:, :, None] == true.numpy()[:, None, :]).any(axis=2)
     return float(hits.mean())

@@ -325,21 +325,69 @@ class PairClassifier(nn.Module):
             Wrong dtypes, shapes (D or k not the model's), non-finite features,
             or neighbour indices outside ``[-1, N)``.
         """
+        features = self._check_features(features)
+        nbrs = self._check_lists(nbrs, "nbrs", features, features.shape[0])
+        if nodes is None:
+            return self._embed_rows(features, nbrs, features.shape[0], batch_size, bf16,
+                                    factorised, progress)
+        nodes = _check_nodes(nodes, features)
+        return self._embed_rows(*_local_rows(features, nbrs[nodes], nodes), nodes.numel(),
+                                batch_size, bf16, factorised, progress)
+
+    @torch.no_grad()
+    def embed_nodes(self, features: Array, nodes: Array, lists: Array, batch_size: int = 2048,
+                    bf16: Optional[bool] = None, factorised: bool = True,
+                    progress: bool = False) -> torch.Tensor:
+        """``e_u`` of ``nodes`` from their own kNN lists, without the other samples' lists.
+
+        :meth:`node_embeddings` with ``nodes``, for a caller that holds only
+        the lists of ``nodes`` (a shard of a distributed run,
+        :mod:`sepfl.distributed`).
+
+        Parameters
+        ----------
+        features : float [N, D]
+            Every sample's features (the lists index them).
+        nodes : int [M]
+            Distinct indices in ``[0, N)``.
+        lists : int [M, k]
+            ``lists[i]`` is the kNN list of ``nodes[i]`` (self at rank 0, -1 missing).
+        batch_size, bf16, factorised, progress
+            As in :meth:`node_embeddings`.
+
+        Returns
+        -------
+        e : float32 Tensor [M, 2D]
+            Row i is ``e`` of ``nodes[i]``, as :meth:`node_embeddings` gives it
+            (up to float rounding: the nodes share tiles differently).
+        """
+        features = self._check_features(features)
+        nodes = _check_nodes(nodes, features)
+        lists = self._check_lists(lists, "lists", features, nodes.numel())
+        return self._embed_rows(*_local_rows(features, lists, nodes), nodes.numel(), batch_size,
+                                bf16, factorised, progress)
+
+    def _check_features(self, features: Array) -> torch.Tensor:
+        """``features`` as a finite float32 tensor [N, D] (TypeError / ValueError otherwise)."""
         features = as_values(features, "features", 2, shape=(None, self.dim))
         features = features if is_tensor(features) else torch.from_numpy(features)
-        nbrs = as_indices(nbrs, "nbrs", 2, shape=(features.shape[0], self.k))
-        nbrs = (nbrs if is_tensor(nbrs) else torch.from_numpy(nbrs)).to(features.device)
-        batch_size = check_positive_int(batch_size, "batch_size")
         check_finite(features, "features")
-        check_index_range(nbrs, "nbrs", features.shape[0], allow_missing=True)
-        if nodes is not None:
-            nodes = as_indices(nodes, "nodes", 1)
-            nodes = (nodes if is_tensor(nodes) else torch.from_numpy(nodes)).to(features.device)
-            check_index_range(nodes, "nodes", features.shape[0])
-            if torch.unique(nodes).numel() != nodes.numel():
-                raise ValueError("nodes must not repeat an index")
-            features, nbrs = _local_rows(features, nbrs, nodes)
-        count = features.shape[0] if nodes is None else nodes.numel()
+        return features
+
+    def _check_lists(self, lists: Array, name: str, features: torch.Tensor,
+                     rows: int) -> torch.Tensor:
+        """kNN lists as an int64 tensor [rows, k] on the features' device, entries in [-1, N)."""
+        lists = as_indices(lists, name, 2, shape=(rows, self.k))
+        lists = (lists if is_tensor(lists) else torch.from_numpy(lists)).to(features.device)
+        check_index_range(lists, name, features.shape[0], allow_missing=True)
+        return lists
+
+    def _embed_rows(self, features: torch.Tensor, nbrs: torch.Tensor, count: int,
+                    batch_size: int, bf16: Optional[bool], factorised: bool,
+                    progress: bool) -> torch.Tensor:
+        """``e`` [count, 2D] of rows 0..count-1 of ``features`` [U, D] from ``nbrs``
+        (int64 [U, k]; only its first ``count`` rows are read), checked inputs."""
+        batch_size = check_positive_int(batch_size, "batch_size")
         self._check_inference(features.device)
         dtype = _compute_dtype(features.device, bf16)
         folded = self._folded_weights(dtype)
@@ -412,16 +460,25 @@ class PairClassifier(nn.Module):
 # --------------------------------------------------------------------- fast inference path
 
 
-def _local_rows(features: torch.Tensor, nbrs: torch.Tensor,
+def _check_nodes(nodes: Array, features: torch.Tensor) -> torch.Tensor:
+    """``nodes`` as distinct int64 indices [M] in ``[0, N)`` on the features' device."""
+    nodes = as_indices(nodes, "nodes", 1)
+    nodes = (nodes if is_tensor(nodes) else torch.from_numpy(nodes)).to(features.device)
+    check_index_range(nodes, "nodes", features.shape[0])
+    if torch.unique(nodes).numel() != nodes.numel():
+        raise ValueError("nodes must not repeat an index")
+    return nodes
+
+
+def _local_rows(features: torch.Tensor, lists: torch.Tensor,
                 nodes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The rows :meth:`PairClassifier.node_embeddings` needs to embed ``nodes`` [M] only.
+    """The rows needed to embed ``nodes`` [M] only, given their kNN lists [M, k].
 
     Returns ``features`` [U, D] of ``nodes`` followed by their other kNN
     entries, and a kNN table [U, k] of those rows whose first M rows are the
     lists of ``nodes`` renumbered (-1 kept) and the others empty (-1), so the
     embedding of ``nodes[i]`` is row i of a full call on them.
     """
-    lists = nbrs[nodes]
     local = torch.full((features.shape[0],), -1, dtype=torch.int64, device=features.device)
     local[nodes] = torch.arange(nodes.numel(), device=features.device)
     entries = torch.unique(lists[lists >= 0])
@@ -429,7 +486,7 @@ def _local_rows(features: torch.Tensor, nbrs: torch.Tensor,
     local[others] = torch.arange(nodes.numel(), nodes.numel() + others.numel(),
                                  device=features.device)
     rows = torch.cat([nodes, others])
-    table = torch.full((rows.numel(), nbrs.shape[1]), -1, dtype=torch.int64,
+    table = torch.full((rows.numel(), lists.shape[1]), -1, dtype=torch.int64,
                        device=features.device)
     table[:nodes.numel()] = torch.where(lists < 0, -1, local[lists.clamp_min(0)])
     return features[rows], table

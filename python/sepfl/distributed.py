@@ -1,0 +1,440 @@
+"""Sharded clustering on torch.distributed: ``cluster(..., ClusterConfig(distributed=True))``.
+
+Launched by ``torchrun --nproc-per-node=G`` (with ``--nnodes`` for several
+machines), every process (a *rank*) calls :func:`sepfl.cluster.cluster` with
+the same arguments. The process group is created from torchrun's environment
+when the caller has not made one (gloo on the CPU, NCCL on GPUs, one GPU per
+rank: ``cuda:LOCAL_RANK``), with ``config.distributed_timeout``. Rank r of G
+owns the contiguous rows ``bounds[r]:bounds[r + 1]`` (:func:`shard_bounds`) and
+holds only their share of the per-node arrays: kNN lists and similarities,
+density, embeddings. Stage by stage:
+
+normalize
+    each rank normalises its own rows (of a memory map, only those are read),
+    then they are all-gathered: every rank holds the normalised features,
+    float32 [N, D] (N·D·4 bytes: 5.3 GB for 5.21M x 256), which its kNN search
+    and the embeddings of its shard's neighbours read.
+knn
+    the shard's rows searched against all rows (:func:`sepfl.knn.build_knn` with ``rows``).
+density
+    the shard's densities, normalised by the maxima over all ranks (one all-reduce).
+embeddings
+    the shard's rows (:meth:`PairClassifier.embed_nodes`).
+edges / pairs
+    "edges": the shard's candidate edges; their statistics also read the far
+    end's embedding, list and similarities, and only those rows are fetched
+    from their owners (:meth:`_Group.fetch`, two all-to-alls). "sepfl": the
+    densities of the shard's remote kNN entries are fetched, each shard row
+    picks its first denser neighbour, then the partners' embeddings are fetched.
+scores
+    each rank scores its shard's pairs.
+group / link
+    the scored pairs are gathered on rank 0 and grouped there by the
+    single-process function (:func:`sepfl.cluster.group`); the labels are broadcast.
+
+Every rank gets all N labels, the same partition as a single process up to
+float rounding: the shard's rows share node tiles differently in the network
+(:meth:`PairClassifier.embed_nodes`), so an embedding, and a score near the
+threshold, can differ in the last bits. kNN lists, similarities and (on the
+CPU) densities are bit for bit the single process's.
+
+Failures: a rank that raises or dies makes the others raise
+:class:`DistributedError`, naming the stage, at their next collective (at the
+latest after ``distributed_timeout`` seconds) instead of hanging.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sepfl import edges, ops
+from sepfl._validate import Array, to_numpy, to_tensor
+from sepfl.cluster import (GROUP_STAGE, ClusterResult, _Stopwatch, candidates, check_inputs,
+                           checked_knn, group, grouping_of, pair_scores, resolve_scheme)
+from sepfl.config import ClusterConfig
+from sepfl.device import resolve_device
+from sepfl.features import normalize_features
+from sepfl.knn import build_knn
+from sepfl.model import PairClassifier
+
+__all__ = ["DistributedError", "ShardResult", "cluster_sharded", "is_rank_zero", "shard_bounds"]
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: another rank raised, died or did not answer within the timeout."""
+
+
+@dataclasses.dataclass
+class ShardResult(ClusterResult):
+    """What one rank of :func:`cluster_sharded` found.
+
+    ``labels`` are all N labels (the same on every rank); ``density``,
+    ``features``, ``nbrs``, ``sims`` and ``embeddings`` hold the shard's rows
+    only, and ``src``, ``dst``, ``scores`` the pairs whose ``src`` is in the
+    shard (global indices).
+
+    Attributes
+    ----------
+    rows : range
+        The samples of the shard: row i of the per-node arrays is sample ``rows[i]``.
+    """
+
+    rows: range
+
+
+def shard_bounds(n: int, world: int) -> List[int]:
+    """Row bounds of ``world`` contiguous shards of ``n`` rows: rank r owns
+    ``bounds[r]:bounds[r + 1]``; sizes differ by at most one."""
+    return [n * r // world for r in range(world + 1)]
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of a torch.distributed job (or runs alone)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cluster_sharded(features: Array, model: PairClassifier, config: ClusterConfig,
+                    knn: Optional[Tuple[Array, Array]] = None,
+                    knn_cache: Optional[str] = None) -> ShardResult:
+    """This rank's part of :func:`sepfl.cluster.cluster` sharded over a torch.distributed job.
+
+    Every rank calls it with the same arguments (see the module notes).
+
+    Parameters
+    ----------
+    features : float [N, D], numpy array (a memory map: each rank reads its rows) or tensor
+    model : PairClassifier
+    config : ClusterConfig
+    knn : (nbrs int [N, k], sims float [N, k]), optional
+        A precomputed kNN graph of all rows; each rank uses its shard's rows.
+    knn_cache : None
+        Not supported here (ValueError).
+
+    Returns
+    -------
+    ShardResult
+        All N labels, and the shard's rows of the per-node arrays.
+
+    Raises
+    ------
+    ValueError
+        As :func:`sepfl.cluster.cluster`; no torchrun environment and no process group.
+    DistributedError
+        Another rank failed, died or did not answer within ``config.distributed_timeout``.
+    """
+    if knn_cache is not None:
+        raise ValueError("knn_cache is not supported with distributed=True (each rank builds "
+                         "its shard's lists); pass knn=(nbrs, sims) of all rows instead")
+    features = check_inputs(features, model, config)
+    device = _rank_device(config)
+    with _process_group(config, device):
+        return _run(features, model, config, knn, _Group(features.shape[0], device))
+
+
+def _rank_device(config: ClusterConfig) -> torch.device:
+    """The configured device; plain "cuda" (or None on a GPU machine) is ``cuda:LOCAL_RANK``."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+@contextlib.contextmanager
+def _process_group(config: ClusterConfig, device: torch.device) -> Iterator[None]:
+    """The caller's process group, or one made from torchrun's environment for the call."""
+    if dist.is_initialized():
+        yield
+        return
+    missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
+    if missing:
+        raise ValueError(f"distributed=True runs under torchrun (or in an initialised "
+                         f"torch.distributed process group): {', '.join(missing)} not set")
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=config.distributed_timeout),
+                                device_id=device if device.type == "cuda" else None)
+    except RuntimeError as err:
+        raise DistributedError(f"rank {os.environ['RANK']}: the process group did not form "
+                               f"within {config.distributed_timeout:g} s ({_one_line(err)})"
+                               ) from err
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+class _Group:
+    """This rank's view of the job: its rows, and the collectives the stages use.
+
+    Every collective names the stage it ran in when it fails (DistributedError).
+    Tensors travel on ``device`` (NCCL needs them on the GPU).
+    """
+
+    def __init__(self, n: int, device: torch.device):
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.bounds = shard_bounds(n, self.size)
+        self.rows = range(self.bounds[self.rank], self.bounds[self.rank + 1])
+        self.device = device
+        self._stage = "start"
+
+    @contextlib.contextmanager
+    def stage(self, watch: _Stopwatch, name: str) -> Iterator[None]:
+        """``watch.stage(name)``, and ``name`` for the errors of the collectives inside."""
+        self._stage = name
+        with watch.stage(name):
+            yield
+
+    def _collective(self, what: str, call, *args, **kwargs) -> None:
+        try:
+            call(*args, **kwargs)
+        except RuntimeError as err:
+            raise DistributedError(
+                f"rank {self.rank} of {self.size}, stage {self._stage!r}: {what} failed "
+                f"({_one_line(err)}); another rank failed, died or did not answer within the "
+                f"timeout: see its log") from err
+
+    def _sizes(self, count: int) -> List[int]:
+        """``count`` of every rank, in rank order."""
+        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.size)]
+        self._collective("all_gather of sizes", dist.all_gather, sizes,
+                         torch.tensor([count], device=self.device))
+        return [int(s) for s in sizes]
+
+    def all_rows(self, shard: torch.Tensor) -> torch.Tensor:
+        """Every rank's shard [M_r, ...] stacked in rank order: [N, ...]."""
+        sizes = [hi - lo for lo, hi in zip(self.bounds, self.bounds[1:])]
+        padded = shard.new_zeros((max(sizes),) + tuple(shard.shape[1:]))
+        padded[:shard.shape[0]] = shard
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        self._collective("all_gather of rows", dist.all_gather, parts, padded)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise maximum of ``values`` over the ranks (in place, returned)."""
+        self._collective("all_reduce", dist.all_reduce, values, op=dist.ReduceOp.MAX)
+        return values
+
+    def fetch(self, ids: torch.Tensor, tables: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Rows ``ids`` of tables sharded like the samples.
+
+        Parameters
+        ----------
+        ids : int64 Tensor [R]
+            Sorted, distinct samples outside this rank's shard.
+        tables : Tensors [M, ...]
+            This rank's rows of each table (each rank passes the same tables).
+
+        Returns
+        -------
+        list of Tensors [R, ...]
+            Row i of each is sample ``ids[i]``'s row, from its owner.
+        """
+        owner = torch.bucketize(ids, torch.tensor(self.bounds[1:-1], device=ids.device),
+                                right=True)
+        wanted = torch.bincount(owner, minlength=self.size)
+        asked = torch.empty_like(wanted)
+        self._collective("all_to_all of counts", dist.all_to_all_single, asked, wanted)
+        send, recv = asked.tolist(), wanted.tolist()
+        requests = torch.empty(sum(send), dtype=torch.int64, device=ids.device)
+        self._collective("all_to_all of requests", dist.all_to_all_single, requests, ids,
+                         send, recv)
+        local = requests - self.rows.start
+        out = []
+        for table in tables:
+            rows = table.new_empty((len(ids),) + tuple(table.shape[1:]))
+            self._collective("all_to_all of rows", dist.all_to_all_single, rows,
+                             table[local].contiguous(), recv, send)
+            out.append(rows)
+        return out
+
+    def gather(self, parts: Sequence[torch.Tensor]) -> Optional[List[torch.Tensor]]:
+        """Each of ``parts`` (1-D, the same length on a rank) concatenated over the ranks
+        in rank order, on rank 0; None on the others."""
+        sizes = self._sizes(parts[0].shape[0])
+        out = [] if self.rank == 0 else None
+        for part in parts:
+            padded = part.new_zeros(max(sizes))
+            padded[:part.shape[0]] = part
+            pieces = [torch.empty_like(padded) for _ in range(self.size)] if out is not None \
+                else None
+            self._collective("gather", dist.gather, padded, pieces, dst=0)
+            if out is not None:
+                out.append(torch.cat([piece[:size] for piece, size in zip(pieces, sizes)]))
+        return out
+
+    def broadcast(self, labels: Optional[np.ndarray], n: int) -> np.ndarray:
+        """Rank 0's ``labels`` (int64 [n]) on every rank."""
+        out = (to_tensor(labels, self.device) if labels is not None
+               else torch.empty(n, dtype=torch.int64, device=self.device))
+        self._collective("broadcast of labels", dist.broadcast, out, src=0)
+        return to_numpy(out)
+
+
+class _Local:
+    """A rank's numbering of the samples it touches: its shard rows 0..M-1, then the
+    ``fetched`` samples (rows fetched from their owners), then ``extra`` ones (named
+    in a kNN list only). ``fetched`` and ``extra``: sorted, distinct, outside the shard."""
+
+    def __init__(self, rows: range, fetched: torch.Tensor, extra: torch.Tensor):
+        self.rows, self.fetched, self.extra = rows, fetched, extra
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.fetched) + len(self.extra)
+
+    def ids(self) -> torch.Tensor:
+        """The sample of each local index, int64 [len(self)]."""
+        shard = torch.arange(self.rows.start, self.rows.stop, device=self.fetched.device)
+        return torch.cat([shard, self.fetched, self.extra])
+
+    def of(self, ids: torch.Tensor) -> torch.Tensor:
+        """Local indices of samples ``ids`` (int64, any shape); -1 for -1 and for samples
+        not numbered here."""
+        inside = (ids >= self.rows.start) & (ids < self.rows.stop)
+        out = torch.where(inside, ids - self.rows.start, torch.full_like(ids, -1))
+        base = len(self.rows)
+        for table in (self.fetched, self.extra):
+            if len(table):
+                at = torch.searchsorted(table, ids).clamp_(max=len(table) - 1)
+                hit = ~inside & (table[at] == ids)
+                out = torch.where(hit, base + at, out)
+            base += len(table)
+        return out
+
+
+def _outside(ids: torch.Tensor, rows: range) -> torch.Tensor:
+    """The distinct samples among ``ids`` (any shape, -1 ignored) outside ``rows``, sorted."""
+    ids = ids[(ids >= 0) & ((ids < rows.start) | (ids >= rows.stop))]
+    return torch.unique(ids)
+
+
+def _density(sims: torch.Tensor, rho: float, job: _Group) -> torch.Tensor:
+    """:func:`sepfl.ops.density` of the shard's lists (float32 [M, k]) → float32 [M],
+    normalised by the maxima over every rank (one all-reduce).
+
+    Row sums are accumulated column by column in float32, the CPU kernel's
+    order, so on the CPU the densities are bit for bit the single process's.
+    """
+    if bool(torch.isnan(sims).any()):
+        raise ValueError("sims holds NaN")
+    clipped = sims.clamp(0.0, 1.0)
+    sums = torch.zeros(sims.shape[0], dtype=torch.float32, device=sims.device)
+    for column in clipped.unbind(1):
+        sums += column
+    counts = (clipped >= rho).sum(1).to(torch.float32)
+    zero = sums.new_zeros(1)
+    top = job.max(torch.stack([torch.cat([sums, zero]).max(), torch.cat([counts, zero]).max()]))
+    # an all-zero column (every similarity clipped to 0, or none >= rho) stays 0
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return 0.5 * (sums / top[0] + counts / top[1])
+
+
+def _edge_statistics(job: _Group, e: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
+                     src: torch.Tensor, dst: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """:func:`sepfl.edges.edge_statistics` [E, 13] of the shard's candidate edges.
+
+    ``src`` are shard rows (0..M-1), ``dst`` samples. The far ends outside the
+    shard send their embedding, list and similarities; the lists are renumbered
+    locally, with the entries of the shard's lists numbered too (the shared
+    entries of an edge are in its source's list; an entry of a fetched list
+    named by no shard list can share nothing and becomes -1). Memory: the
+    fetched rows, and a local kNN table of every sample named here (rows past
+    the shard and the fetched ones empty).
+    """
+    rows = job.rows
+    fetched = _outside(dst, rows)
+    named = _outside(nbrs, rows)
+    local = _Local(rows, fetched, named[~torch.isin(named, fetched)])
+    far_e, far_nbrs, far_sims = job.fetch(fetched, [e, nbrs, sims])
+    table = torch.full((len(local), nbrs.shape[1]), -1, dtype=torch.int64, device=nbrs.device)
+    table[:len(rows) + len(fetched)] = local.of(torch.cat([nbrs, far_nbrs]))
+    return edges.edge_statistics(torch.cat([e, far_e]), table, torch.cat([sims, far_sims]),
+                                 src, local.of(dst), rank)
+
+
+def _select_pairs(job: _Group, nbrs: torch.Tensor, density: torch.Tensor,
+                  max_per_node: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sepfl.ops.select_pairs` of the shard's rows: (shard rows [P], samples [P]).
+
+    The densities of the lists' entries outside the shard are fetched.
+    """
+    rows = job.rows
+    local = _Local(rows, _outside(nbrs, rows), nbrs.new_empty(0))
+    (far_density,) = job.fetch(local.fetched, [density])
+    table = torch.full((len(local), nbrs.shape[1]), -1, dtype=torch.int64, device=nbrs.device)
+    table[:len(rows)] = local.of(nbrs)
+    src, dst = ops.select_pairs(table, torch.cat([density, far_density]), max_per_node)
+    return src, local.ids()[dst]
+
+
+def _pair_scores(job: _Group, model: PairClassifier, config: ClusterConfig, scheme: str,
+                 e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                 stats: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`sepfl.cluster.pair_scores` of the shard's pairs (shard rows ``src``, samples
+    ``dst``); for "sepfl" the partners' embeddings outside the shard are fetched."""
+    if scheme == "edges":
+        return pair_scores(model, config, scheme, e, src, dst, stats)
+    local = _Local(job.rows, _outside(dst, job.rows), dst.new_empty(0))
+    (far_e,) = job.fetch(local.fetched, [e])
+    return pair_scores(model, config, scheme, torch.cat([e, far_e]), src, local.of(dst), None)
+
+
+def _run(features: Array, model: PairClassifier, config: ClusterConfig,
+         knn: Optional[Tuple[Array, Array]], job: _Group) -> ShardResult:
+    n, rows, device = features.shape[0], job.rows, job.device
+    watch = _Stopwatch(device)
+    with job.stage(watch, "normalize"):
+        x = job.all_rows(to_tensor(normalize_features(features[rows.start:rows.stop]), device))
+    with job.stage(watch, "knn"):
+        if knn is None:
+            nbrs, sims = build_knn(x, k=config.k, backend=config.knn_backend,
+                                   exact=config.knn_exact, precision=config.knn_precision,
+                                   progress=config.progress, rows=rows)
+        else:
+            if len(knn[0]) != n:
+                raise ValueError(f"knn table has {len(knn[0])} rows, expected N = {n}")
+            nbrs, sims = knn[0][rows.start:rows.stop], knn[1][rows.start:rows.stop]
+        nbrs, sims = checked_knn(nbrs, sims, rows, config.k, device)
+    with job.stage(watch, "density"):
+        density = _density(sims, config.rho, job)
+    model = model.to(device).eval()
+    with job.stage(watch, "embeddings"):
+        e = model.embed_nodes(x, torch.arange(rows.start, rows.stop, device=device), nbrs,
+                              batch_size=config.node_batch_size, bf16=config.bf16,
+                              progress=config.progress)
+    scheme = resolve_scheme(model, config)
+    stats = None
+    if scheme == "edges":
+        with job.stage(watch, "edges"):
+            src, dst, rank = edges.candidate_edges(nbrs, candidates(model, config))
+            stats = _edge_statistics(job, e, nbrs, sims, src, dst, rank)
+    else:
+        with job.stage(watch, "pairs"):
+            src, dst = _select_pairs(job, nbrs, density, config.max_per_node)
+    with job.stage(watch, "scores"):
+        scores = _pair_scores(job, model, config, scheme, e, src, dst, stats)
+    src = src + rows.start
+    grouping = grouping_of(model, config, scheme)
+    with job.stage(watch, GROUP_STAGE[scheme]):
+        gathered = job.gather([src, dst, scores])
+        labels = job.broadcast(None if gathered is None else group(*gathered, n, grouping), n)
+    return ShardResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
+                       dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
+                       timings=watch.timings, scheme=scheme,
+                       features=to_numpy(x[rows.start:rows.stop]), nbrs=to_numpy(nbrs),
+                       sims=to_numpy(sims), embeddings=to_numpy(e), rows=rows)
+

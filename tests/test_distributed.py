@@ -1,0 +1,164 @@
+"""Sharded clustering (sepfl.distributed) in two gloo CPU processes against one process.
+
+Each test spawns two processes (rank 0 and 1) that set torchrun's environment
+variables and call :func:`sepfl.cluster.cluster` with ``distributed=True``;
+they report back through a queue, so a rank that hangs fails the test at the
+join's timeout instead of hanging the suite.
+"""
+import multiprocessing
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from sepfl import distributed
+from sepfl.cluster import cluster
+from sepfl.config import ClusterConfig
+from sepfl.datasets import make_faces
+from sepfl.estimator import SEPFL
+from sepfl.model import PairClassifier
+
+WORLD = 2
+JOIN_SECONDS = 240
+HANG_SECONDS = 120  # a hung rank: long past the 5 s timeout of the failure test
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank, port, features, model, settings, fail, queue):
+    """One rank: cluster its shard and put (rank, outcome) on ``queue``."""
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if fail and rank == 1:
+        def broken(*args, **kwargs):
+            if fail == "hang":
+                time.sleep(HANG_SECONDS)
+            raise ValueError("rank 1 broke before the density all-reduce")
+        distributed.build_knn = broken
+    try:
+        result = cluster(features, model, ClusterConfig(distributed=True, **settings))
+    except Exception as err:  # reported to the test, which checks it
+        queue.put((rank, "error", type(err).__name__, str(err), time.monotonic()))
+        return
+    shapes = {name: getattr(result, name).shape
+              for name in ("features", "nbrs", "sims", "density", "embeddings")}
+    queue.put((rank, "ok", result.rows, shapes, result.labels, result.density, result.nbrs,
+               result.src))
+
+
+def _spawn(features, model, settings, fail=None, ranks=range(WORLD)):
+    """Run the two ranks; the reports of ``ranks`` by rank (the other ranks are killed)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    port = _free_port()
+    procs = [context.Process(target=_rank, args=(r, port, features, model, settings, fail, queue))
+             for r in range(WORLD)]
+    for proc in procs:
+        proc.start()
+    reports = {}
+    try:
+        while set(reports) < set(ranks):
+            report = queue.get(timeout=JOIN_SECONDS)
+            reports[report[0]] = report
+    finally:
+        for rank, proc in enumerate(procs):
+            proc.join(timeout=30 if rank in ranks else 0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return reports
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_faces(60, seed=5)  # 3,185 samples
+
+
+@pytest.fixture(scope="module")
+def runs(faces):
+    model = SEPFL.pretrained().model_
+    settings = dict(device="cpu", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = cluster(faces.features, model, ClusterConfig(**settings))
+    finally:
+        torch.set_num_threads(threads)
+    return single, _spawn(faces.features, model, settings)
+
+
+def test_same_partition_as_one_process(runs):
+    single, ranks = runs
+    assert all(report[1] == "ok" for report in ranks.values()), ranks
+    for report in ranks.values():
+        labels = report[4]
+        # an embedding's last bits depend on the node tile it shares (see
+        # sepfl.distributed), so an Infomap partition can move a sample or two
+        assert adjusted_rand_score(single.labels, labels) > 0.999
+        assert (labels != single.labels).sum() <= 3
+    np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
+
+
+def test_each_rank_holds_its_shard(runs, faces):
+    single, ranks = runs
+    n, k = single.nbrs.shape
+    bounds = distributed.shard_bounds(n, WORLD)
+    for r, report in ranks.items():
+        rows, shapes = report[2], report[3]
+        assert rows == range(bounds[r], bounds[r + 1])
+        m = len(rows)
+        assert m < n
+        assert shapes == {"features": (m, 256), "nbrs": (m, k), "sims": (m, k), "density": (m,),
+                          "embeddings": (m, 512)}
+        # kNN lists and densities are the single process's rows, bit for bit
+        np.testing.assert_array_equal(report[6], single.nbrs[rows.start:rows.stop])
+        np.testing.assert_array_equal(report[5], single.density[rows.start:rows.stop])
+        assert ((report[7] >= rows.start) & (report[7] < rows.stop)).all()
+
+
+def test_sepfl_scheme_matches_one_process(faces):
+    torch.manual_seed(0)
+    model = PairClassifier(256, 10).eval()
+    settings = dict(device="cpu", progress=False, k=10, scheme="sepfl")
+    features = faces.features[:1200]
+    single = cluster(features, model, ClusterConfig(**settings))
+    ranks = _spawn(features, model, settings)
+    assert all(report[1] == "ok" for report in ranks.values()), ranks
+    for report in ranks.values():
+        assert adjusted_rand_score(single.labels, report[4]) > 0.999
+
+
+@pytest.mark.parametrize("fail", ["raise", "hang"])
+def test_a_failing_rank_stops_the_other_with_a_clear_error(faces, fail):
+    torch.manual_seed(0)
+    model = PairClassifier(256, 10).eval()
+    settings = dict(device="cpu", progress=False, k=10, distributed_timeout=5.0)
+    start = time.monotonic()
+    # a hung rank 1 is killed once rank 0 has reported
+    ranks = _spawn(faces.features[:400], model, settings, fail=fail,
+                   ranks=range(WORLD) if fail == "raise" else [0])
+    if fail == "raise":
+        assert ranks[1][1:3] == ("error", "ValueError")
+    status, kind, message, when = ranks[0][1:5]
+    assert (status, kind) == ("error", "DistributedError")
+    assert "stage 'density'" in message and "another rank failed" in message
+    # rank 0 gave up at the timeout (plus process start-up), long before rank 1 woke up
+    assert when - start < 60
+
+
+def test_without_torchrun_environment(monkeypatch, faces):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    model = PairClassifier(256, 10).eval()
+    with pytest.raises(ValueError, match="runs under torchrun"):
+        cluster(faces.features[:100], model, ClusterConfig(k=10, device="cpu", distributed=True))
