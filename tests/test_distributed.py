@@ -53,7 +53,7 @@ def _rank(rank, port, features, model, settings, fail, queue):
     shapes = {name: getattr(result, name).shape
               for name in ("features", "nbrs", "sims", "density", "embeddings")}
     queue.put((rank, "ok", result.rows, shapes, result.labels, result.density, result.nbrs,
-               result.src))
+               result.src, result.timings, result.collectives))
 
 
 def _spawn(features, model, settings, fail=None, ranks=range(WORLD)):
@@ -124,6 +124,16 @@ def test_each_rank_holds_its_shard(runs, faces):
         np.testing.assert_array_equal(report[6], single.nbrs[rows.start:rows.stop])
         np.testing.assert_array_equal(report[5], single.density[rows.start:rows.stop])
         assert ((report[7] >= rows.start) & (report[7] < rows.stop)).all()
+
+
+def test_time_in_collectives_is_part_of_each_stage(runs):
+    _, ranks = runs
+    for report in ranks.values():
+        timings, collectives = report[8], report[9]
+        # the features' all-gather, the density's all-reduce, the fetch of the far ends,
+        # the pairs' gather and the labels' broadcast
+        assert set(collectives) == {"normalize", "density", "edges", "group"}
+        assert all(0 < collectives[stage] <= timings[stage] for stage in collectives)
 
 
 def test_sepfl_scheme_matches_one_process(faces):

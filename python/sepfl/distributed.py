@@ -48,7 +48,8 @@ import contextlib
 import dataclasses
 import datetime
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -86,9 +87,14 @@ class ShardResult(ClusterResult):
     ----------
     rows : range
         The samples of the shard: row i of the per-node arrays is sample ``rows[i]``.
+    collectives : dict of str to float
+        Seconds of each stage of ``timings`` spent in collectives (the all-gather
+        of the features, the all-to-all fetches of other shards' rows, the gather
+        and broadcast of the grouping), waiting for the other ranks included.
     """
 
     rows: range
+    collectives: Dict[str, float]
 
 
 def shard_bounds(n: int, world: int) -> List[int]:
@@ -181,8 +187,10 @@ def _one_line(err: BaseException) -> str:
 class _Group:
     """This rank's view of the job: its rows, and the collectives the stages use.
 
-    Every collective names the stage it ran in when it fails (DistributedError).
-    Tensors travel on ``device`` (NCCL needs them on the GPU).
+    Every collective names the stage it ran in when it fails (DistributedError),
+    and its time is added to ``collectives[stage]`` (on a GPU the stream is
+    synchronised around it, so that it is charged the transfer alone). Tensors
+    travel on ``device`` (NCCL needs them on the GPU).
     """
 
     def __init__(self, n: int, device: torch.device):
@@ -190,6 +198,7 @@ class _Group:
         self.bounds = shard_bounds(n, self.size)
         self.rows = range(self.bounds[self.rank], self.bounds[self.rank + 1])
         self.device = device
+        self.collectives: Dict[str, float] = {}
         self._stage = "start"
 
     @contextlib.contextmanager
@@ -200,13 +209,22 @@ class _Group:
             yield
 
     def _collective(self, what: str, call, *args, **kwargs) -> None:
+        self._synchronize()
+        start = time.perf_counter()
         try:
             call(*args, **kwargs)
+            self._synchronize()
         except RuntimeError as err:
             raise DistributedError(
                 f"rank {self.rank} of {self.size}, stage {self._stage!r}: {what} failed "
                 f"({_one_line(err)}); another rank failed, died or did not answer within the "
                 f"timeout: see its log") from err
+        self.collectives[self._stage] = (self.collectives.get(self._stage, 0.0)
+                                         + time.perf_counter() - start)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _sizes(self, count: int) -> List[int]:
         """``count`` of every rank, in rank order."""
@@ -436,5 +454,6 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
                        dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
                        timings=watch.timings, scheme=scheme,
                        features=to_numpy(x[rows.start:rows.stop]), nbrs=to_numpy(nbrs),
-                       sims=to_numpy(sims), embeddings=to_numpy(e), rows=rows)
+                       sims=to_numpy(sims), embeddings=to_numpy(e), rows=rows,
+                       collectives=job.collectives)
 
