@@ -147,3 +147,50 @@ def test_split_class_keeps_precision():
     p, r, _ = metrics.pairwise(np.zeros(n, dtype=int), np.repeat([0, 1], n // 2))
     assert p == 1.0
     assert r == pytest.approx(2 * math.comb(n // 2, 2) / math.comb(n, 2))
+
+
+def brute_anchored(gt, pred, anchors):
+    """Ordered pairs (anchor, any other sample) and BCubed over the anchors, by enumeration."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    both = same_pred = same_gt = 0
+    for a in np.flatnonzero(anchors):
+        for b in range(len(gt)):
+            if a != b:
+                sp, sg = pred[a] == pred[b], gt[a] == gt[b]
+                same_pred += sp
+                same_gt += sg
+                both += sp and sg
+    precision = both / same_pred if same_pred else 1.0
+    recall = both / same_gt if same_gt else 1.0
+    b_precision = np.mean([np.mean(gt[pred == pred[i]] == gt[i]) for i in np.flatnonzero(anchors)])
+    b_recall = np.mean([np.mean(pred[gt == gt[i]] == pred[i]) for i in np.flatnonzero(anchors)])
+    return precision, recall, b_precision, b_recall
+
+
+@given(labelings, st.data())
+def test_anchored_matches_brute_force(pair, data):
+    gt, pred = pair
+    anchors = np.array(data.draw(st.lists(st.booleans(), min_size=len(gt), max_size=len(gt))))
+    if not anchors.any():
+        anchors[data.draw(st.integers(0, len(gt) - 1))] = True
+    scores = metrics.anchored(np.array(gt), np.array(pred), anchors)
+    expected = brute_anchored(gt, pred, anchors)
+    for key, value in zip(("pairwise_precision", "pairwise_recall", "bcubed_precision",
+                           "bcubed_recall"), expected):
+        assert scores[key] == pytest.approx(value, abs=1e-12)
+    if anchors.all():
+        full = metrics.evaluate(np.array(gt), np.array(pred))
+        assert scores["pairwise_f"] == pytest.approx(full["pairwise_f"], abs=1e-12)
+        assert scores["bcubed_f"] == pytest.approx(full["bcubed_f"], abs=1e-12)
+
+
+def test_anchored_counts_a_merge_into_other_samples():
+    # anchors 0, 1 (class 0) joined to a cluster of non-anchors of class 1: precision falls,
+    # while the non-anchors' own split (2, 3 vs 4) does not count
+    gt, pred = np.array([0, 0, 1, 1, 1]), np.array([0, 0, 0, 0, 1])
+    scores = metrics.anchored(gt, pred, np.array([True, True, False, False, False]))
+    assert scores["pairwise_precision"] == pytest.approx(2 / 6)
+    assert scores["pairwise_recall"] == 1.0
+    assert scores["bcubed_precision"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="anchors"):
+        metrics.anchored(gt, pred, np.zeros(5, bool))

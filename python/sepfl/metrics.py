@@ -26,7 +26,7 @@ import numpy as np
 
 from sepfl._validate import Array, as_indices, is_tensor
 
-__all__ = ["pairwise", "bcubed", "nmi", "evaluate"]
+__all__ = ["pairwise", "bcubed", "nmi", "evaluate", "anchored"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +201,52 @@ def evaluate(gt: Array, pred: Array) -> dict[str, float]:
         scores.update(zip((f"{kind}_precision", f"{kind}_recall", f"{kind}_f"), values))
     scores["nmi"] = _nmi(table)
     return scores
+
+
+def anchored(gt: Array, pred: Array, anchors: np.ndarray) -> dict[str, float]:
+    """Pairwise and BCubed scores of a clustering of all N samples, counted from ``anchors``.
+
+    Pairwise counts the ordered pairs (i, j), i != j, whose first sample is an
+    anchor; BCubed averages over the anchors, each anchor's cluster and class
+    taken over all samples. So a cluster that joins an anchor to other samples
+    counts against precision, whatever those samples are, while pairs of two
+    non-anchors do not count. With every sample an anchor these are
+    :func:`pairwise` and :func:`bcubed`. Training scores its held-out
+    identities this way inside the whole training graph (:mod:`sepfl.train`).
+
+    Parameters
+    ----------
+    gt, pred : array of int, shape [N]
+        True and predicted labels, N > 0.
+    anchors : bool ndarray [N]
+        The samples counted from; at least one.
+
+    Returns
+    -------
+    dict of str to float
+        Keys ``pairwise_precision``, ``pairwise_recall``, ``pairwise_f``,
+        ``bcubed_precision``, ``bcubed_recall`` and ``bcubed_f``.
+    """
+    gt, pred = _as_labels(gt, "gt"), _as_labels(pred, "pred")
+    anchors = np.asarray(anchors)
+    if gt.shape != pred.shape or anchors.dtype != bool or anchors.shape != gt.shape \
+            or not anchors.any():
+        raise ValueError(f"gt, pred and anchors must have one length; anchors bool with at "
+                         f"least one True (got {gt.shape[0]}, {pred.shape[0]}, "
+                         f"{anchors.dtype} {anchors.shape})")
+    # per sample: the size of its class, of its cluster and of their intersection
+    _, gt_dense, gt_sizes = np.unique(gt, return_inverse=True, return_counts=True)
+    _, pred_dense, pred_sizes = np.unique(pred, return_inverse=True, return_counts=True)
+    cell = gt_dense.astype(np.int64) * len(pred_sizes) + pred_dense
+    _, cell_dense, cell_sizes = np.unique(cell, return_inverse=True, return_counts=True)
+    in_gt, in_pred, in_both = (sizes[dense][anchors].astype(np.int64) for sizes, dense in
+                               ((gt_sizes, gt_dense), (pred_sizes, pred_dense),
+                                (cell_sizes, cell_dense)))
+    same_both, same_pred, same_gt = ((x - 1).sum() for x in (in_both, in_pred, in_gt))
+    precision = 1.0 if same_pred == 0 else same_both / same_pred
+    recall = 1.0 if same_gt == 0 else same_both / same_gt
+    b_precision = float(np.mean(in_both / in_pred))
+    b_recall = float(np.mean(in_both / in_gt))
+    return {"pairwise_precision": float(precision), "pairwise_recall": float(recall),
+            "pairwise_f": float(_f_score(precision, recall)), "bcubed_precision": b_precision,
+            "bcubed_recall": b_recall, "bcubed_f": float(_f_score(b_precision, b_recall))}

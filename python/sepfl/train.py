@@ -56,12 +56,12 @@ from sepfl._threads import torch_threads
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
                              is_tensor, to_numpy)
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
-from sepfl.cluster import cluster
+from sepfl.cluster import candidates, cluster, pair_scores
 from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
 from sepfl.knn import build_knn
-from sepfl.metrics import evaluate
+from sepfl.metrics import anchored, evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
 
 __all__ = ["train", "learning_rate", "default_ranks"]
@@ -340,42 +340,48 @@ def _head_edges(graph: _Graph, inside: np.ndarray, m: int,
             torch.from_numpy(rank).to(device), target)
 
 
-def _calibrate(model: PairClassifier, graph: _Graph, subset: np.ndarray,
+def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
                config: TrainConfig) -> Optional[Dict[str, float]]:
-    """Cluster the held-out identities ``subset`` (bool [N]) with the edges scheme and store
-    in the edge head the grouping that scores best there — Infomap at the Markov time of
-    :data:`CALIBRATION_MARKOV_TIMES`, or connected components at the threshold of
-    :data:`CALIBRATION_THRESHOLDS` — with both settings. The score is the mean of pairwise
-    and BCubed F, so neither a few large identities nor the many small ones decide alone.
-    None when the subset is too small for a kNN graph."""
-    rows = np.flatnonzero(subset)
-    if rows.size <= 2 * model.k:
+    """Store in the edge head the grouping that clusters the held-out identities best —
+    Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES`, or connected components
+    at the threshold of :data:`CALIBRATION_THRESHOLDS` — with both settings.
+
+    Every candidate edge of the whole training graph is scored from the embeddings ``e``
+    [N, 2D] and grouped, and each grouping is scored from the held-out samples
+    (``held_out``, bool [N]) by :func:`sepfl.metrics.anchored`: the head was trained on
+    the other identities' edges, and the held-out identities keep the neighbours of other
+    identities a test set of the same size gives them. (Clustered alone, a small held-out
+    set has sparse kNN lists whose far ranks reach samples of distant identities, and the
+    grouping chosen there did not carry over to full-size test sets.) The score is the
+    mean of pairwise and BCubed F, so neither a few large identities nor the many small ones
+    decide alone. None when nothing is held out."""
+    if not held_out.any():
         return None
-    features = graph.features[torch.from_numpy(rows).to(graph.features.device)]
-    labels = graph.labels[rows]
     settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
-                             device=str(features.device), bf16=config.bf16, progress=False,
-                             grouping="components", threshold=0.0)
-    result = cluster(features, model, settings)
+                             device=str(e.device), bf16=config.bf16, progress=False)
+    src, dst, rank = edges.candidate_edges(graph.nbrs, candidates(model, settings))
+    stats = edges.edge_statistics(e, graph.nbrs, graph.sims, src, dst, rank)
+    scores = to_numpy(pair_scores(model, settings, "edges", e, src, dst, stats))
+    src, dst = to_numpy(src), to_numpy(dst)
 
     def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
         scored = {}
         for value in values:
-            found = edges.group_edges(result.src, result.dst, result.scores, rows.size,
-                                      grouping, **({"threshold": value} if grouping == "components"
-                                                   else {"markov_time": value}))
-            metrics = evaluate(labels, found)
+            found = edges.group_edges(src, dst, scores, graph.labels.size, grouping,
+                                      **({"threshold": value} if grouping == "components"
+                                         else {"markov_time": value}))
+            metrics = anchored(graph.labels, found, held_out)
             scored[value] = (metrics["pairwise_f"] + metrics["bcubed_f"]) / 2
         value = max(scored, key=scored.get)
         log.info("edge head calibrated on %d held-out samples: %s at %g (mean of F_P and "
-                 "F_B %.4f)", rows.size, grouping, value, scored[value])
+                 "F_B %.4f)", int(held_out.sum()), grouping, value, scored[value])
         return float(value), float(scored[value])
 
     head = model.edge_head
     threshold, components_f = best("components", CALIBRATION_THRESHOLDS)
     head.threshold.fill_(threshold)
     record = {"threshold": threshold, "calibration_components_f": components_f,
-              "calibration_samples": int(rows.size)}
+              "calibration_samples": int(held_out.sum())}
     if edges.infomap_available():
         markov_time, infomap_f = best("infomap", CALIBRATION_MARKOV_TIMES)
         head.markov_time.fill_(markov_time)
@@ -417,7 +423,7 @@ def _fit_edge_head(model: PairClassifier, graph: _Graph, config: TrainConfig,
             lambda step: config.classifier_lr * 0.5 * (1 + np.cos(np.pi * step / steps)),
             lambda rows, _: head(stats[rows]))
     model.edge_head = head.eval()
-    calibration = _calibrate(model, graph, held_out, config) or {}
+    calibration = _calibrate(model, graph, held_out, e, config) or {}
     return {"epoch": config.epochs + 2, **record, **calibration,
             "seconds": time.perf_counter() - started}
 
