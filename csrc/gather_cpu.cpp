@@ -87,17 +87,17 @@ void gather_cpu(const float* features, const int64_t* nbrs, const int64_t* node_
   BadIndex bad;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < b * k; ++row) {
-    const int64_t u = node_ids[row / k];
-    const int64_t v = nbrs[u * k + row % k];
+    const int64_t entry = node_ids[row / k] * k + row % k;
+    const int64_t v = nbrs[entry];
     float* dst = out + row * d;
     if (v >= 0 && v < n) {
       std::memcpy(dst, features + v * d, sizeof(float) * d);
     } else {
-      if (v != -1) bad.record(u, v);
+      if (v != -1) bad.record(entry, v);
       std::memset(dst, 0, sizeof(float) * d);
     }
   }
-  bad.raise_if_any("nbrs", n);
+  bad.raise_if_nbrs(k, n);
 }
 
 void gather_add_cpu(const float* a, const float* bproj, const int64_t* nbrs,
@@ -108,12 +108,13 @@ void gather_add_cpu(const float* a, const float* bproj, const int64_t* nbrs,
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < b * k; ++row) {
     const int64_t u = node_ids[row / k];
-    const int64_t v = nbrs[u * k + row % k];
+    const int64_t entry = u * k + row % k;
+    const int64_t v = nbrs[entry];
     const bool has_nbr = v >= 0 && v < n;
-    if (!has_nbr && v != -1) bad.record(u, v);
+    if (!has_nbr && v != -1) bad.record(entry, v);
     gather_add_row(a + u * h, has_nbr ? bproj + v * h : nullptr, bias, gelu, h, out + row * h);
   }
-  bad.raise_if_any("nbrs", n);
+  bad.raise_if_nbrs(k, n);
 }
 
 void aggregate_cpu(const float* weights, const float* features, const int64_t* nbrs,
@@ -129,13 +130,13 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
     for (int64_t j = 0; j < k; ++j) {
       const int64_t v = nbrs[u * k + j];
       if (v < 0 || v >= n) {
-        if (v != -1) bad.record(u, v);
+        if (v != -1) bad.record(u * k + j, v);
         continue;
       }
       axpy_row(weights[i * k + j], features + v * d, d, dst);
     }
   }
-  bad.raise_if_any("nbrs", n);
+  bad.raise_if_nbrs(k, n);
 }
 
 }  // namespace sepfl
