@@ -35,4 +35,14 @@ struct BadIndex {
   }
 };
 
+// Checks node_ids [b] against [0, n) before the parallel loops of the gathers
+// (it is short), so the loops only check neighbour entries: IndexError
+// "node_ids[<i>] = <value> is outside [0, <n>)" for the first bad one.
+inline void check_node_ids(const int64_t* node_ids, int64_t b, int64_t n) {
+  for (int64_t i = 0; i < b; ++i) {
+    SEPFL_CHECK_INDEX(node_ids[i] >= 0 && node_ids[i] < n,
+                      "node_ids[" << i << "] = " << node_ids[i] << " is outside [0, " << n << ")");
+  }
+}
+
 }  // namespace sepfl
