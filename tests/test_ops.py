@@ -1,5 +1,8 @@
 """sepfl.ops against the numpy oracles, on numpy, torch CPU and (when present) CUDA."""
 import ctypes
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import oracles
+import sepfl
 from sepfl import _core, ops
 
 DEVICES = ["numpy", "torch", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -342,6 +346,30 @@ def test_bad_index_is_named_alike_on_every_backend(device, call, message):
     with pytest.raises(IndexError) as error:
         call(lambda x: put(x, device))
     assert str(error.value) == message
+
+
+def test_bad_index_message_does_not_depend_on_threads():
+    """Four OpenMP threads gather row 0 over and over; the ones starting mid-row meet its
+    second bad entry first, yet the first bad entry in input order is the one named."""
+    code = """
+import numpy as np
+from sepfl import ops
+nbrs = np.tile(np.arange(7), (200, 1))
+nbrs[0] = [0, -5, 1, 2, 3, -9, 4]
+messages = set()
+for _ in range(50):
+    try:
+        ops.gather(np.ones((200, 1), np.float32), nbrs, np.zeros(1001, np.int64))
+    except IndexError as error:
+        messages.add(str(error))
+print(sorted(messages))
+"""
+    package_root = os.path.dirname(os.path.dirname(sepfl.__file__))
+    env = dict(os.environ, OMP_NUM_THREADS="4",
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           timeout=120, check=True)
+    assert child.stdout.strip() == "['nbrs row 0 holds index -5 outside [-1, 200)']"
 
 
 def test_density_nan_message_alike_on_every_backend():
