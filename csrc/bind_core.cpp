@@ -203,17 +203,22 @@ Indices link(const Indices& src, const Indices& dst, const std::optional<Floats>
 PYBIND11_MODULE(_core, m) {
   m.doc() = "sepfl CPU kernels (float32 values, int64 indices, C-contiguous numpy arrays)";
   m.def("density", &bind::density, py::arg("sims").noconvert(), py::arg("rho"));
-  m.def("select_pairs", &bind::select_pairs, py::arg("nbrs").noconvert(), py::arg("density").noconvert(),
-        py::arg("max_per_node"));
-  m.def("train_pairs", &bind::train_pairs, py::arg("nbrs").noconvert(), py::arg("labels").noconvert(), py::arg("ranks"));
-  m.def("compact", &bind::compact, py::arg("padded").noconvert(), py::arg("alongside").noconvert());
-  m.def("gather", &bind::gather, py::arg("features").noconvert(), py::arg("nbrs").noconvert(), py::arg("node_ids").noconvert());
-  m.def("gather_add", &bind::gather_add, py::arg("a").noconvert(), py::arg("bproj").noconvert(), py::arg("nbrs").noconvert(),
-        py::arg("node_ids").noconvert(), py::arg("bias").noconvert(), py::arg("gelu"));
-  m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(), py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
+  m.def("select_pairs", &bind::select_pairs, py::arg("nbrs").noconvert(),
+        py::arg("density").noconvert(), py::arg("max_per_node"));
+  m.def("train_pairs", &bind::train_pairs, py::arg("nbrs").noconvert(),
+        py::arg("labels").noconvert(), py::arg("ranks"));
+  m.def("compact", &bind::compact, py::arg("padded").noconvert(),
+        py::arg("alongside").noconvert());
+  m.def("gather", &bind::gather, py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
+        py::arg("node_ids").noconvert());
+  m.def("gather_add", &bind::gather_add, py::arg("a").noconvert(), py::arg("bproj").noconvert(),
+        py::arg("nbrs").noconvert(), py::arg("node_ids").noconvert(),
+        py::arg("bias").noconvert(), py::arg("gelu"));
+  m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(),
+        py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
         py::arg("node_ids").noconvert());
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());
-  m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(), py::arg("scores").noconvert(), py::arg("threshold"),
-        py::arg("num_nodes"));
+  m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(),
+        py::arg("scores").noconvert(), py::arg("threshold"), py::arg("num_nodes"));
 }

@@ -396,7 +396,8 @@ def shared_neighbours(nbrs: Array, src: Array, dst: Array) -> Tuple[Array, Array
 
 
 def _first_true(mask: torch.Tensor) -> torch.Tensor:
-    """Position of the first True of ``mask`` (flattened), -1 when none, as a tensor on its device."""
+    """Position of the first True of ``mask`` (flattened), -1 when none: a 0-d int64 tensor
+    on ``mask``'s device, so that several can be read with one sync."""
     flat = mask.reshape(-1)
     if flat.numel() == 0:
         return torch.tensor(-1, device=mask.device)
