@@ -6,12 +6,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <algorithm>
 #include <optional>
 #include <tuple>
 
 #include "check.h"
 #include "ops_cpu.h"
+#include "preconditions.h"
 
 namespace py = pybind11;
 
@@ -44,43 +44,60 @@ Floats density(const Floats& sims, float rho) {
   return out;
 }
 
-std::tuple<Indices, Indices> select_pairs(const Indices& nbrs, const Floats& density,
-                                          int64_t max_per_node) {
+Indices select_pairs(const Indices& nbrs, const Floats& density, int64_t max_per_node) {
   require_ndim(nbrs, 2, "nbrs");
   require_ndim(density, 1, "density");
   const int64_t n = nbrs.shape(0), k = nbrs.shape(1);
   require_dim(density, 0, n, "density");
-  SEPFL_CHECK(max_per_node >= 1, "max_per_node must be >= 1, got " << max_per_node);
-  // A node has at most k distinct partners, so the cap changes no result and
-  // keeps n * max_per_node from overflowing.
-  max_per_node = std::min(max_per_node, std::max<int64_t>(k, 1));
-  std::vector<int64_t> padded(static_cast<size_t>(n * max_per_node));
-  int64_t count;
+  const int64_t width = sepfl::select_pairs_width(max_per_node, k);
+  Indices dst_padded({n, width});
   {
     py::gil_scoped_release release;
-    count = sepfl::select_pairs_cpu(nbrs.data(), density.data(), n, k, max_per_node,
-                                    padded.data());
+    sepfl::select_pairs_cpu(nbrs.data(), density.data(), n, k, width, dst_padded.mutable_data());
   }
-  Indices src(count), dst(count);
-  sepfl::compact_pairs_cpu(padded.data(), n, max_per_node, src.mutable_data(),
-                           dst.mutable_data());
-  return {src, dst};
+  return dst_padded;
 }
 
-std::tuple<Indices, Indices, Indices> train_pairs(const Indices& nbrs, const Indices& labels,
-                                                  int64_t ranks) {
+std::tuple<Indices, Indices> train_pairs(const Indices& nbrs, const Indices& labels,
+                                         int64_t ranks) {
   require_ndim(nbrs, 2, "nbrs");
   require_ndim(labels, 1, "labels");
   const int64_t n = nbrs.shape(0), k = nbrs.shape(1);
   require_dim(labels, 0, n, "labels");
-  const int64_t count = sepfl::count_train_pairs_cpu(nbrs.data(), n, k, ranks);
-  Indices src(count), dst(count), target(count);
+  sepfl::check_train_ranks(ranks, k);
+  Indices dst_padded({n, ranks}), target_padded({n, ranks});
   {
     py::gil_scoped_release release;
-    sepfl::train_pairs_cpu(nbrs.data(), labels.data(), n, k, ranks, src.mutable_data(),
-                           dst.mutable_data(), target.mutable_data());
+    sepfl::train_pairs_cpu(nbrs.data(), labels.data(), n, k, ranks, dst_padded.mutable_data(),
+                           target_padded.mutable_data());
   }
-  return {src, dst, target};
+  return {dst_padded, target_padded};
+}
+
+py::tuple compact(const Indices& padded, const std::optional<Indices>& alongside) {
+  require_ndim(padded, 2, "padded");
+  const int64_t n = padded.shape(0), m = padded.shape(1);
+  if (alongside) {
+    require_ndim(*alongside, 2, "alongside");
+    require_dim(*alongside, 0, n, "alongside");
+    require_dim(*alongside, 1, m, "alongside");
+  }
+  int64_t count;
+  {
+    py::gil_scoped_release release;
+    count = sepfl::count_entries_cpu(padded.data(), n * m);
+  }
+  Indices rows(count), entries(count);
+  std::optional<Indices> alongside_out;
+  if (alongside) alongside_out.emplace(count);
+  {
+    py::gil_scoped_release release;
+    sepfl::compact_cpu(padded.data(), alongside ? alongside->data() : nullptr, n, m,
+                       rows.mutable_data(), entries.mutable_data(),
+                       alongside_out ? alongside_out->mutable_data() : nullptr);
+  }
+  if (alongside_out) return py::make_tuple(rows, entries, *alongside_out);
+  return py::make_tuple(rows, entries);
 }
 
 Floats gather(const Floats& features, const Indices& nbrs, const Indices& node_ids) {
@@ -186,16 +203,22 @@ Indices link(const Indices& src, const Indices& dst, const std::optional<Floats>
 PYBIND11_MODULE(_core, m) {
   m.doc() = "sepfl CPU kernels (float32 values, int64 indices, C-contiguous numpy arrays)";
   m.def("density", &bind::density, py::arg("sims").noconvert(), py::arg("rho"));
-  m.def("select_pairs", &bind::select_pairs, py::arg("nbrs").noconvert(), py::arg("density").noconvert(),
-        py::arg("max_per_node"));
-  m.def("train_pairs", &bind::train_pairs, py::arg("nbrs").noconvert(), py::arg("labels").noconvert(), py::arg("ranks"));
-  m.def("gather", &bind::gather, py::arg("features").noconvert(), py::arg("nbrs").noconvert(), py::arg("node_ids").noconvert());
-  m.def("gather_add", &bind::gather_add, py::arg("a").noconvert(), py::arg("bproj").noconvert(), py::arg("nbrs").noconvert(),
-        py::arg("node_ids").noconvert(), py::arg("bias").noconvert(), py::arg("gelu"));
-  m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(), py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
+  m.def("select_pairs", &bind::select_pairs, py::arg("nbrs").noconvert(),
+        py::arg("density").noconvert(), py::arg("max_per_node"));
+  m.def("train_pairs", &bind::train_pairs, py::arg("nbrs").noconvert(),
+        py::arg("labels").noconvert(), py::arg("ranks"));
+  m.def("compact", &bind::compact, py::arg("padded").noconvert(),
+        py::arg("alongside").noconvert());
+  m.def("gather", &bind::gather, py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
+        py::arg("node_ids").noconvert());
+  m.def("gather_add", &bind::gather_add, py::arg("a").noconvert(), py::arg("bproj").noconvert(),
+        py::arg("nbrs").noconvert(), py::arg("node_ids").noconvert(),
+        py::arg("bias").noconvert(), py::arg("gelu"));
+  m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(),
+        py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
         py::arg("node_ids").noconvert());
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());
-  m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(), py::arg("scores").noconvert(), py::arg("threshold"),
-        py::arg("num_nodes"));
+  m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(),
+        py::arg("scores").noconvert(), py::arg("threshold"), py::arg("num_nodes"));
 }

@@ -2,7 +2,11 @@
 // array is C-contiguous, values float32, indices int64. The Python layer
 // (python/sepfl/ops.py) validates dtypes and shapes; these functions check
 // the data-dependent preconditions (index ranges, NaN) during their own pass
-// and throw std::out_of_range / std::invalid_argument.
+// and throw std::out_of_range / std::invalid_argument. Of several bad indices
+// the one at the smallest position is reported (bad_index.h), as on CUDA.
+//
+// select_pairs and train_pairs write padded [n, m] tables, the layout their
+// CUDA twins write; compact_cpu turns one into pairs.
 //
 // Missing neighbours: an entry -1 in `nbrs` (faiss's marker for "no
 // neighbour") is an empty slot. It is never selected as a pair partner and
@@ -18,25 +22,26 @@ namespace sepfl {
 // Throws invalid_argument if a similarity is NaN.
 void density_cpu(const float* sims, int64_t n, int64_t k, float rho, float* density);
 
-// nbrs [n, k], density [n] -> dst_padded [n, max_per_node], padded with -1:
-// for each node, its first `max_per_node` distinct neighbours (kNN order) whose
-// density is strictly greater than its own. Returns the number of pairs.
-int64_t select_pairs_cpu(const int64_t* nbrs, const float* density, int64_t n, int64_t k,
-                         int64_t max_per_node, int64_t* dst_padded);
+// nbrs [n, k], density [n] -> dst_padded [n, width]: for each node, its first `width`
+// distinct neighbours (kNN order) whose density is strictly greater than its own,
+// then -1 (width is select_pairs_width of preconditions.h). compact_cpu turns it into pairs.
+void select_pairs_cpu(const int64_t* nbrs, const float* density, int64_t n, int64_t k,
+                      int64_t width, int64_t* dst_padded);
 
-// Compacts the padded output of select_pairs_cpu into (src, dst) [num_pairs],
-// ordered by source node, then by kNN order.
-void compact_pairs_cpu(const int64_t* dst_padded, int64_t n, int64_t max_per_node, int64_t* src,
-                       int64_t* dst);
-
-// Number of training pairs train_pairs_cpu will emit for ranks 1..ranks
-// (entries that are -1 or the node itself are skipped).
-int64_t count_train_pairs_cpu(const int64_t* nbrs, int64_t n, int64_t k, int64_t ranks);
-
-// nbrs [n, k], labels [n] -> src, dst, target [num_pairs] (target 1 when the labels match),
-// ordered by source node, then rank.
+// nbrs [n, k], labels [n] -> dst_padded, target_padded [n, ranks]: slot r-1 holds
+// (nbrs[i, r], 1 when the labels match) for ranks r = 1..ranks; dst -1 (target 0) where
+// the entry is -1 or the node itself. compact_cpu turns it into pairs.
 void train_pairs_cpu(const int64_t* nbrs, const int64_t* labels, int64_t n, int64_t k,
-                     int64_t ranks, int64_t* src, int64_t* dst, int64_t* target);
+                     int64_t ranks, int64_t* dst_padded, int64_t* target_padded);
+
+// Number of entries >= 0 among padded [size].
+int64_t count_entries_cpu(const int64_t* padded, int64_t size);
+
+// padded [n, m] (-1 = no entry), alongside [n, m] or nullptr -> rows, entries,
+// alongside_out [count_entries_cpu]: row index, entry and alongside value of every
+// entry >= 0, in row-major order (so pairs come ordered by source, then slot).
+void compact_cpu(const int64_t* padded, const int64_t* alongside, int64_t n, int64_t m,
+                 int64_t* rows, int64_t* entries, int64_t* alongside_out);
 
 // features [n, d], nbrs [n, k], node_ids [b] -> out [b, k, d]:
 // out[i, j] = features[nbrs[node_ids[i], j]] (zeros for a -1 slot).

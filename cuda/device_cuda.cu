@@ -5,6 +5,7 @@
 
 #include "common_cuda.cuh"
 #include "ops_cuda.h"
+#include "rows_cuda.cuh"
 
 namespace sepfl {
 
@@ -28,6 +29,21 @@ void finish(const char* op, cudaStream_t stream) {
     check(op, cudaStreamSynchronize(stream));
     check(op);
   }
+}
+
+namespace {
+
+__global__ void __launch_bounds__(kThreads)
+    check_node_ids_kernel(const int64_t* __restrict__ node_ids, int64_t b, int64_t n,
+                          int64_t* bad) {
+  for (int64_t i = first_item(); i < b; i += item_stride()) node_at(node_ids, i, n, bad);
+}
+
+}  // namespace
+
+void check_node_ids(const int64_t* node_ids, int64_t b, int64_t n, int64_t* bad,
+                    cudaStream_t stream) {
+  check_node_ids_kernel<<<grid_size(b, kThreads), kThreads, 0, stream>>>(node_ids, b, n, bad);
 }
 
 }  // namespace cuda_detail

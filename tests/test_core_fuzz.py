@@ -15,6 +15,10 @@ the oracle or must raise one specific exception:
 - IndexError: an index the kernel reads that is outside its range (-1 is an
   empty slot in ``nbrs``; ``node_ids`` and edge endpoints have no empty value).
 
+``select_pairs`` and ``train_pairs`` return padded ``[n, m]`` tables (-1 where
+there is no pair), the layout the CUDA kernels write; ``compact`` turns them
+into the pairs the oracles give, and is fuzzed on its own too.
+
 The kernels check neighbour entries where they read them, so an out-of-range
 entry the kernel never reads (a row no ``node_id`` selects, a rank past
 ``ranks``, a slot after ``select_pairs`` found its partners) may either raise
@@ -91,6 +95,13 @@ def check_index_contract(got, must_raise, may_raise, compare):
         assert_raised(got, IndexError)
     elif not (may_raise and isinstance(got, IndexError)):
         compare(got)
+
+
+def unpad(padded, *alongside):
+    """The pairs of a padded table, in numpy: (row, entry, *alongside value) of every
+    entry >= 0 in row-major order, which ``_core.compact`` must also give."""
+    rows, slots = np.nonzero(padded >= 0)
+    return (rows, padded[rows, slots], *(x[rows, slots] for x in alongside))
 
 
 def select_pairs_reads_bad(nbrs, density, max_per_node):
@@ -172,12 +183,13 @@ def test_density_nan_raises_and_infinities_are_clipped(sims, rho):
 
 
 # max_per_node stays small: values with n * max_per_node past int64 are in
-# test_native_crash.py, xfail until bind_core.cpp caps max_per_node at k.
+# test_native_crash.py.
 @given(data=st.data(), inputs=knn_inputs(),
        max_per_node=st.sampled_from(["k", "k+1", 1, 2, 3, 1000, 0, -1, INT64.min]))
 def test_select_pairs_index_contract(data, inputs, max_per_node):
     """Bad entries on a node's walk -> IndexError; max_per_node < 1 -> ValueError;
-    NaN / inf densities never compare denser; otherwise the oracle's pairs."""
+    NaN / inf densities never compare denser; otherwise the oracle's pairs, each
+    row's partners first and -1 after them, max_per_node capped at k."""
     n, k, nbrs = inputs
     max_per_node = {"k": k, "k+1": k + 1}.get(max_per_node, max_per_node)
     density = data.draw(arrays(np.float32, n, elements=st.one_of(
@@ -190,7 +202,10 @@ def test_select_pairs_index_contract(data, inputs, max_per_node):
 
     def compare(result):
         assert not isinstance(result, Exception), f"expected a result, got {result!r}"
-        for g, w in zip(result, oracles.select_pairs(sanitized, density, max_per_node)):
+        assert result.shape == (n, min(max_per_node, max(k, 1)))
+        empty = result < 0
+        assert np.all(empty[:, :-1] <= empty[:, 1:]), "a partner after an empty slot"
+        for g, w in zip(unpad(result), oracles.select_pairs(sanitized, density, max_per_node)):
             assert_indices(g, w)
 
     check_index_contract(got, select_pairs_reads_bad(nbrs, density, max_per_node),
@@ -214,7 +229,11 @@ def test_train_pairs_index_and_ranks_contract(data, inputs):
 
     def compare(result):
         assert not isinstance(result, Exception), f"expected a result, got {result!r}"
-        for g, w in zip(result, oracles.train_pairs(np.where(bad, -1, nbrs), labels, ranks)):
+        dst, target = result
+        assert dst.shape == target.shape == (n, ranks)
+        assert not target[dst < 0].any(), "a target without a pair"
+        for g, w in zip(unpad(dst, target),
+                        oracles.train_pairs(np.where(bad, -1, nbrs), labels, ranks)):
             assert_indices(g, w)
 
     check_index_contract(got, bool(bad[:, 1:ranks + 1].any()), bool(bad.any()), compare)
@@ -322,6 +341,21 @@ def test_link_index_contract(data, num_nodes, e, use_scores, threshold):
         assert_indices(got, oracles.link(src, dst, scores, threshold, num_nodes))
 
 
+@given(data=st.data(), n=sizes(8), m=sizes(4), use_alongside=st.booleans())
+def test_compact_keeps_every_entry_in_row_major_order(data, n, m, use_alongside):
+    """Every entry >= 0 (also after a -1, as train_pairs leaves them), with its row and
+    its alongside value; any negative entry is dropped."""
+    padded = data.draw(arrays(np.int64, (n, m), elements=st.one_of(
+        st.integers(-2, 9), st.sampled_from(INDEX_EXTREMES))))
+    alongside = (data.draw(arrays(np.int64, (n, m), elements=st.integers(-3, 3)))
+                 if use_alongside else None)
+    got = _core.compact(padded, alongside)
+    want = unpad(padded, *([] if alongside is None else [alongside]))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_indices(g, w)
+
+
 # --- every entry point: argument types, layouts and shapes ---------------------
 
 # Array arguments of each entry point, in call order: (kind, dims), kind "f" for
@@ -335,11 +369,12 @@ ARRAY_ARGS = {
     "aggregate": [("f", "bk"), ("f", "nd"), ("i", "nk"), ("i", "b")],
     "link": [("i", "e"), ("i", "e"), ("f?", "e")],
     "shared_neighbours": [("i", "nk"), ("i", "e"), ("i", "e")],
+    "compact": [("i", "nm"), ("i?", "nm")],
 }
 # Valid scalars passed after the arrays (link's zero endpoints need num_nodes >= 1).
 SCALAR_ARGS = {"density": (0.7,), "select_pairs": (1,), "train_pairs": (1,), "gather": (),
                "gather_add": (True,), "aggregate": (), "link": (0.5, 1),
-               "shared_neighbours": ()}
+               "shared_neighbours": (), "compact": ()}
 DTYPES = {"f": np.dtype(np.float32), "i": np.dtype(np.int64)}
 MUTATIONS = ["shape", "float64", "int32", "uint64", "float16", "bool", "other kind",
              "byteswapped", "strided", "fortran", "broadcast", "readonly", "None", "list",
@@ -436,7 +471,12 @@ def test_argument_types_and_shapes(op, data):
         assert_raised(got, error)
         return
     assert not isinstance(got, Exception), f"expected a result, got {got!r}"
-    want = getattr(oracles, op)(*args)
+    if op == "compact":
+        want = unpad(*(x for x in args if x is not None))
+    else:
+        want = getattr(oracles, op)(*args)
+    if op in ("select_pairs", "train_pairs"):
+        got = unpad(*(got if isinstance(got, tuple) else (got,)))
     pairs = zip(got, want) if isinstance(want, tuple) else [(got, want)]
     for g, w in pairs:
         assert g.dtype in DTYPES.values()

@@ -1,4 +1,9 @@
 """sepfl.ops against the numpy oracles, on numpy, torch CPU and (when present) CUDA."""
+import ctypes
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +11,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import oracles
+import sepfl
 from sepfl import _core, ops
 
 DEVICES = ["numpy", "torch", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -295,6 +301,136 @@ FEATS = np.ones((3, 4), dtype=np.float32)
 def test_bad_input_raises(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# One message per bad index on every backend: the first bad entry in input order.
+BAD_INDEX_CASES = [
+    # rows 0 and 2 both hold a bad entry; node 2 is gathered first, row 0 is named
+    ("gather", lambda x: ops.gather(x(FEATS), x(np.array([[0, 9], [1, 0], [2, 7]])),
+                                    x(np.array([2, 0]))),
+     "nbrs row 0 holds index 9 outside [-1, 3)"),
+    ("gather-node-id-first", lambda x: ops.gather(x(FEATS), x(np.array([[0, 9], [1, 0], [2, 1]])),
+                                                  x(np.array([0, 5, -1]))),
+     "node_ids[1] = 5 is outside [0, 3)"),
+    ("gather-add", lambda x: ops.gather_add(x(FEATS), x(FEATS), x(np.array([[0, 1], [1, -4], [2, 1]])),
+                                            x(np.array([0, 1]))),
+     "nbrs row 1 holds index -4 outside [-1, 3)"),
+    ("aggregate", lambda x: ops.aggregate(x(np.ones((1, 2), np.float32)), x(FEATS),
+                                          x(np.array([[0, 3], [1, 0], [2, 1]])), x(np.array([0]))),
+     "nbrs row 0 holds index 3 outside [-1, 3)"),
+    ("aggregate-no-columns", lambda x: ops.aggregate(x(np.ones((1, 2), np.float32)), x(FEATS[:, :0]),
+                                                     x(np.array([[0, 3], [1, 0], [2, 1]])),
+                                                     x(np.array([0]))),
+     "nbrs row 0 holds index 3 outside [-1, 3)"),
+    ("select-pairs", lambda x: ops.select_pairs(x(np.array([[0, 1, 8], [1, 6, 0], [2, 1, 0]])),
+                                                x(np.array([0.1, 0.0, 0.9], np.float32)), 2),
+     "nbrs row 0 holds index 8 outside [-1, 3)"),
+    ("train-pairs", lambda x: ops.train_pairs(x(np.array([[0, 1, 8], [1, 6, 0], [2, 1, 0]])),
+                                              x(np.zeros(3, np.int64)), 2),
+     "nbrs row 0 holds index 8 outside [-1, 3)"),
+    ("shared-neighbours", lambda x: ops.shared_neighbours(x(np.array([[0, 1], [1, 5], [2, 7]])),
+                                                          x(np.array([2, 0])), x(np.array([1, 1]))),
+     "nbrs row 1 holds index 5 outside [-1, 3)"),
+    ("shared-neighbours-edge", lambda x: ops.shared_neighbours(x(np.array([[0, 1], [1, 5], [2, 7]])),
+                                                               x(np.array([0, 3])),
+                                                               x(np.array([-1, 1]))),
+     "edge 0 has endpoint -1 outside [0, 3)"),
+    ("link", lambda x: ops.link(x(np.array([0, 1, 9])), x(np.array([1, 4, 0])), None, 0.5, 3),
+     "edge 1 has endpoint 4 outside [0, 3)"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("call, message", [pytest.param(c, m, id=i) for i, c, m in BAD_INDEX_CASES])
+def test_bad_index_is_named_alike_on_every_backend(device, call, message):
+    with pytest.raises(IndexError) as error:
+        call(lambda x: put(x, device))
+    assert str(error.value) == message
+
+
+def test_bad_index_message_does_not_depend_on_threads():
+    """Four OpenMP threads gather row 0 over and over; the ones starting mid-row meet its
+    second bad entry first, yet the first bad entry in input order is the one named."""
+    code = """
+import numpy as np
+from sepfl import ops
+nbrs = np.tile(np.arange(7), (200, 1))
+nbrs[0] = [0, -5, 1, 2, 3, -9, 4]
+messages = set()
+for _ in range(50):
+    try:
+        ops.gather(np.ones((200, 1), np.float32), nbrs, np.zeros(1001, np.int64))
+    except IndexError as error:
+        messages.add(str(error))
+print(sorted(messages))
+"""
+    package_root = os.path.dirname(os.path.dirname(sepfl.__file__))
+    env = dict(os.environ, OMP_NUM_THREADS="4",
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           timeout=120, check=True)
+    assert child.stdout.strip() == "['nbrs row 0 holds index -5 outside [-1, 200)']"
+
+
+def test_density_nan_message_alike_on_every_backend():
+    sims = np.array([[1.0, 0.5], [np.nan, 1.0]], np.float32)
+    for device in ("numpy", "torch"):
+        with pytest.raises(ValueError, match="^sims holds NaN$"):
+            ops.density(put(sims, device))
+
+
+@pytest.mark.cuda
+def test_density_nan_message_on_cuda():
+    with pytest.raises(ValueError, match="^sims holds NaN$"):
+        ops.density(torch.tensor([[1.0, 0.5], [float("nan"), 1.0]], device="cuda"))
+
+
+def test_flags_are_read_once_and_the_first_set_is_raised(monkeypatch):
+    """The CUDA launch path on the CPU: a stand-in kernel writes flags the way the kernels
+    do (-1 or a position) and _launch_checked raises the report of the first one set."""
+    def kernel(op, device, *args):
+        flags = (ctypes.c_int64 * 2).from_address(args[-1])
+        flags[1] = 4
+    monkeypatch.setattr(ops, "_launch", kernel)
+    reports = (lambda p: IndexError(f"first {p}"), lambda p: IndexError(f"second {p}"))
+    with pytest.raises(IndexError, match="^second 4$"):
+        ops._launch_checked("op", torch.device("cpu"), (), reports)
+    monkeypatch.setattr(ops, "_launch", lambda op, device, *args: None)
+    ops._launch_checked("op", torch.device("cpu"), (), reports)
+
+
+@given(data=st.data(), use_alongside=st.booleans())
+def test_compact_is_the_same_for_numpy_and_tensors(data, use_alongside):
+    """The torch compaction (CUDA tensors) and the native one (numpy) agree."""
+    shape = data.draw(st.tuples(st.integers(0, 8), st.integers(0, 4)))
+    padded = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(-1, 9)))
+    alongside = [data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, 1)))][:use_alongside]
+    want = ops._compact(padded, *alongside)
+    got = ops._compact(torch.from_numpy(padded), *map(torch.from_numpy, alongside))
+    assert len(got) == len(want) == 2 + use_alongside
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w)
+
+
+@given(data=st.data())
+def test_shared_neighbours_torch_checks_match_the_kernel(data):
+    """The index checks of the torch path (CUDA tensors) raise what the CPU kernel raises."""
+    n, k = data.draw(st.integers(0, 6)), data.draw(st.integers(0, 4))
+    nbrs = data.draw(hnp.arrays(np.int64, (n, k), elements=st.integers(-3, n + 2)))
+    src, dst = data.draw(hnp.arrays(np.int64, (2, data.draw(st.integers(0, 6))),
+                                    elements=st.integers(-2, n + 1)))
+
+    def message(call):
+        try:
+            call()
+        except IndexError as error:
+            return str(error)
+        return None
+
+    want = message(lambda: _core.shared_neighbours(nbrs, src, dst))
+    got = message(lambda: ops._check_shared_neighbours_inputs(
+        *(torch.from_numpy(x) for x in (nbrs, src, dst))))
+    assert got == want
 
 
 def test_core_refuses_unconverted_arrays():

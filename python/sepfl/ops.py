@@ -11,8 +11,10 @@ own index at rank 0; an entry ``-1`` (faiss's marker for a missing neighbour)
 is an empty slot: it is never chosen as a pair partner and contributes a zero
 feature vector to :func:`gather`, :func:`gather_add` and :func:`aggregate`.
 Any other index outside ``[0, N)`` that an operation reads raises IndexError
-(the CUDA path checks whole tables up front; the CPU kernels check each entry
-as they read it, so an entry they never read is not reported).
+naming the first such entry in input order; an entry an operation never reads
+is not reported. Both backends check entries as they read them: the CPU
+kernels raise after their loop, the CUDA kernels flag the position in a small
+device buffer that this module reads once after the launch (one host sync).
 
 Errors: TypeError for a wrong dtype, ValueError for a wrong shape or value
 (NaN similarities, ``rho`` or ``threshold`` outside [0, 1]), IndexError for an
@@ -20,28 +22,95 @@ index out of range.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
 
 from sepfl import _core
-from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
-                             check_positive_int, check_probability, is_tensor, same_device)
+from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
+                             check_probability, is_tensor, same_device)
 
 try:
     from sepfl import _cuda
 except ImportError:
     _cuda = None
 
+# Turns a position a kernel flagged into the exception the CPU kernel raises there.
+Report = Callable[[int], Exception]
 
-def _launch(op: str, device: torch.device, *args) -> None:
-    """Run ``_cuda.<op>(*args, stream)`` on ``device`` and its current torch stream."""
+
+def _cuda_module():
+    """``sepfl._cuda``; RuntimeError when this build has none."""
     if _cuda is None:
         raise RuntimeError("CUDA tensors were given, but this sepfl build has no CUDA module "
                            "(install with a CUDA compiler present, or pass CPU data)")
+    return _cuda
+
+
+def _launch(op: str, device: torch.device, *args) -> None:
+    """Run ``_cuda.<op>(*args, stream)`` on ``device`` and its current torch stream."""
+    module = _cuda_module()
     with torch.cuda.device(device):
-        getattr(_cuda, op)(*args, torch.cuda.current_stream(device).cuda_stream)
+        getattr(module, op)(*args, torch.cuda.current_stream(device).cuda_stream)
+
+
+def _launch_checked(op: str, device: torch.device, args: tuple,
+                    reports: Tuple[Report, ...]) -> None:
+    """:func:`_launch` with the kernel's bad-input flags as its last argument.
+
+    The flags are one int64 per report, -1 or the smallest position the kernel
+    flagged (the CPU kernels' choice, so both backends name the same entry).
+    They are read with one host sync; the first flagged report is raised.
+    """
+    flags = torch.full((len(reports),), -1, dtype=torch.int64, device=device)
+    _launch(op, device, *args, flags.data_ptr())
+    for position, report in zip(flags.tolist(), reports):
+        if position >= 0:
+            raise report(position)
+
+
+def _bad_nbrs(nbrs: torch.Tensor) -> Report:
+    """IndexError for a position into ``nbrs`` [N, k], worded as csrc/bad_index.h."""
+    return lambda p: IndexError(f"nbrs row {p // nbrs.shape[1]} holds index "
+                                f"{int(nbrs.reshape(-1)[p])} outside [-1, {nbrs.shape[0]})")
+
+
+def _bad_node_id(node_ids: torch.Tensor, n: int) -> Report:
+    """IndexError for a position into ``node_ids`` [B], worded as csrc/gather_cpu.cpp."""
+    return lambda p: IndexError(f"node_ids[{p}] = {int(node_ids[p])} is outside [0, {n})")
+
+
+def _bad_edge(src: torch.Tensor, dst: torch.Tensor, n: int) -> Report:
+    """IndexError for an edge position, worded as csrc/bad_index.h (the source when
+    it is out of range, else the target)."""
+    def report(e: int) -> Exception:
+        u = int(src[e])
+        return IndexError(f"edge {e} has endpoint {u if not 0 <= u < n else int(dst[e])} "
+                          f"outside [0, {n})")
+    return report
+
+
+def _compact(padded: Array, *alongside: Array) -> Tuple[Array, ...]:
+    """Pairs from a padded table, the one compaction of both backends.
+
+    Parameters
+    ----------
+    padded : int64 [N, m]
+        A row per node, -1 where there is no entry.
+    *alongside : int64 [N, m]
+        At most one table of values kept with the entries.
+
+    Returns
+    -------
+    rows, entries, *values : int64 [P]
+        Every entry ``>= 0`` in row-major order (by node, then slot): its row, the
+        entry, and the alongside value. Same type and device as ``padded``.
+    """
+    if is_tensor(padded):
+        rows, slots = (padded >= 0).nonzero(as_tuple=True)
+        return (rows, padded[rows, slots], *(x[rows, slots] for x in alongside))
+    return tuple(_core.compact(padded, alongside[0] if alongside else None))
 
 
 def _ptr(x: Optional[torch.Tensor]) -> int:
@@ -54,10 +123,6 @@ def _to_numpy(x: Optional[Array]) -> Optional[np.ndarray]:
 
 def _wrap(out: np.ndarray, as_tensor: bool) -> Array:
     return torch.from_numpy(out) if as_tensor else out
-
-
-def _check_nbrs_cuda(nbrs: torch.Tensor) -> None:
-    check_index_range(nbrs, "nbrs", nbrs.shape[0], allow_missing=True)
 
 
 def density(sims: Array, rho: float = 0.7) -> Array:
@@ -79,13 +144,12 @@ def density(sims: Array, rho: float = 0.7) -> Array:
     sims = as_values(sims, "sims", 2)
     rho = check_probability(rho, "rho")
     if same_device(sims) == "cuda":
-        if bool(torch.isnan(sims).any()):
-            raise ValueError("sims holds NaN")
         n, k = sims.shape
         out = torch.empty(n, dtype=torch.float32, device=sims.device)
         workspace = torch.empty(n + 2, dtype=torch.float32, device=sims.device)
-        _launch("density", sims.device, sims.data_ptr(), n, k, rho, out.data_ptr(),
-                workspace.data_ptr())
+        _launch_checked("density", sims.device, (sims.data_ptr(), n, k, rho, out.data_ptr(),
+                                                 workspace.data_ptr()),
+                        (lambda row: ValueError("sims holds NaN"),))
         return out
     return _wrap(_core.density(_to_numpy(sims), rho), is_tensor(sims))
 
@@ -110,19 +174,19 @@ def select_pairs(nbrs: Array, density: Array, max_per_node: int = 1) -> Tuple[Ar
     """
     nbrs = as_indices(nbrs, "nbrs", 2)
     density = as_values(density, "density", 1, shape=(nbrs.shape[0],))
-    # at most k distinct partners exist, so the cap changes no result
+    # at most k distinct partners exist, so the cap changes no result (the width of the
+    # padded table, as select_pairs_width in csrc/preconditions.h)
     max_per_node = min(check_positive_int(max_per_node, "max_per_node"), max(nbrs.shape[1], 1))
     check_finite(density, "density")
     if same_device(nbrs, density) == "cuda":
-        _check_nbrs_cuda(nbrs)
         n, k = nbrs.shape
         padded = torch.empty((n, max_per_node), dtype=torch.int64, device=nbrs.device)
-        _launch("select_pairs", nbrs.device, nbrs.data_ptr(), density.data_ptr(), n, k,
-                max_per_node, padded.data_ptr())
-        src, slot = (padded >= 0).nonzero(as_tuple=True)
-        return src, padded[src, slot]
-    src, dst = _core.select_pairs(_to_numpy(nbrs), _to_numpy(density), max_per_node)
-    return _wrap(src, is_tensor(nbrs)), _wrap(dst, is_tensor(nbrs))
+        _launch_checked("select_pairs", nbrs.device, (nbrs.data_ptr(), density.data_ptr(), n, k,
+                                                      max_per_node, padded.data_ptr()),
+                        (_bad_nbrs(nbrs),))
+        return _compact(padded)
+    padded = _core.select_pairs(_to_numpy(nbrs), _to_numpy(density), max_per_node)
+    return tuple(_wrap(x, is_tensor(nbrs)) for x in _compact(padded))
 
 
 def train_pairs(nbrs: Array, labels: Array, ranks: int = 39) -> Tuple[Array, Array, Array]:
@@ -150,16 +214,15 @@ def train_pairs(nbrs: Array, labels: Array, ranks: int = 39) -> Tuple[Array, Arr
         raise ValueError(f"ranks must be < k = {nbrs.shape[1]} (rank 0 is the node itself), "
                          f"got {ranks}")
     if same_device(nbrs, labels) == "cuda":
-        _check_nbrs_cuda(nbrs)
         n, k = nbrs.shape
         dst = torch.empty((n, ranks), dtype=torch.int64, device=nbrs.device)
         target = torch.empty_like(dst)
-        _launch("train_pairs", nbrs.device, nbrs.data_ptr(), labels.data_ptr(), n, k, ranks,
-                dst.data_ptr(), target.data_ptr())
-        src, slot = (dst >= 0).nonzero(as_tuple=True)
-        return src, dst[src, slot], target[src, slot]
-    outs = _core.train_pairs(_to_numpy(nbrs), _to_numpy(labels), ranks)
-    return tuple(_wrap(x, is_tensor(nbrs)) for x in outs)
+        _launch_checked("train_pairs", nbrs.device, (nbrs.data_ptr(), labels.data_ptr(), n, k,
+                                                     ranks, dst.data_ptr(), target.data_ptr()),
+                        (_bad_nbrs(nbrs),))
+        return _compact(dst, target)
+    dst, target = _core.train_pairs(_to_numpy(nbrs), _to_numpy(labels), ranks)
+    return tuple(_wrap(x, is_tensor(nbrs)) for x in _compact(dst, target))
 
 
 def balanced_sample(target: Array, n_per_class: int, seed: int = 0) -> Array:
@@ -214,11 +277,12 @@ def gather(features: Array, nbrs: Array, node_ids: Array) -> Array:
     nbrs = as_indices(nbrs, "nbrs", 2, shape=(features.shape[0], None))
     node_ids = as_indices(node_ids, "node_ids", 1)
     if same_device(features, nbrs, node_ids) == "cuda":
-        _check_node_inputs_cuda(nbrs, node_ids)
         (n, d), k, b = features.shape, nbrs.shape[1], node_ids.shape[0]
         out = torch.empty((b, k, d), dtype=torch.float32, device=features.device)
-        _launch("gather", features.device, features.data_ptr(), nbrs.data_ptr(),
-                node_ids.data_ptr(), n, k, d, b, out.data_ptr())
+        _launch_checked("gather", features.device, (features.data_ptr(), nbrs.data_ptr(),
+                                                    node_ids.data_ptr(), n, k, d, b,
+                                                    out.data_ptr()),
+                        _bad_node_inputs(nbrs, node_ids))
         return out
     out = _core.gather(_to_numpy(features), _to_numpy(nbrs), _to_numpy(node_ids))
     return _wrap(out, is_tensor(features))
@@ -253,11 +317,12 @@ def gather_add(a: Array, bproj: Array, nbrs: Array, node_ids: Array,
     if bias is not None:
         bias = as_values(bias, "bias", 1, shape=(a.shape[1],))
     if same_device(a, bproj, nbrs, node_ids, bias) == "cuda":
-        _check_node_inputs_cuda(nbrs, node_ids)
         (n, h), k, b = a.shape, nbrs.shape[1], node_ids.shape[0]
         out = torch.empty((b, k, h), dtype=torch.float32, device=a.device)
-        _launch("gather_add", a.device, a.data_ptr(), bproj.data_ptr(), nbrs.data_ptr(),
-                node_ids.data_ptr(), _ptr(bias), bool(gelu), n, k, h, b, out.data_ptr())
+        _launch_checked("gather_add", a.device, (a.data_ptr(), bproj.data_ptr(), nbrs.data_ptr(),
+                                                 node_ids.data_ptr(), _ptr(bias), bool(gelu), n,
+                                                 k, h, b, out.data_ptr()),
+                        _bad_node_inputs(nbrs, node_ids))
         return out
     out = _core.gather_add(_to_numpy(a), _to_numpy(bproj), _to_numpy(nbrs), _to_numpy(node_ids),
                            _to_numpy(bias), bool(gelu))
@@ -284,20 +349,21 @@ def aggregate(weights: Array, features: Array, nbrs: Array, node_ids: Array) -> 
     node_ids = as_indices(node_ids, "node_ids", 1)
     weights = as_values(weights, "weights", 2, shape=(node_ids.shape[0], nbrs.shape[1]))
     if same_device(weights, features, nbrs, node_ids) == "cuda":
-        _check_node_inputs_cuda(nbrs, node_ids)
         (n, d), k, b = features.shape, nbrs.shape[1], node_ids.shape[0]
         out = torch.empty((b, d), dtype=torch.float32, device=features.device)
-        _launch("aggregate", features.device, weights.data_ptr(), features.data_ptr(),
-                nbrs.data_ptr(), node_ids.data_ptr(), n, k, d, b, out.data_ptr())
+        _launch_checked("aggregate", features.device, (weights.data_ptr(), features.data_ptr(),
+                                                       nbrs.data_ptr(), node_ids.data_ptr(), n, k,
+                                                       d, b, out.data_ptr()),
+                        _bad_node_inputs(nbrs, node_ids))
         return out
     out = _core.aggregate(_to_numpy(weights), _to_numpy(features), _to_numpy(nbrs),
                           _to_numpy(node_ids))
     return _wrap(out, is_tensor(features))
 
 
-def _check_node_inputs_cuda(nbrs: torch.Tensor, node_ids: torch.Tensor) -> None:
-    _check_nbrs_cuda(nbrs)
-    check_index_range(node_ids, "node_ids", nbrs.shape[0])
+def _bad_node_inputs(nbrs: torch.Tensor, node_ids: torch.Tensor) -> Tuple[Report, Report]:
+    """The reports of the gathers' flags: a bad node id first, as the CPU checks them first."""
+    return _bad_node_id(node_ids, nbrs.shape[0]), _bad_nbrs(nbrs)
 
 
 def shared_neighbours(nbrs: Array, src: Array, dst: Array) -> Tuple[Array, Array]:
@@ -323,12 +389,37 @@ def shared_neighbours(nbrs: Array, src: Array, dst: Array) -> Tuple[Array, Array
     src = as_indices(src, "src", 1)
     dst = as_indices(dst, "dst", 1, shape=src.shape)
     if same_device(nbrs, src, dst) == "cuda":
-        _check_nbrs_cuda(nbrs)
-        check_index_range(src, "src", nbrs.shape[0])
-        check_index_range(dst, "dst", nbrs.shape[0])
+        _check_shared_neighbours_inputs(nbrs, src, dst)
         return _shared_neighbours_sorted(nbrs, src, dst)
     shared, reverse = _core.shared_neighbours(_to_numpy(nbrs), _to_numpy(src), _to_numpy(dst))
     return _wrap(shared, is_tensor(src)), _wrap(reverse, is_tensor(src))
+
+
+def _first_true(mask: torch.Tensor) -> torch.Tensor:
+    """Position of the first True of ``mask`` (flattened), -1 when none: a 0-d int64 tensor
+    on ``mask``'s device, so that several can be read with one sync."""
+    flat = mask.reshape(-1)
+    if flat.numel() == 0:
+        return torch.tensor(-1, device=mask.device)
+    first = flat.to(torch.uint8).argmax()
+    return torch.where(flat[first], first, -1)
+
+
+def _check_shared_neighbours_inputs(nbrs: torch.Tensor, src: torch.Tensor,
+                                    dst: torch.Tensor) -> None:
+    """The CPU kernel's index checks for the torch path, read with one host sync: the first
+    edge with an endpoint outside [0, N), else the first bad entry of a row an edge reads."""
+    n = nbrs.shape[0]
+    edges = (src < 0) | (src >= n) | (dst < 0) | (dst >= n)
+    read = torch.zeros(n, dtype=torch.bool, device=nbrs.device)
+    if n:  # clamped: a bad endpoint is reported as such before any entry
+        read[src.clamp(0, n - 1)] = True
+        read[dst.clamp(0, n - 1)] = True
+    entries = ((nbrs < -1) | (nbrs >= n)) & read[:, None]
+    flags = torch.stack([_first_true(edges), _first_true(entries)]).tolist()
+    for position, report in zip(flags, (_bad_edge(src, dst, n), _bad_nbrs(nbrs))):
+        if position >= 0:
+            raise report(position)
 
 
 _SHARED_CHUNK = 1 << 16  # edges per batched search: a few hundred MB of working set
@@ -390,13 +481,16 @@ def link(src: Array, dst: Array, scores: Optional[Array], threshold: float,
     threshold = check_probability(threshold, "threshold")
     num_nodes = check_positive_int(num_nodes, "num_nodes", minimum=0)
     if same_device(src, dst, scores) == "cuda":
-        check_index_range(src, "src", num_nodes)
-        check_index_range(dst, "dst", num_nodes)
-        roots = torch.empty(num_nodes, dtype=torch.int64, device=src.device)
-        _launch("link", src.device, src.data_ptr(), dst.data_ptr(), _ptr(scores), threshold,
-                src.shape[0], num_nodes, roots.data_ptr())
-        is_root = roots == torch.arange(num_nodes, device=roots.device)
-        return (torch.cumsum(is_root, 0) - 1)[roots]
+        labels = torch.empty(num_nodes, dtype=torch.int64, device=src.device)
+        with torch.cuda.device(src.device):  # the scan's scratch size depends on the GPU
+            size = _cuda_module().link_workspace_bytes(num_nodes)
+        workspace = torch.empty(size, dtype=torch.uint8, device=src.device)
+        _launch_checked("link", src.device, (src.data_ptr(), dst.data_ptr(), _ptr(scores),
+                                             threshold, src.shape[0], num_nodes,
+                                             labels.data_ptr(), workspace.data_ptr(),
+                                             workspace.numel()),
+                        (_bad_edge(src, dst, num_nodes),))
+        return labels
     labels = _core.link(_to_numpy(src), _to_numpy(dst), _to_numpy(scores), threshold, num_nodes)
     return _wrap(labels, is_tensor(src))
 

@@ -1,7 +1,6 @@
 #include <vector>
 
 #include "bad_index.h"
-#include "check.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
@@ -30,7 +29,7 @@ void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_
         for (int64_t j = 0; j < k; ++j) {
           const int64_t x = nbrs[a * k + j];
           if (x < -1 || x >= n) {
-            bad_nbr.record(a, x);
+            bad_nbr.record(a * k + j, x);
           } else if (x >= 0) {
             stamp[x] = a;
           }
@@ -41,7 +40,7 @@ void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_
       for (int64_t j = 0; j < k; ++j) {
         const int64_t x = nbrs[b * k + j];
         if (x < -1 || x >= n) {
-          bad_nbr.record(b, x);
+          bad_nbr.record(b * k + j, x);
           continue;
         }
         if (x < 0) continue;
@@ -52,9 +51,8 @@ void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_
       reverse[i] = rank;
     }
   }
-  SEPFL_CHECK_INDEX(bad_edge.row < 0, "edge " << bad_edge.row << " has endpoint "
-                                                << bad_edge.value << " outside [0, " << n << ")");
-  bad_nbr.raise_if_any("nbrs", n);
+  bad_edge.raise_if_edge(n);
+  bad_nbr.raise_if_nbrs(k, n);
 }
 
 }  // namespace sepfl

@@ -2,6 +2,7 @@
 #include <numeric>
 #include <vector>
 
+#include "bad_index.h"
 #include "check.h"
 #include "ops_cpu.h"
 
@@ -44,14 +45,18 @@ template <typename Index>
 int64_t link_impl(const int64_t* src, const int64_t* dst, const float* scores, float threshold,
                   int64_t num_edges, int64_t num_nodes, int64_t* labels) {
   DisjointSets<Index> sets(num_nodes);
+  BadIndex bad;
   for (int64_t e = 0; e < num_edges; ++e) {
     const int64_t u = src[e], v = dst[e];
-    SEPFL_CHECK_INDEX(u >= 0 && u < num_nodes && v >= 0 && v < num_nodes,
-                      "edge " << e << " = (" << u << ", " << v << ") has an endpoint outside [0, "
-                              << num_nodes << ")");
+    const bool u_in = u >= 0 && u < num_nodes, v_in = v >= 0 && v < num_nodes;
+    if (!(u_in && v_in)) {
+      bad.record(e, u_in ? v : u);
+      break;
+    }
     if (scores && !(scores[e] > threshold)) continue;
     sets.unite(static_cast<Index>(u), static_cast<Index>(v));
   }
+  bad.raise_if_edge(num_nodes);
   // Number components by their smallest member: scanning nodes in order meets
   // each component first at that member, so the labels do not depend on the
   // edge order or on which node became the root.
