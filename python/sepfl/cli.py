@@ -2,7 +2,8 @@
 
 Every option that tunes clustering or training is generated from the fields
 of :class:`sepfl.config.ClusterConfig` and :class:`sepfl.config.TrainConfig`,
-so the CLI and the API share one definition (and one set of defaults).
+its help from the field's metadata (:func:`sepfl.config.setting`), so the CLI
+and the API share one definition (and one set of defaults).
 
 Each command checks all its inputs and output paths before any work (files
 exist, row counts agree, a ``--knn`` graph belongs to the features, outputs
@@ -29,7 +30,7 @@ import numpy as np
 
 from sepfl import baselines, io
 from sepfl._version import __version__
-from sepfl.config import ClusterConfig, TrainConfig
+from sepfl.config import ClusterConfig, TrainConfig, help_of
 
 log = logging.getLogger("sepfl")
 
@@ -43,7 +44,9 @@ EXAMPLES = {
     "evaluate": "sepfl evaluate data/test_labels.npy pred.npy",
 }
 
-KNN_FIELDS = ("k", "device", "knn_backend", "knn_precision", "knn_exact", "progress", "threads")
+# the options of `sepfl knn`: the kNN settings (ClusterConfig.knn_settings), where, and threads
+KNN_FIELDS = tuple(f.name for f in dataclasses.fields(ClusterConfig)
+                   if "knn" in f.metadata) + ("device", "threads")
 CONFIG_FIELDS = {f.name for cls in (ClusterConfig, TrainConfig) for f in dataclasses.fields(cls)}
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
@@ -65,24 +68,8 @@ def _plain(text: str) -> str:
 
 
 def _field_help(cls: type) -> Dict[str, str]:
-    """Each attribute's whole description, read from the numpydoc ``Attributes`` section.
-
-    A heading naming several attributes (``lr, momentum, weight_decay : float``)
-    gives each of them the description.
-    """
-    help_text: Dict[str, str] = {}
-    names: List[str] = []
-    for line in (cls.__doc__ or "").splitlines():
-        heading = re.match(r"^ {4}(\w+(?:, \w+)*) : ", line)
-        if heading:
-            names = heading.group(1).split(", ")
-            help_text.update(dict.fromkeys(names, ""))
-        elif names and line.startswith(" " * 8):
-            for name in names:
-                help_text[name] = f"{help_text[name]} {line.strip()}".strip()
-        else:
-            names = []
-    return {name: _plain(text) for name, text in help_text.items()}
+    """Each field's help text (:func:`sepfl.config.help_of`) without reST markup."""
+    return {name: _plain(text) for name, text in help_of(cls).items()}
 
 
 def _fields(cls: type, only: Optional[Sequence[str]] = None) -> List[dataclasses.Field]:
@@ -285,7 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> str:
     data = make_faces(args.n_ids, seed=args.seed)
     print(f"synthetic test set: {len(data.labels):,} face-like embeddings of {args.n_ids} "
           f"identities (seed {args.seed}), unseen in training")
-    knn = build_knn(data.features, k=config.k, progress=config.progress)
+    knn = build_knn(data.features, **config.knn_settings())
     estimator.set_params(scheme="sepfl")
     sepfl_scheme = evaluate(data.labels, estimator.predict(data.features, knn=knn))
     estimator.set_params(scheme=config.scheme)
@@ -338,9 +325,7 @@ def cmd_knn(args: argparse.Namespace) -> str:
     _check_knn_backend(config)
     features = _read_features(args.features, args.dim)
     with torch_threads(config.threads):
-        nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                               device=config.device, exact=config.knn_exact,
-                               precision=config.knn_precision, progress=config.progress)
+        nbrs, sims = build_knn(features, device=config.device, **config.knn_settings())
     io.write_knn(out, nbrs, sims, features=features)
     return f"kNN graph of {len(nbrs):,} samples, k = {config.k}, written to {out}"
 

@@ -150,10 +150,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         features = to_tensor(normalize_features(features), device)
     with watch.stage("knn"):
         if knn is None:
-            nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                                   exact=config.knn_exact, precision=config.knn_precision,
-                                   cache=knn_cache,
-                                   progress=config.progress)
+            nbrs, sims = build_knn(features, cache=knn_cache, **config.knn_settings())
         else:
             nbrs, sims = knn
         nbrs, sims = checked_knn(nbrs, sims, range(features.shape[0]), config.k, device)

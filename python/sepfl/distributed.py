@@ -401,9 +401,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
         x = job.all_rows(to_tensor(normalize_features(features[rows.start:rows.stop]), device))
     with job.stage(watch, "knn"):
         if knn is None:
-            nbrs, sims = build_knn(x, k=config.k, backend=config.knn_backend,
-                                   exact=config.knn_exact, precision=config.knn_precision,
-                                   progress=config.progress, rows=rows)
+            nbrs, sims = build_knn(x, rows=rows, **config.knn_settings())
         else:
             if len(knn[0]) != n:
                 raise ValueError(f"knn table has {len(knn[0])} rows, expected N = {n}")
