@@ -161,39 +161,28 @@ def _writable_folder(folder: Path, flag: str) -> Path:
     return folder
 
 
-def _read_features(path: str, dim: Optional[int]) -> np.ndarray:
-    return io.read_features(path, dim=dim)
-
-
 def _rows_hint(path: str) -> str:
     return " (is --dim right?)" if Path(path).suffix.lower() == ".bin" else ""
 
 
-def _read_labels_for(path: str, features: np.ndarray, features_path: str) -> np.ndarray:
-    """Labels [N] of ``path``, which must hold one label per row of ``features``."""
-    labels, _ = io.read_labels(path)
-    if len(labels) != len(features):
-        raise UserError(f"{path} has {len(labels):,} labels but {features_path} has "
-                        f"{len(features):,} rows{_rows_hint(features_path)}")
-    return labels
-
-
-def _read_knn_for(path: str, features: np.ndarray, features_path: str,
-                  k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The ``--knn`` graph's (nbrs [N, k], sims [N, k]), refused unless it belongs to
-    ``features`` (:func:`sepfl.io.verify_knn`) and holds at least k neighbours per row."""
-    graph = io.read_knn(path)
+def _read(features: str, labels: Optional[str], dim: Optional[int],
+          knn: Optional[str] = None) -> io.Dataset:
+    """Features with their labels and ``--knn`` graph, read and checked together by
+    :func:`sepfl.io.read_dataset` (not normalised: the pipeline does that, warning once)."""
     try:
-        io.verify_knn(graph, features)
+        return io.read_dataset(features, labels, knn, dim=dim, normalize=False)
     except ValueError as err:
-        raise UserError(f"--knn {path}: {err} with `sepfl knn {features_path}`"
-                        f"{_rows_hint(features_path)}") from None
-    width = graph.nbrs.shape[1]
+        raise UserError(f"{err}{_rows_hint(features)}") from None
+
+
+def _first_k(data: io.Dataset, path: str, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``--knn`` graph's first k neighbours per row (nbrs, sims [N, k])."""
+    width = data.nbrs.shape[1]
     if width < k:
         raise UserError(f"--knn {path} holds {width} neighbours per row, fewer than --k {k}")
     if width > k:
         log.info("using the first %d of the %d neighbours per row in %s", k, width, path)
-    return graph.nbrs[:, :k], graph.sims[:, :k]
+    return data.nbrs[:, :k], data.sims[:, :k]
 
 
 def _check_k(model: Any, args: argparse.Namespace) -> None:
@@ -323,7 +312,7 @@ def cmd_knn(args: argparse.Namespace) -> str:
     out = _writable(args.out, "--out", (".npz",))
     config = _user_errors(lambda: ClusterConfig(**_given(ClusterConfig, args, only=KNN_FIELDS)))
     _check_knn_backend(config)
-    features = _read_features(args.features, args.dim)
+    features = io.read_features(args.features, dim=args.dim)
     with torch_threads(config.threads):
         nbrs, sims = build_knn(features, device=config.device, **config.knn_settings())
     io.write_knn(out, nbrs, sims, features=features)
@@ -346,16 +335,15 @@ def cmd_train(args: argparse.Namespace) -> str:
     estimator = _user_errors(lambda: SEPFL(**_given(ClusterConfig, args, only=("k",)),
                                            **_given(TrainConfig, args)))
     _user_errors(lambda: (estimator.cluster_config, estimator.train_config))
-    features = _read_features(args.features, args.dim)
-    labels = _read_labels_for(args.labels, features, args.features)
+    data = _read(args.features, args.labels, args.dim)
+    features, labels = data.features, data.labels
     validation = None
     if args.val_features:
-        val_features = _read_features(args.val_features, args.dim)
-        if val_features.shape[1] != features.shape[1]:
-            raise UserError(f"{args.val_features} has D = {val_features.shape[1]} columns but "
+        val = _read(args.val_features, args.val_labels, args.dim)
+        if val.features.shape[1] != features.shape[1]:
+            raise UserError(f"{args.val_features} has D = {val.features.shape[1]} columns but "
                             f"{args.features} has {features.shape[1]}")
-        validation = (val_features, _read_labels_for(args.val_labels, val_features,
-                                                     args.val_features))
+        validation = (val.features, val.labels)
     if out.exists() and not args.force:
         try:
             trained_on = load_checkpoint(out).get("fingerprint")
@@ -398,10 +386,10 @@ def cmd_cluster(args: argparse.Namespace) -> str:
     estimator = _user_errors(load)
     config = estimator.cluster_config
     _check_knn_backend(config)
-    features = _read_features(args.features, args.dim)
-    gt = _read_labels_for(args.labels, features, args.features) if args.labels else None
+    data = _read(args.features, args.labels, args.dim, args.knn)
+    features, gt = data.features, data.labels
     _check_model(estimator.model_, features, args.features, args)
-    knn = _read_knn_for(args.knn, features, args.features, config.k) if args.knn else None
+    knn = _first_k(data, args.knn, config.k) if args.knn else None
     try:
         labels = estimator.add(features) if extend else estimator.predict(features, knn=knn)
     except DistributedError as err:
