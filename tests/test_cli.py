@@ -15,7 +15,6 @@ import pytest
 from sepfl import io
 from sepfl.cli import _field_help, build_parser, main
 from sepfl.config import ClusterConfig, TrainConfig
-from sepfl.knn import build_knn
 
 SEPFL = Path(sys.executable).with_name("sepfl")
 TINY_TRAIN = ["--k", "20", "--ranks", "10", "--epochs", "1", "--pairs-per-epoch", "256",
@@ -154,86 +153,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "sepfl_demo.png").stat().st_size > 10_000
 
 
-# ---------------------------------------------------------------- a stale kNN graph (item 2)
-
-
-@pytest.mark.parametrize("layout", ["learn-to-cluster", "sepfl"])
-def test_knn_graph_of_other_features_is_refused(workdir, cluster_args, tmp_path, layout):
-    """Same N, rows shuffled: before, exit 0 and nonsense clusters."""
-    features = np.load(workdir / "data" / "test_features.npy")
-    shuffled = features[np.random.default_rng(1).permutation(len(features))]
-    nbrs, sims = build_knn(shuffled, k=20, progress=False)
-    graph = tmp_path / "stale.npz"
-    io.write_knn(graph, nbrs, sims, layout=layout,
-                 features=shuffled if layout == "sepfl" else None)
-    code, out, err = run("cluster", *cluster_args, "--knn", graph, "--out", tmp_path / "p.npy")
-    assert code == 2 and one_line_error(err)
-    assert "built from other features" in err
-    assert outputs(tmp_path) == ["stale.npz"]
-
-
-# ---------------------------------------------------------------- checks before work (item 4)
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--labels", "{data}/train_labels.npy", "--out", "{tmp}/p.npy"], "labels but"),
-    (["--out", "{tmp}/p.parquet"], "unknown format '.parquet'"),
-    (["--out", "{tmp}/p.npy", "--report", "{tmp}/r.pdf"], "unknown format '.pdf'"),
-    (["--out", "{tmp}/blocker/p.npy"], "is a file, not a folder"),
-    (["--out", "{tmp}"], "is a folder"),
-])
-def test_inputs_and_outputs_are_checked_before_any_work(workdir, cluster_args, tmp_path,
-                                                        extra, message):
-    (tmp_path / "blocker").write_text("a file where a folder should be")
-    extra = [a.format(data=workdir / "data", tmp=tmp_path) for a in extra]
-    code, out, err = run("-v", "cluster", *cluster_args, *extra)
-    assert code == 2 and message in err
-    assert "embeddings" not in err  # refused before the network ran
-    assert outputs(tmp_path) == ["blocker"]
-
-
-def test_a_wrong_dim_that_divides_the_bin_size_is_caught_by_the_labels(workdir, tmp_path):
-    """Item 10: --dim 128 reads a D = 256 .bin as twice the rows; the labels say otherwise."""
-    data = workdir / "data"
-    features = tmp_path / "x.bin"
-    np.load(data / "test_features.npy").tofile(features)  # raw, no sidecar
-    code, out, err = run("cluster", features, "--dim", "128", "--labels",
-                         data / "test_labels.npy", "--out", tmp_path / "p.npy")
-    assert code == 2 and one_line_error(err) and "(is --dim right?)" in err
-    assert "2,032 labels but" in err and "4,064 rows" in err
-    assert outputs(tmp_path) == ["x.bin"]
-
-
-# ---------------------------------------------------------------- one-line errors (item 5)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["cluster", "missing.npy", "--out", "{tmp}/x.npy"], "missing.npy"),
-    (["cluster", "{data}/test_features.npy", "--checkpoint", "{root}/model.pt",
-      "--out", "{tmp}/x.npy", "--threshold", "1.5"], "--threshold must be in [0, 1]"),
-    (["cluster", "{data}/test_features.npy", "--checkpoint", "{root}/model.pt",
-      "--out", "{tmp}/x.npy", "--k", "30"], "--k 30, but the model was trained for k = 20"),
-    (["evaluate", "{data}/test_labels.npy", "{data}/train_labels.npy"], "has"),
-    (["cluster", "{data}/test_labels.npy", "--out", "{tmp}/x.npy"], "features"),
-    (["cluster", "{data}/test_features.npy", "--checkpoint", "{tmp}/broken.pt",
-      "--out", "{tmp}/x.npy"], "not a readable checkpoint"),
-    (["train", "{data}/train_features.npy", "{data}/test_labels.npy", "--out", "{tmp}/m.pt"]
-     + TINY_TRAIN, "labels"),
-    (["cluster", "{data}/test_features.npy", "--checkpoint", "{root}/model.pt",
-      "--out", "{tmp}/x.npy", "--knn-backend", "faiss"], "needs faiss"),
-    (["synth", "--n-ids", "4", "--mixture", "-1", "--out", "{tmp}/d"], "--mixture must be >= 0"),
-    (["synth", "--n-ids", "4", "--mixture", "6", "--out", "{tmp}/d"], "got 6"),
-])
-def test_user_errors_are_one_line_without_traceback(workdir, tmp_path, argv, message):
-    (tmp_path / "broken.pt").write_bytes((workdir / "model.pt").read_bytes()[:300])
-    argv = [a.format(root=workdir, data=workdir / "data", tmp=tmp_path) for a in argv]
-    # a faiss that cannot be imported, as on a machine without it
-    (tmp_path / "nofaiss" / "faiss").mkdir(parents=True)
-    (tmp_path / "nofaiss" / "faiss" / "__init__.py").write_text("raise ImportError('no faiss')")
-    code, out, err = run(*argv, env={"PYTHONPATH": str(tmp_path / "nofaiss")})
-    assert code == 2 and message in err and one_line_error(err), err
-    assert len(err) < 300  # no pasted paragraph
-    assert not (tmp_path / "x.npy").exists()
+# ---------------------------------------------------------------- Ctrl-C (item 5)
+# (user mistakes, each refused in one line before any work, are rows of test_bad_input.py)
 
 
 def test_ctrl_c_is_one_line_and_writes_nothing(workdir, cluster_args, tmp_path):

@@ -75,29 +75,6 @@ def test_oracle_on_pairs_beats_nothing(faces):
     assert precision == 1.0
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(k=8), "model was built for k = 10"),
-])
-def test_config_must_match_model(faces, model, change, match):
-    with pytest.raises(ValueError, match=match):
-        cluster(faces.features, model, ClusterConfig(device="cpu", progress=False, **change))
-
-
-def test_bad_inputs(faces, model):
-    with pytest.raises(ValueError, match="D = 8"):
-        run(faces.features[:, :8], model)
-    with pytest.raises(ValueError, match="k"):
-        run(faces.features[:K], model)  # fewer samples than k + 1
-    bad = faces.features.copy()
-    bad[3, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        run(bad, model)
-    with pytest.raises(ValueError, match="threshold"):
-        ClusterConfig(threshold=1.5)
-    with pytest.raises(ValueError, match="device"):
-        ClusterConfig(device="tpu")
-
-
 def test_knn_with_missing_slots_clusters(faces, model):
     nbrs, sims = build_knn(faces.features, k=K, progress=False)
     nbrs, sims = nbrs.copy(), sims.copy()

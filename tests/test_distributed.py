@@ -44,7 +44,7 @@ def _rank(rank, port, features, model, settings, fail, queue):
             if fail == "hang":
                 time.sleep(HANG_SECONDS)
             raise ValueError("rank 1 broke before the density all-reduce")
-        distributed.build_knn = broken
+        distributed.unit_knn = broken
     try:
         result = cluster(features, model, ClusterConfig(distributed=True, **settings))
     except Exception as err:  # reported to the test, which checks it

@@ -198,12 +198,3 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, fitted, monkeypatch):
         fitted.save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
-
-
-def test_bad_training_data(faces):
-    with pytest.raises(ValueError, match="identit"):
-        SEPFL(**SMALL).fit(faces.features, np.zeros(len(faces.labels), dtype=np.int64))
-    bad = faces.features.copy()
-    bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        SEPFL(**SMALL).fit(bad, faces.labels)

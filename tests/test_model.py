@@ -177,33 +177,6 @@ def test_empty_inputs():
                              torch.zeros(0, dtype=torch.int64)).shape == (0,)
 
 
-def test_inference_input_errors():
-    model = PairClassifier(4, 3)
-    x, nbrs = toy_graph(20, 4, 3, seed=0)
-    with pytest.raises(RuntimeError, match="eval"):
-        model.node_embeddings(x, nbrs)
-    model.eval()
-    with pytest.raises(ValueError, match="shape"):
-        model.node_embeddings(torch.randn(20, 5), nbrs)
-    with pytest.raises(ValueError, match="shape"):
-        model.node_embeddings(x, nbrs[:, :2])
-    bad = nbrs.clone()
-    bad[3, 1] = 20
-    with pytest.raises(IndexError, match="20"):
-        model.node_embeddings(x, bad)
-    nan = x.clone()
-    nan[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        model.node_embeddings(nan, nbrs)
-    with pytest.raises(TypeError):
-        model.node_embeddings(x, nbrs.float())
-    e = model.node_embeddings(x, nbrs)
-    with pytest.raises(IndexError):
-        model.score_pairs(e, torch.tensor([0, 25]), torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="shape"):
-        model.score_pairs(e, torch.tensor([0, 1]), torch.tensor([1]))
-
-
 @pytest.mark.cuda
 def test_cuda_matches_cpu():
     model = randomise(PairClassifier(16, 8), seed=2).eval()

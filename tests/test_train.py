@@ -1,4 +1,4 @@
-"""Training: schedule, sampling, determinism, checkpoints and resumption, bad input."""
+"""Training: schedule, sampling, determinism, checkpoints and resumption."""
 from __future__ import annotations
 
 import dataclasses
@@ -64,16 +64,6 @@ def test_learning_rate_schedule_of_the_paper():
     assert rates == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
     assert learning_rate(config, 399, total) == 1e-2
     assert learning_rate(config, 400, total) == pytest.approx(1e-3)
-
-
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("lr", 0.0),
-                                         ("momentum", 1.5), ("lr_milestones", (0.6, 0.4)),
-                                         ("lr_milestones", (0.0,)), ("weight_decay", -1.0),
-                                         ("device", "tpu"), ("optimizer", "adam"),
-                                         ("warmup_steps", -1), ("classifier_lr", 0.0)])
-def test_config_rejects_bad_values(field, value):
-    with pytest.raises(ValueError):
-        TrainConfig(**{field: value})
 
 
 def test_epoch_pairs_are_balanced(toy):
@@ -244,45 +234,6 @@ def test_load_bare_state_dict(tmp_path):
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     loaded = load_checkpoint(tmp_path / "bare.pt")
     assert loaded["config"] is None and (loaded["dim"], loaded["k"]) == (8, 4)
-
-
-def test_load_rejects_bad_files(tmp_path):
-    path = tmp_path / "m.pt"
-    save_checkpoint(path, PairClassifier(8, 4), small_config())
-    data = path.read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        load_checkpoint(tmp_path / "cut.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        load_checkpoint(tmp_path / "junk.pt")
-    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="neither"):
-        load_checkpoint(tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="dim = 8"):
-        load_checkpoint(path, dim=16)
-    with pytest.raises(ValueError, match="k = 4"):
-        load_checkpoint(path, k=80)
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_bad_training_input(toy):
-    x, labels = toy
-    with pytest.raises(ValueError, match="two identities"):
-        train(x, np.zeros(len(x), dtype=np.int64), small_config(), k=K)
-    with pytest.raises(ValueError, match="no positive"):
-        train(x, np.arange(len(x)), small_config(), k=K)
-    nan = x.copy()
-    nan[3, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        train(nan, labels, small_config(), k=K)
-    with pytest.raises(ValueError, match="k must be >= 8"):
-        train(x, labels, small_config(), k=7)
-    with pytest.raises(ValueError, match="shape"):
-        train(x, labels[:-1], small_config(), k=K)
-    with pytest.raises(TypeError):
-        train(x, labels.astype(np.float32), small_config(), k=K)
 
 
 def test_config_is_a_plain_dataclass():

@@ -9,7 +9,7 @@ object: C-contiguous, float32 for values, int64 for indices.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -110,8 +110,9 @@ def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_device(device: Optional[str]) -> Optional[torch.device]:
-    """``device`` ("cpu", "cuda", "cuda:N" or None) as a torch.device (None stays None).
+def check_device(device: Union[str, torch.device, None]) -> Optional[torch.device]:
+    """``device`` ("cpu", "cuda", "cuda:N", a torch.device or None) as a torch.device (None
+    stays None).
 
     Checks the spelling only: whether the hardware is there is asked where the
     device is used, so a config naming "cuda" can be read on a CPU-only machine.
@@ -121,9 +122,10 @@ def check_device(device: Optional[str]) -> Optional[torch.device]:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda ('cpu', 'cuda' or 'cuda:N'), "
+                         f"got {device!r}")
     return resolved
 
 

@@ -2,7 +2,8 @@
 
 Every option that tunes clustering or training is generated from the fields
 of :class:`sepfl.config.ClusterConfig` and :class:`sepfl.config.TrainConfig`,
-so the CLI and the API share one definition (and one set of defaults).
+its help from the field's metadata (:func:`sepfl.config.setting`), so the CLI
+and the API share one definition (and one set of defaults).
 
 Each command checks all its inputs and output paths before any work (files
 exist, row counts agree, a ``--knn`` graph belongs to the features, outputs
@@ -29,7 +30,7 @@ import numpy as np
 
 from sepfl import baselines, io
 from sepfl._version import __version__
-from sepfl.config import ClusterConfig, TrainConfig
+from sepfl.config import ClusterConfig, TrainConfig, help_of
 
 log = logging.getLogger("sepfl")
 
@@ -43,7 +44,9 @@ EXAMPLES = {
     "evaluate": "sepfl evaluate data/test_labels.npy pred.npy",
 }
 
-KNN_FIELDS = ("k", "device", "knn_backend", "knn_precision", "knn_exact", "progress", "threads")
+# the options of `sepfl knn`: the kNN settings (ClusterConfig.knn_settings), where, and threads
+KNN_FIELDS = tuple(f.name for f in dataclasses.fields(ClusterConfig)
+                   if "knn" in f.metadata) + ("device", "threads")
 CONFIG_FIELDS = {f.name for cls in (ClusterConfig, TrainConfig) for f in dataclasses.fields(cls)}
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
@@ -65,24 +68,8 @@ def _plain(text: str) -> str:
 
 
 def _field_help(cls: type) -> Dict[str, str]:
-    """Each attribute's whole description, read from the numpydoc ``Attributes`` section.
-
-    A heading naming several attributes (``lr, momentum, weight_decay : float``)
-    gives each of them the description.
-    """
-    help_text: Dict[str, str] = {}
-    names: List[str] = []
-    for line in (cls.__doc__ or "").splitlines():
-        heading = re.match(r"^ {4}(\w+(?:, \w+)*) : ", line)
-        if heading:
-            names = heading.group(1).split(", ")
-            help_text.update(dict.fromkeys(names, ""))
-        elif names and line.startswith(" " * 8):
-            for name in names:
-                help_text[name] = f"{help_text[name]} {line.strip()}".strip()
-        else:
-            names = []
-    return {name: _plain(text) for name, text in help_text.items()}
+    """Each field's help text (:func:`sepfl.config.help_of`) without reST markup."""
+    return {name: _plain(text) for name, text in help_of(cls).items()}
 
 
 def _fields(cls: type, only: Optional[Sequence[str]] = None) -> List[dataclasses.Field]:
@@ -174,39 +161,28 @@ def _writable_folder(folder: Path, flag: str) -> Path:
     return folder
 
 
-def _read_features(path: str, dim: Optional[int]) -> np.ndarray:
-    return io.read_features(path, dim=dim)
-
-
 def _rows_hint(path: str) -> str:
     return " (is --dim right?)" if Path(path).suffix.lower() == ".bin" else ""
 
 
-def _read_labels_for(path: str, features: np.ndarray, features_path: str) -> np.ndarray:
-    """Labels [N] of ``path``, which must hold one label per row of ``features``."""
-    labels, _ = io.read_labels(path)
-    if len(labels) != len(features):
-        raise UserError(f"{path} has {len(labels):,} labels but {features_path} has "
-                        f"{len(features):,} rows{_rows_hint(features_path)}")
-    return labels
-
-
-def _read_knn_for(path: str, features: np.ndarray, features_path: str,
-                  k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The ``--knn`` graph's (nbrs [N, k], sims [N, k]), refused unless it belongs to
-    ``features`` (:func:`sepfl.io.verify_knn`) and holds at least k neighbours per row."""
-    graph = io.read_knn(path)
+def _read(features: str, labels: Optional[str], dim: Optional[int],
+          knn: Optional[str] = None) -> io.Dataset:
+    """Features with their labels and ``--knn`` graph, read and checked together by
+    :func:`sepfl.io.read_dataset` (not normalised: the pipeline does that, warning once)."""
     try:
-        io.verify_knn(graph, features)
+        return io.read_dataset(features, labels, knn, dim=dim, normalize=False)
     except ValueError as err:
-        raise UserError(f"--knn {path}: {err} with `sepfl knn {features_path}`"
-                        f"{_rows_hint(features_path)}") from None
-    width = graph.nbrs.shape[1]
+        raise UserError(f"{err}{_rows_hint(features)}") from None
+
+
+def _first_k(data: io.Dataset, path: str, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``--knn`` graph's first k neighbours per row (nbrs, sims [N, k])."""
+    width = data.nbrs.shape[1]
     if width < k:
         raise UserError(f"--knn {path} holds {width} neighbours per row, fewer than --k {k}")
     if width > k:
         log.info("using the first %d of the %d neighbours per row in %s", k, width, path)
-    return graph.nbrs[:, :k], graph.sims[:, :k]
+    return data.nbrs[:, :k], data.sims[:, :k]
 
 
 def _check_k(model: Any, args: argparse.Namespace) -> None:
@@ -285,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> str:
     data = make_faces(args.n_ids, seed=args.seed)
     print(f"synthetic test set: {len(data.labels):,} face-like embeddings of {args.n_ids} "
           f"identities (seed {args.seed}), unseen in training")
-    knn = build_knn(data.features, k=config.k, progress=config.progress)
+    knn = build_knn(data.features, **config.knn_settings())
     estimator.set_params(scheme="sepfl")
     sepfl_scheme = evaluate(data.labels, estimator.predict(data.features, knn=knn))
     estimator.set_params(scheme=config.scheme)
@@ -336,11 +312,9 @@ def cmd_knn(args: argparse.Namespace) -> str:
     out = _writable(args.out, "--out", (".npz",))
     config = _user_errors(lambda: ClusterConfig(**_given(ClusterConfig, args, only=KNN_FIELDS)))
     _check_knn_backend(config)
-    features = _read_features(args.features, args.dim)
+    features = io.read_features(args.features, dim=args.dim)
     with torch_threads(config.threads):
-        nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                               device=config.device, exact=config.knn_exact,
-                               precision=config.knn_precision, progress=config.progress)
+        nbrs, sims = build_knn(features, device=config.device, **config.knn_settings())
     io.write_knn(out, nbrs, sims, features=features)
     return f"kNN graph of {len(nbrs):,} samples, k = {config.k}, written to {out}"
 
@@ -361,16 +335,15 @@ def cmd_train(args: argparse.Namespace) -> str:
     estimator = _user_errors(lambda: SEPFL(**_given(ClusterConfig, args, only=("k",)),
                                            **_given(TrainConfig, args)))
     _user_errors(lambda: (estimator.cluster_config, estimator.train_config))
-    features = _read_features(args.features, args.dim)
-    labels = _read_labels_for(args.labels, features, args.features)
+    data = _read(args.features, args.labels, args.dim)
+    features, labels = data.features, data.labels
     validation = None
     if args.val_features:
-        val_features = _read_features(args.val_features, args.dim)
-        if val_features.shape[1] != features.shape[1]:
-            raise UserError(f"{args.val_features} has D = {val_features.shape[1]} columns but "
+        val = _read(args.val_features, args.val_labels, args.dim)
+        if val.features.shape[1] != features.shape[1]:
+            raise UserError(f"{args.val_features} has D = {val.features.shape[1]} columns but "
                             f"{args.features} has {features.shape[1]}")
-        validation = (val_features, _read_labels_for(args.val_labels, val_features,
-                                                     args.val_features))
+        validation = (val.features, val.labels)
     if out.exists() and not args.force:
         try:
             trained_on = load_checkpoint(out).get("fingerprint")
@@ -413,10 +386,10 @@ def cmd_cluster(args: argparse.Namespace) -> str:
     estimator = _user_errors(load)
     config = estimator.cluster_config
     _check_knn_backend(config)
-    features = _read_features(args.features, args.dim)
-    gt = _read_labels_for(args.labels, features, args.features) if args.labels else None
+    data = _read(args.features, args.labels, args.dim, args.knn)
+    features, gt = data.features, data.labels
     _check_model(estimator.model_, features, args.features, args)
-    knn = _read_knn_for(args.knn, features, args.features, config.k) if args.knn else None
+    knn = _first_k(data, args.knn, config.k) if args.knn else None
     try:
         labels = estimator.add(features) if extend else estimator.predict(features, knn=knn)
     except DistributedError as err:

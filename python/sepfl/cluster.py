@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from sepfl import edges, ops
-from sepfl._validate import Array, as_values, to_numpy, to_tensor
+from sepfl._validate import Array, as_indices, as_values, check_index_range, to_numpy, to_tensor
 from sepfl.config import ClusterConfig
 from sepfl.device import resolve_device
 from sepfl.features import normalize_features
-from sepfl.knn import build_knn
+from sepfl.knn import unit_knn
 from sepfl.model import PairClassifier
 
 log = logging.getLogger("sepfl")
@@ -143,26 +143,24 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         from sepfl.distributed import cluster_sharded
 
         return cluster_sharded(features, model, config, knn=knn, knn_cache=knn_cache)
+    # the one check of the inputs: past it, stages trust the features and the kNN graph
     features = check_inputs(features, model, config)
     device = resolve_device(config.device)
     watch = _Stopwatch(device)
     with watch.stage("normalize"):
         features = to_tensor(normalize_features(features), device)
+    n = features.shape[0]
     with watch.stage("knn"):
         if knn is None:
-            nbrs, sims = build_knn(features, k=config.k, backend=config.knn_backend,
-                                   exact=config.knn_exact, precision=config.knn_precision,
-                                   cache=knn_cache,
-                                   progress=config.progress)
+            nbrs, sims = unit_knn(features, cache=knn_cache, **config.knn_settings())
         else:
-            nbrs, sims = knn
-        nbrs, sims = checked_knn(nbrs, sims, range(features.shape[0]), config.k, device)
+            nbrs, sims = checked_knn(*knn, range(n), n, config.k, device)
     with watch.stage("density"):
         density = ops.density(sims, config.rho)
     model = model.to(device).eval()
     with watch.stage("embeddings"):
-        e = model.node_embeddings(features, nbrs, batch_size=config.node_batch_size,
-                                  bf16=config.bf16, progress=config.progress)
+        e = model.embed_graph(features, nbrs, batch_size=config.node_batch_size,
+                              bf16=config.bf16, progress=config.progress)
     scheme = resolve_scheme(model, config)
     stats = None
     if scheme == "edges":
@@ -194,14 +192,31 @@ def check_inputs(features: Array, model: PairClassifier, config: ClusterConfig) 
     return features
 
 
-def checked_knn(nbrs: Array, sims: Array, rows: range, k: int,
+def checked_knn(nbrs: Array, sims: Array, rows: range, n: int, k: int,
                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The kNN lists of ``rows`` as tensors on ``device``: int64 / float32 [len(rows), k]."""
-    nbrs, sims = to_tensor(nbrs, device), to_tensor(sims, device)
-    if nbrs.shape != (len(rows), k):
-        raise ValueError(f"knn table has shape {tuple(nbrs.shape)}, expected "
-                         f"({len(rows)}, {k})")
-    return nbrs, sims
+    """A given kNN graph's lists of ``rows``, checked once for the stages that trust them.
+
+    Parameters
+    ----------
+    nbrs, sims : int [len(rows), k], float [len(rows), k]
+        The lists of samples ``rows`` of N = ``n``; entries in ``[-1, N)``.
+
+    Returns
+    -------
+    int64 / float32 tensors [len(rows), k] on ``device``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        Dtypes, a shape other than ``(len(rows), k)``, an index outside ``[-1, N)``.
+    """
+    nbrs, sims = as_indices(nbrs, "nbrs", 2), as_values(sims, "sims", 2)
+    for table in (nbrs, sims):
+        if tuple(table.shape) != (len(rows), k):
+            raise ValueError(f"knn table has shape {tuple(table.shape)}, expected "
+                             f"({len(rows)}, {k})")
+    check_index_range(nbrs, "nbrs", n, allow_missing=True)
+    return to_tensor(nbrs, device), to_tensor(sims, device)
 
 
 def candidates(model: PairClassifier, config: ClusterConfig) -> int:

@@ -7,11 +7,11 @@ the hardware is there is asked here, by the function that runs on it
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-from sepfl._validate import check_device
+from sepfl._validate import Array, check_device, is_tensor
 
 __all__ = ["has_cuda", "resolve_device"]
 
@@ -25,22 +25,33 @@ def has_cuda() -> bool:
     return _cuda.device_count() > 0 and torch.cuda.is_available()
 
 
-def resolve_device(device: Optional[str]) -> torch.device:
-    """The torch device to run on; None means a GPU when sepfl can use one, else the CPU.
+def resolve_device(device: Union[str, torch.device, None], data: Optional[Array] = None,
+                   native: bool = True) -> torch.device:
+    """The torch device to run on: the one resolver of sepfl.
 
     Parameters
     ----------
-    device : {"cpu", "cuda", "cuda:N"} or None
+    device : {"cpu", "cuda", "cuda:N"}, torch.device or None
+        None means where ``data`` lives when it is given, else a GPU when
+        :func:`has_cuda`, else the CPU.
+    data : numpy array or torch tensor, optional
+        The input whose device None stands for (a numpy array lives on the CPU).
+    native : bool
+        Whether the run needs sepfl's CUDA module (the pipeline's kernels) or
+        only torch's CUDA (the kNN search): which test a CUDA device must pass.
 
     Raises
     ------
     ValueError
-        Any other spelling, or a CUDA device when :func:`has_cuda` is False.
+        Any other spelling, or a CUDA device that cannot be used.
     """
+    if device is None and data is not None:
+        return data.device if is_tensor(data) else torch.device("cpu")
     if device is None:
         return torch.device("cuda" if has_cuda() else "cpu")
     resolved = check_device(device)
-    if resolved.type == "cuda" and not has_cuda():
-        raise ValueError("device 'cuda' was asked for, but no GPU is usable or sepfl was built "
-                         "without its CUDA module")
+    usable = has_cuda() if native else torch.cuda.is_available()
+    if resolved.type == "cuda" and not usable:
+        why = " to sepfl (no usable GPU, or built without its CUDA module)" if native else ""
+        raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available{why}")
     return resolved

@@ -62,7 +62,7 @@ from sepfl.cluster import (GROUP_STAGE, ClusterResult, _Stopwatch, candidates, c
 from sepfl.config import ClusterConfig
 from sepfl.device import resolve_device
 from sepfl.features import normalize_features
-from sepfl.knn import build_knn
+from sepfl.knn import unit_knn
 from sepfl.model import PairClassifier
 
 __all__ = ["DistributedError", "ShardResult", "cluster_sharded", "is_rank_zero", "shard_bounds"]
@@ -419,14 +419,12 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
         x = job.all_rows(to_tensor(normalize_features(features[rows.start:rows.stop]), device))
     with job.stage(watch, "knn"):
         if knn is None:
-            nbrs, sims = build_knn(x, k=config.k, backend=config.knn_backend,
-                                   exact=config.knn_exact, precision=config.knn_precision,
-                                   progress=config.progress, rows=rows)
+            nbrs, sims = unit_knn(x, rows=rows, **config.knn_settings())
         else:
             if len(knn[0]) != n:
                 raise ValueError(f"knn table has {len(knn[0])} rows, expected N = {n}")
-            nbrs, sims = knn[0][rows.start:rows.stop], knn[1][rows.start:rows.stop]
-        nbrs, sims = checked_knn(nbrs, sims, rows, config.k, device)
+            nbrs, sims = checked_knn(knn[0][rows.start:rows.stop], knn[1][rows.start:rows.stop],
+                                     rows, n, config.k, device)
     with job.stage(watch, "density"):
         density = _density(sims, config.rho, job)
     model = model.to(device).eval()

@@ -22,7 +22,7 @@ import numpy as np
 
 from sepfl import incremental
 from sepfl._threads import torch_threads
-from sepfl._validate import Array, as_values, to_tensor
+from sepfl._validate import Array, as_values, to_numpy
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
 from sepfl.cluster import ClusterResult, cluster
 from sepfl.config import ClusterConfig, TrainConfig
@@ -285,7 +285,7 @@ class SEPFL:
         config = self.cluster_config
         with torch_threads(config.threads):
             self.state_, self.result_ = incremental.add(
-                self.state_, to_tensor(X_new, "cpu").numpy(), self.model_, config)
+                self.state_, to_numpy(X_new), self.model_, config)
         self.labels_ = self.result_.labels
         return self.labels_
 

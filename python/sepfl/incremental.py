@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from sepfl import edges, ops
+from sepfl._validate import to_tensor
 from sepfl.cluster import ClusterResult, _Stopwatch, edge_grouping, resolve_scheme
 from sepfl.config import ClusterConfig
 from sepfl.features import normalize_features
@@ -265,7 +266,7 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
     watch = _Stopwatch(device)
     n, k = state.nbrs.shape
     with watch.stage("normalize"):
-        new = torch.from_numpy(np.asarray(normalize_features(new)))
+        new = to_tensor(normalize_features(new))
     with watch.stage("knn"):
         nbrs, sims, entered = extend_knn(torch.from_numpy(state.features),
                                          torch.from_numpy(state.nbrs),

@@ -639,8 +639,8 @@ def read_dataset(features_path: PathLike, labels_path: Optional[PathLike] = None
     if labels_path is not None:
         data.labels, data.classes = read_labels(labels_path)
         if len(data.labels) != n:
-            raise ValueError(f"{labels_path} has {len(data.labels)} labels but "
-                             f"{features_path} has {n} feature rows")
+            raise ValueError(f"{labels_path} has {len(data.labels):,} labels but "
+                             f"{features_path} has {n:,} rows")
     if knn_path is not None:
         graph = read_knn(knn_path)
         try:

@@ -42,7 +42,6 @@ import contextlib
 import functools
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional, Tuple, Union
 
@@ -50,12 +49,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sepfl._validate import (Array, as_values, check_positive_int, is_tensor, same_device,
-                             to_numpy)
+from sepfl._validate import Array, check_positive_int, is_tensor, to_numpy, to_tensor
+from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
 from sepfl.io import read_knn, write_knn
 
-__all__ = ["build_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
+__all__ = ["build_knn", "unit_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,14 +127,29 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     ImportError
         ``backend="faiss"`` without faiss installed.
     """
-    x = as_values(features, "features", 2)
+    return unit_knn(normalize_features(features), k=k, backend=backend, device=device,
+                    exact=exact, precision=precision, cache=cache, chunk_size=chunk_size,
+                    progress=progress, rows=rows)
+
+
+def unit_knn(x: Array, k: int = 80, backend: str = "auto",
+             device: Union[str, torch.device, None] = None, exact: bool = True,
+             precision: str = "fp32", cache: Union[str, Path, None] = None,
+             chunk_size: Optional[int] = None, progress: Optional[bool] = None,
+             rows: Optional[range] = None) -> Tuple[Array, Array]:
+    """:func:`build_knn` of features already checked and normalised: the pipeline's entry.
+
+    ``x`` is float32 [N, D] with unit rows, as
+    :func:`sepfl.features.normalize_features` returns it (numpy or a tensor);
+    it is trusted, not checked again. The settings are checked as in
+    :func:`build_knn`, which takes the same parameters and returns the same.
+    """
     k = _check_k(k, x.shape[0])
     rows = _check_rows(rows, x.shape[0], cache)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    where = _compute_device(x, device)
+    where = resolve_device(device, x, native=False)
     backend = choose_backend(backend, where, precision)
-    x = normalize_features(x)
     exact_build = exact if backend == "faiss" else precision == "fp32"
     found = None if cache is None else _read_cache(Path(cache), x, k, exact_build)
     if found is None:
@@ -143,11 +157,11 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
         if backend == "faiss":
             found = _faiss_knn(to_numpy(x), k, exact, where, chunk_size, show, rows)
         else:
-            found = _torch_knn(_to_tensor(x, where), k, precision, chunk_size, show, rows)
+            found = _torch_knn(to_tensor(x, where), k, precision, chunk_size, show, rows)
         if cache is not None:
             write_knn(cache, *found, features=x,
                       meta={"exact": exact_build, "backend": backend, "precision": precision})
-    return _like(found, features)
+    return _like(found, x)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -171,15 +185,6 @@ def _check_rows(rows: Optional[range], n: int, cache: Union[str, Path, None]) ->
     if cache is not None:
         raise ValueError("a kNN cache holds every row: pass rows or cache, not both")
     return rows
-
-
-def _compute_device(x: Array, device: Union[str, torch.device, None]) -> torch.device:
-    where = torch.device(same_device(x) if device is None else device)
-    if where.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    if where.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested, but CUDA is not available")
-    return where
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,15 +219,6 @@ def choose_backend(backend: str, where: torch.device, precision: str) -> str:
 
 
 # --------------------------------------------------------------------------- conversions
-
-
-def _to_tensor(x: Array, where: torch.device) -> torch.Tensor:
-    if not is_tensor(x):
-        with warnings.catch_warnings():
-            # Read-only memory maps are fine: the kNN search never writes to its input.
-            warnings.filterwarnings("ignore", message=".*not writable.*")
-            x = torch.from_numpy(x)
-    return x.to(where)
 
 
 def _like(found: Tuple[Array, Array], features: Array) -> Tuple[Array, Array]:
@@ -471,7 +467,7 @@ def estimate_recall(features: np.ndarray, nbrs: np.ndarray, rows: int = _RECALL_
     """
     n, k = nbrs.shape
     picked = np.sort(np.random.default_rng(seed).choice(n, min(n, rows), replace=False))
-    x = _to_tensor(features, torch.device("cpu"))
+    x = to_tensor(features, torch.device("cpu"))
     true, _ = _torch_search(x, torch.from_numpy(picked + first), k, "fp32", None, False)
     found = np.asarray(nbrs)[picked]
     hits = (found[:, :, None] == true.numpy()[:, None, :]).any(axis=2)

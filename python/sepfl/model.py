@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from sepfl import ops
 from sepfl.edges import NUM_STATISTICS, EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
-                             check_positive_int, is_tensor)
+                             check_positive_int, to_tensor)
 
 __all__ = ["PairClassifier", "bf16_autocast", "cpu_tile", "fast_bf16"]
 
@@ -328,8 +328,7 @@ class PairClassifier(nn.Module):
         features = self._check_features(features)
         nbrs = self._check_lists(nbrs, "nbrs", features, features.shape[0])
         if nodes is None:
-            return self._embed_rows(features, nbrs, features.shape[0], batch_size, bf16,
-                                    factorised, progress)
+            return self.embed_graph(features, nbrs, batch_size, bf16, factorised, progress)
         nodes = _check_nodes(nodes, features)
         return self._embed_rows(*_local_rows(features, nbrs[nodes], nodes), nodes.numel(),
                                 batch_size, bf16, factorised, progress)
@@ -367,18 +366,35 @@ class PairClassifier(nn.Module):
         return self._embed_rows(*_local_rows(features, lists, nodes), nodes.numel(), batch_size,
                                 bf16, factorised, progress)
 
+    @torch.no_grad()
+    def embed_graph(self, features: torch.Tensor, nbrs: torch.Tensor, batch_size: int = 2048,
+                    bf16: Optional[bool] = None, factorised: bool = True,
+                    progress: bool = False) -> torch.Tensor:
+        """:meth:`node_embeddings` of every sample from inputs checked by the caller.
+
+        The pipeline's entry (:func:`sepfl.cluster.cluster`), which has checked
+        its inputs once at the public boundary: ``features`` a float32 tensor
+        [N, D] of finite rows, ``nbrs`` an int64 tensor [N, k] on the same
+        device with entries in ``[-1, N)``. They are trusted, not checked again.
+
+        Returns
+        -------
+        e : float32 Tensor [N, 2D]
+            On the device of ``features``.
+        """
+        return self._embed_rows(features, nbrs, features.shape[0], batch_size, bf16, factorised,
+                                progress)
+
     def _check_features(self, features: Array) -> torch.Tensor:
         """``features`` as a finite float32 tensor [N, D] (TypeError / ValueError otherwise)."""
-        features = as_values(features, "features", 2, shape=(None, self.dim))
-        features = features if is_tensor(features) else torch.from_numpy(features)
+        features = to_tensor(as_values(features, "features", 2, shape=(None, self.dim)))
         check_finite(features, "features")
         return features
 
     def _check_lists(self, lists: Array, name: str, features: torch.Tensor,
                      rows: int) -> torch.Tensor:
         """kNN lists as an int64 tensor [rows, k] on the features' device, entries in [-1, N)."""
-        lists = as_indices(lists, name, 2, shape=(rows, self.k))
-        lists = (lists if is_tensor(lists) else torch.from_numpy(lists)).to(features.device)
+        lists = to_tensor(as_indices(lists, name, 2, shape=(rows, self.k)), features.device)
         check_index_range(lists, name, features.shape[0], allow_missing=True)
         return lists
 
@@ -440,11 +456,9 @@ class PairClassifier(nn.Module):
         prob : float32 Tensor [P]
             On the device of ``e``.
         """
-        e = as_values(e, "e", 2, shape=(None, 2 * self.dim))
-        e = e if is_tensor(e) else torch.from_numpy(e)
-        src = as_indices(src, "src", 1)
-        dst = as_indices(dst, "dst", 1, shape=src.shape)
-        src, dst = (torch.as_tensor(x).to(e.device) for x in (src, dst))
+        e = to_tensor(as_values(e, "e", 2, shape=(None, 2 * self.dim)))
+        src = to_tensor(as_indices(src, "src", 1), e.device)
+        dst = to_tensor(as_indices(dst, "dst", 1, shape=src.shape), e.device)
         batch_size = check_positive_int(batch_size, "batch_size")
         check_index_range(src, "src", e.shape[0])
         check_index_range(dst, "dst", e.shape[0])
@@ -462,8 +476,7 @@ class PairClassifier(nn.Module):
 
 def _check_nodes(nodes: Array, features: torch.Tensor) -> torch.Tensor:
     """``nodes`` as distinct int64 indices [M] in ``[0, N)`` on the features' device."""
-    nodes = as_indices(nodes, "nodes", 1)
-    nodes = (nodes if is_tensor(nodes) else torch.from_numpy(nodes)).to(features.device)
+    nodes = to_tensor(as_indices(nodes, "nodes", 1), features.device)
     check_index_range(nodes, "nodes", features.shape[0])
     if torch.unique(nodes).numel() != nodes.numel():
         raise ValueError("nodes must not repeat an index")

@@ -53,14 +53,14 @@ from tqdm.auto import tqdm
 
 from sepfl import edges, ops
 from sepfl._threads import torch_threads
-from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
-                             is_tensor, to_numpy)
+from sepfl._validate import (Array, as_indices, as_values, check_positive_int, to_numpy,
+                             to_tensor)
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
 from sepfl.cluster import candidates, cluster, pair_scores
 from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
-from sepfl.knn import build_knn
+from sepfl.knn import unit_knn
 from sepfl.metrics import anchored, evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
 
@@ -97,11 +97,6 @@ class _Graph:
     src: np.ndarray          # int64 [P] candidate pairs (CPU: sampling happens in numpy)
     dst: np.ndarray          # int64 [P]
     target: np.ndarray       # int64 [P], 1 = same identity
-
-
-def _as_tensor(x: Array, device: torch.device) -> torch.Tensor:
-    # a read-only array (e.g. a memory-mapped file) is copied: torch tensors are writable
-    return (x if is_tensor(x) else torch.from_numpy(np.require(x, requirements="W"))).to(device)
 
 
 def default_ranks(k: int) -> int:
@@ -145,13 +140,12 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                     progress: Optional[bool] = None) -> _Graph:
     features = as_values(features, "features", 2)
     labels = to_numpy(as_indices(labels, "labels", 1, shape=(features.shape[0],)))
-    check_finite(features, "features")
     if np.unique(labels).size < 2:
         raise ValueError("training needs at least two identities in labels, got "
                          f"{np.unique(labels).size}")
-    features = normalize_features(features)
+    features = normalize_features(features)  # refuses NaN / inf / all-zero rows
     if knn is None:
-        nbrs, sims = build_knn(features, k=k, progress=progress)
+        nbrs, sims = unit_knn(features, k=k, progress=progress)
     else:
         nbrs = as_indices(knn[0], "knn nbrs", 2, shape=(features.shape[0], k))
         sims = as_values(knn[1], "knn sims", 2, shape=(features.shape[0], k))
@@ -161,8 +155,8 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                          f"1..{ranks}: no sample has a same-identity neighbour")
     src, dst, target = with_negatives(src, dst, target, labels, _seed(seed, 4),
                                       "training pairs")
-    return _Graph(_as_tensor(features, device), _as_tensor(nbrs, device),
-                  _as_tensor(sims, device), labels, src, dst, target)
+    return _Graph(to_tensor(features, device), to_tensor(nbrs, device),
+                  to_tensor(sims, device), labels, src, dst, target)
 
 
 def _epoch_pairs(graph: _Graph, config: TrainConfig, epoch: int) -> np.ndarray:
@@ -295,8 +289,8 @@ def _refit(model: PairClassifier, graph: _Graph, config: TrainConfig,
 
 def _embeddings(model: PairClassifier, graph: _Graph, config: TrainConfig) -> torch.Tensor:
     """The training set's eval-mode node embeddings float32 [N, 2D] (inference path)."""
-    return model.eval().node_embeddings(graph.features, graph.nbrs, bf16=config.bf16,
-                                        progress=config.progress)
+    return model.eval().embed_graph(graph.features, graph.nbrs, bf16=config.bf16,
+                                    progress=config.progress)
 
 
 # ----------------------------------------------------------------------- edge head
@@ -455,9 +449,9 @@ def _prepare_validation(validation: Optional[tuple], k: int, device: torch.devic
     if validation is None:
         return None
     features, labels = validation
-    features = normalize_features(as_values(features, "validation features", 2))
+    features = to_tensor(normalize_features(features, name="validation features"), device)
     labels = to_numpy(as_indices(labels, "validation labels", 1, shape=(features.shape[0],)))
-    return _as_tensor(features, device), labels, build_knn(_as_tensor(features, device), k=k)
+    return features, labels, unit_knn(features, k=k)
 
 
 def _restore(path: Optional[Path], model: PairClassifier, optimizer: torch.optim.Optimizer,
