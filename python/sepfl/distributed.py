@@ -30,7 +30,7 @@ scores
     each rank scores its shard's pairs.
 group / link
     the scored pairs are gathered on rank 0 and grouped there by the
-    single-process function (:func:`sepfl.cluster.group`); the labels are broadcast.
+    single-process function (:func:`sepfl.stages.group`); the labels are broadcast.
 
 Every rank gets all N labels, the same partition as a single process up to
 float rounding: the shard's rows share node tiles differently in the network
@@ -57,8 +57,8 @@ import torch.distributed as dist
 
 from sepfl import edges, ops
 from sepfl._validate import Array, to_numpy, to_tensor
-from sepfl.cluster import (GROUP_STAGE, ClusterResult, _Stopwatch, candidates, check_inputs,
-                           checked_knn, group, grouping_of, pair_scores, resolve_scheme)
+from sepfl.stages import (GROUP_STAGE, ClusterResult, Stopwatch, candidates, check_inputs,
+                          checked_knn, group, grouping_of, pair_scores, resolve_scheme)
 from sepfl.config import ClusterConfig
 from sepfl.device import resolve_device
 from sepfl.features import normalize_features
@@ -202,7 +202,7 @@ class _Group:
         self._stage = "start"
 
     @contextlib.contextmanager
-    def stage(self, watch: _Stopwatch, name: str) -> Iterator[None]:
+    def stage(self, watch: Stopwatch, name: str) -> Iterator[None]:
         """``watch.stage(name)``, and ``name`` for the errors of the collectives inside."""
         self._stage = name
         with watch.stage(name):
@@ -402,7 +402,7 @@ def _select_pairs(job: _Group, nbrs: torch.Tensor, density: torch.Tensor,
 def _pair_scores(job: _Group, model: PairClassifier, config: ClusterConfig, scheme: str,
                  e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                  stats: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`sepfl.cluster.pair_scores` of the shard's pairs (shard rows ``src``, samples
+    """:func:`sepfl.stages.pair_scores` of the shard's pairs (shard rows ``src``, samples
     ``dst``); for "sepfl" the partners' embeddings outside the shard are fetched."""
     if scheme == "edges":
         return pair_scores(model, config, scheme, e, src, dst, stats)
@@ -414,7 +414,7 @@ def _pair_scores(job: _Group, model: PairClassifier, config: ClusterConfig, sche
 def _run(features: Array, model: PairClassifier, config: ClusterConfig,
          knn: Optional[Tuple[Array, Array]], job: _Group) -> ShardResult:
     n, rows, device = features.shape[0], job.rows, job.device
-    watch = _Stopwatch(device)
+    watch = Stopwatch(device)
     with job.stage(watch, "normalize"):
         x = job.all_rows(to_tensor(normalize_features(features[rows.start:rows.stop]), device))
     with job.stage(watch, "knn"):

@@ -49,7 +49,7 @@ import torch
 
 from sepfl import edges, ops
 from sepfl._validate import to_tensor
-from sepfl.cluster import ClusterResult, _Stopwatch, edge_grouping, resolve_scheme
+from sepfl.stages import ClusterResult, Stopwatch, edge_grouping, resolve_scheme
 from sepfl.config import ClusterConfig
 from sepfl.features import normalize_features
 from sepfl.model import PairClassifier
@@ -263,7 +263,7 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
                          f"the same scheme, not {scheme!r}")
     device = torch.device("cpu")
     model = model.to(device).eval()
-    watch = _Stopwatch(device)
+    watch = Stopwatch(device)
     n, k = state.nbrs.shape
     with watch.stage("normalize"):
         new = to_tensor(normalize_features(new))

@@ -56,13 +56,14 @@ from sepfl._threads import torch_threads
 from sepfl._validate import (Array, as_indices, as_values, check_positive_int, to_numpy,
                              to_tensor)
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
-from sepfl.cluster import candidates, cluster, pair_scores
+from sepfl.cluster import cluster
 from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
 from sepfl.knn import unit_knn
 from sepfl.metrics import anchored, evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
+from sepfl.stages import candidates, pair_scores
 
 __all__ = ["train", "learning_rate", "default_ranks"]
 

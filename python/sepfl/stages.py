@@ -1,0 +1,203 @@
+"""The stages of a clustering run, shared by :func:`sepfl.cluster.cluster`, the sharded
+run (:mod:`sepfl.distributed`), :mod:`sepfl.incremental` and training's calibration.
+
+Each takes inputs already checked at the public boundary (:func:`check_inputs`,
+:func:`checked_knn`) and trusts them; :class:`ClusterResult` is what a run returns
+and :class:`Stopwatch` times its stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+from sepfl import edges, ops
+from sepfl._validate import Array, as_indices, as_values, check_index_range, to_numpy, to_tensor
+from sepfl.config import ClusterConfig
+from sepfl.model import PairClassifier
+
+log = logging.getLogger("sepfl")
+
+# the last stage's name in ClusterResult.timings, by scheme
+GROUP_STAGE = {"edges": "group", "sepfl": "link"}
+
+
+@dataclasses.dataclass
+class ClusterResult:
+    """What :func:`cluster` found.
+
+    Attributes
+    ----------
+    labels : int64 ndarray [N]
+        Cluster of each sample, 0..C-1 in order of each cluster's smallest member.
+    density : float32 ndarray [N]
+    src, dst : int64 ndarray [P]
+        The scored pairs: candidate edges ("edges") or each sample's nearest
+        denser neighbour ("sepfl").
+    scores : float32 ndarray [P]
+        P(same identity) of each pair.
+    threshold : float
+        The threshold the pairs were kept at.
+    timings : dict of str to float
+        Seconds spent in each stage, in pipeline order.
+    scheme : {"edges", "sepfl"}
+        The scheme that ran (``"sepfl"`` for a model without an edge head).
+    features : float32 ndarray [N, D]
+        The L2-normalised features.
+    nbrs, sims : int64 / float32 ndarray [N, k]
+        The kNN graph.
+    embeddings : float32 ndarray [N, 2D]
+        Each sample's network embedding ``e_u``.
+
+    The last four are what :mod:`sepfl.incremental` continues from.
+    """
+
+    labels: np.ndarray
+    density: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    scores: np.ndarray
+    threshold: float
+    timings: Dict[str, float]
+    scheme: str
+    features: np.ndarray
+    nbrs: np.ndarray
+    sims: np.ndarray
+    embeddings: np.ndarray
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    @property
+    def num_singletons(self) -> int:
+        return int((np.bincount(self.labels) == 1).sum()) if self.labels.size else 0
+
+
+class Stopwatch:
+    """Times named stages, synchronising the GPU so each stage is charged its own work."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.timings: Dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = time.perf_counter() - start
+        log.info("%-11s %8.3f s", name, self.timings[name])
+
+
+def check_inputs(features: Array, model: PairClassifier, config: ClusterConfig) -> Array:
+    """``features`` as float32 [N, D] once D and ``config.k`` are the model's (ValueError)."""
+    if config.k != model.k:
+        raise ValueError(f"config.k = {config.k} but the model was built for k = {model.k}")
+    features = as_values(features, "features", 2)
+    if features.shape[1] != model.dim:
+        raise ValueError(f"features have D = {features.shape[1]} but the model was built "
+                         f"for D = {model.dim}")
+    return features
+
+
+def checked_knn(nbrs: Array, sims: Array, rows: range, n: int, k: int,
+                device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A given kNN graph's lists of ``rows``, checked once for the stages that trust them.
+
+    Parameters
+    ----------
+    nbrs, sims : int [len(rows), k], float [len(rows), k]
+        The lists of samples ``rows`` of N = ``n``; entries in ``[-1, N)``.
+
+    Returns
+    -------
+    int64 / float32 tensors [len(rows), k] on ``device``.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        Dtypes, a shape other than ``(len(rows), k)``, an index outside ``[-1, N)``.
+    """
+    nbrs, sims = as_indices(nbrs, "nbrs", 2), as_values(sims, "sims", 2)
+    for table in (nbrs, sims):
+        if tuple(table.shape) != (len(rows), k):
+            raise ValueError(f"knn table has shape {tuple(table.shape)}, expected "
+                             f"({len(rows)}, {k})")
+    check_index_range(nbrs, "nbrs", n, allow_missing=True)
+    return to_tensor(nbrs, device), to_tensor(sims, device)
+
+
+def candidates(model: PairClassifier, config: ClusterConfig) -> int:
+    """Candidate edges per sample of the "edges" scheme (``config.candidates``, below k)."""
+    return min(config.candidates, model.k - 1)
+
+
+def pair_scores(model: PairClassifier, config: ClusterConfig, scheme: str, e: torch.Tensor,
+                src: torch.Tensor, dst: torch.Tensor,
+                stats: Optional[torch.Tensor]) -> torch.Tensor:
+    """P(same identity) float32 [P] of each pair: the edge head's from ``stats`` [P, 13]
+    ("edges"), or the pair classifier's from the embeddings ``e`` [N, 2D] of the pairs'
+    ends ``src``, ``dst`` (int64 [P]) ("sepfl")."""
+    if scheme == "edges":
+        return model.edge_head.to(e.device).eval().probability(stats)
+    return model.score_pairs(e, src, dst, batch_size=config.pair_batch_size, bf16=config.bf16)
+
+
+def grouping_of(model: PairClassifier, config: ClusterConfig,
+                scheme: str) -> Tuple[str, float, float]:
+    """How :func:`group` joins the scored pairs: (grouping, threshold, markov_time).
+
+    "edges": :func:`edge_grouping`; "sepfl": ("link", the threshold, unused 1.0),
+    union-find of the pairs above the threshold (0.5 unless configured).
+    """
+    if scheme == "edges":
+        return edge_grouping(model, config)
+    return "link", 0.5 if config.threshold is None else config.threshold, 1.0
+
+
+def group(src: Array, dst: Array, scores: Array, num_nodes: int,
+          grouping: Tuple[str, float, float]) -> np.ndarray:
+    """Labels int64 [num_nodes] of pairs ``src``, ``dst`` (int64 [P]) scored ``scores``
+    (float32 [P]), grouped as ``grouping`` (:func:`grouping_of`) says."""
+    how, threshold, markov_time = grouping
+    if how == "link":
+        return to_numpy(ops.link(src, dst, scores, threshold, num_nodes))
+    return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes, how,
+                             threshold, markov_time)
+
+
+def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
+    """``config.scheme``, or "sepfl" (logged) when it asks for "edges" of a model without
+    an edge head."""
+    if config.scheme == "edges" and model.edge_head is None:
+        log.warning("this model has no edge head (trained with edge_steps=0, or a SEPFL "
+                    "checkpoint): clustering with scheme='sepfl'")
+        return "sepfl"
+    return config.scheme
+
+
+def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Tuple[str, float, float]:
+    """How "edges" groups its scored edges: (grouping, threshold, markov_time).
+
+    The config's values, with the model's calibrated grouping, threshold and
+    Markov time where they are None, and connected components (logged) when
+    Infomap is asked for but not installed.
+    """
+    head = model.edge_head
+    grouping = config.grouping or head.grouping
+    if grouping == "infomap" and not edges.infomap_available():
+        log.warning("the infomap package is not installed (pip install infomap): grouping "
+                    "the scored edges by connected components instead")
+        grouping = "components"
+    threshold = config.threshold
+    if threshold is None:
+        threshold = 0.5 if grouping == "infomap" else float(head.threshold)
+    markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
+    return grouping, threshold, markov_time
