@@ -2,6 +2,16 @@
 
 Usage: python benchmarks/bench_knn.py [--ids 9000] [--k 80] [--device cuda]
        [--precisions fp32,tf32,bf16] [--chunks 0] [--repeat 3]
+       python benchmarks/bench_knn.py --approximate --n 300000 [--indexes ...]
+
+``--approximate`` compares approximate indexes on the CPU with exact faiss
+search: for each index (sepfl's own ``build_knn(exact=False)`` and, where
+installed, faiss HNSW / IVF, hnswlib and usearch at the settings listed in
+``--indexes``), the seconds to build it over all N samples, the seconds to
+search the kNN lists of all N rows (timed on ``--query-rows`` sampled rows and
+scaled to N, as search time is linear in the queries; sepfl's row is a whole
+build_knn call) and recall@k against exact search on those rows. The exact
+time is scaled the same way from the same rows.
 
 Correctness first: every timed configuration's neighbours are compared with the
 fp32 torch graph (recall of ranks 1..k-1 over all rows) before its time (the median
@@ -16,10 +26,11 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import recall, timed  # noqa: E402
+from common import faces_of_size, header, recall, table, timed  # noqa: E402
 
 from sepfl.datasets import make_faces  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
@@ -44,8 +55,117 @@ def block_profile(x: torch.Tensor, k: int, chunk: int, dtype: torch.dtype) -> st
     return ", ".join(out)
 
 
+# Each index builder takes the features and its integer settings and returns search(queries, k),
+# the int64 [Q, k] neighbour ids.
+def _faiss_hnsw(x: np.ndarray, links: int, ef_build: int, ef_search: int):
+    import faiss
+    index = faiss.IndexHNSWFlat(x.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_build
+    index.add(x)
+    index.hnsw.efSearch = ef_search
+    return lambda q, k: index.search(q, k)[1]
+
+
+def _faiss_ivf(x: np.ndarray, lists: int, probes: int):
+    import faiss
+    index = faiss.index_factory(x.shape[1], f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(x[np.random.default_rng(0).choice(len(x), min(len(x), 64 * lists), False)])
+    index.add(x)
+    index.nprobe = probes
+    return lambda q, k: index.search(q, k)[1]
+
+
+def _hnswlib(x: np.ndarray, links: int, ef_build: int, ef_search: int):
+    import hnswlib
+    index = hnswlib.Index("ip", x.shape[1])
+    index.init_index(len(x), M=links, ef_construction=ef_build)
+    index.set_num_threads(torch.get_num_threads())
+    index.add_items(x)
+    index.set_ef(ef_search)
+    return lambda q, k: index.knn_query(q, k=k)[0].astype(np.int64)
+
+
+def _usearch(x: np.ndarray, links: int, ef_build: int, ef_search: int):
+    from usearch.index import Index
+    index = Index(ndim=x.shape[1], metric="ip", dtype="bf16", connectivity=links,
+                  expansion_add=ef_build, expansion_search=ef_search)
+    threads = torch.get_num_threads()
+    index.add(np.arange(len(x)), x, threads=threads)
+    return lambda q, k: index.search(q, k, threads=threads).keys.astype(np.int64)
+
+
+INDEXES = {"faiss-hnsw": _faiss_hnsw, "faiss-ivf": _faiss_ivf, "hnswlib": _hnswlib,
+           "usearch-bf16": _usearch}
+MODULES = {"faiss-hnsw": "faiss", "faiss-ivf": "faiss", "hnswlib": "hnswlib",
+           "usearch-bf16": "usearch"}
+
+
+def approximate(args: argparse.Namespace) -> None:
+    """The ``--approximate`` table (see the module notes)."""
+    import importlib.util
+
+    import faiss
+
+    from sepfl import knn as knn_module
+    faces = faces_of_size(args.n, seed=0)
+    x = np.ascontiguousarray(faces.features, dtype=np.float32)
+    queries = np.sort(np.random.default_rng(1).choice(len(x), args.query_rows, replace=False))
+    scale = len(x) / len(queries)
+    start = time.perf_counter()
+    exact_index = faiss.IndexFlatIP(x.shape[1])
+    exact_index.add(x)
+    true = exact_index.search(x[queries], args.k)[1]
+    exact_s = (time.perf_counter() - start) * scale
+    del exact_index
+    truth = torch.from_numpy(true)
+
+    def hits(found: np.ndarray) -> float:
+        # Rank 0 of an approximate list may be a duplicate, not the row: compare as sets.
+        found = np.where(found[:, :1] == queries[:, None], found, np.c_[queries, found[:, :-1]])
+        return recall(torch.from_numpy(np.ascontiguousarray(found)), truth)
+
+    print(header(f"approximate kNN: N = {len(x)}, D = {x.shape[1]}, k = {args.k}, "
+                 f"{torch.get_num_threads()} threads, search timed on {len(queries)} rows"))
+    rows = [("faiss exact (IndexFlatIP)", "-", f"{exact_s:.0f}", f"{exact_s:.0f}", "1.0000",
+             "1.0")]
+    start = time.perf_counter()
+    nbrs, _ = build_knn(x, k=args.k, exact=False, progress=False)
+    seconds = time.perf_counter() - start
+    rows.append((f"sepfl build_knn(exact=False), whole call: faiss HNSW{knn_module.HNSW_LINKS} "
+                 f"ef build {knn_module.HNSW_EF_BUILD}, ef_search 160", "-", "-",
+                 f"{seconds:.0f}", f"{hits(nbrs[queries]):.4f}", f"{exact_s / seconds:.1f}"))
+    print(rows[-1], flush=True)
+    for spec in args.indexes.split(","):
+        name, *values = spec.split(":")
+        if importlib.util.find_spec(MODULES[name]) is None:
+            rows.append((spec, "not installed", "", "", "", ""))
+            continue
+        start = time.perf_counter()
+        search = INDEXES[name](x, *map(int, values))
+        build_s = time.perf_counter() - start
+        start = time.perf_counter()
+        found = search(x[queries], args.k)
+        search_s = (time.perf_counter() - start) * scale
+        total = build_s + search_s
+        rows.append((spec, f"{build_s:.0f}", f"{search_s:.0f}", f"{total:.0f}",
+                     f"{hits(found):.4f}", f"{exact_s / total:.1f}"))
+        print(rows[-1], flush=True)
+    print(table(["index : settings", "build s", "search s (N rows)", "total s", "recall@k",
+                 "x faster than exact"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--approximate", action="store_true",
+                        help="compare approximate CPU indexes with exact faiss (module notes)")
+    parser.add_argument("--n", type=int, default=300_000, help="--approximate: samples")
+    parser.add_argument("--query-rows", type=int, default=2000,
+                        help="--approximate: rows whose search is timed and checked")
+    parser.add_argument("--indexes", default="faiss-hnsw:32:100:160,faiss-hnsw:32:100:256,"
+                        "hnswlib:32:100:160,usearch-bf16:32:100:160,faiss-ivf:4096:128",
+                        help="--approximate: name:settings, comma-separated (faiss-hnsw, "
+                             "hnswlib and usearch-bf16: links:ef_build:ef_search; faiss-ivf: "
+                             "lists:probes)")
     parser.add_argument("--ids", type=int, default=300)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--k", type=int, default=80)
@@ -56,6 +176,9 @@ def main() -> None:
     parser.add_argument("--profile", default="",
                         help="CUDA: block sizes at which to time one block's matmul and topk")
     args = parser.parse_args()
+    if args.approximate:
+        approximate(args)
+        return
 
     start = time.perf_counter()
     faces = make_faces(args.ids, dim=args.dim, seed=0)

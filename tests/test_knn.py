@@ -194,7 +194,26 @@ def test_approximate_faiss_logs_recall(faces, caplog):
     assert len(logged) == 1
     estimate = float(logged[0].split("recall@30 ")[1].split()[0])
     assert abs(estimate - recall(nbrs, exact_nbrs)) < 0.01  # 1000 of 1291 rows sampled
-    assert recall(nbrs, exact_nbrs) >= 0.8
+    assert recall(nbrs, exact_nbrs) >= 0.95
+
+
+@needs_faiss
+@pytest.mark.parametrize("size_from, approximate", [(1000, True), (10**9, False)])
+def test_exact_none_is_approximate_from_a_size(faces, caplog, monkeypatch, size_from,
+                                               approximate):
+    monkeypatch.setattr(knn_module, "APPROXIMATE_FROM", size_from)  # faces: 1,291 rows
+    with caplog.at_level(logging.INFO, logger="sepfl"):
+        nbrs, sims = build_knn(faces.features, k=30, backend="faiss", exact=None)
+    check_rows(nbrs, sims)
+    assert any("estimated recall" in r.getMessage() for r in caplog.records) == approximate
+    if not approximate:
+        same_up_to_ties((nbrs, sims), build_knn(faces.features, k=30, backend="faiss"))
+
+
+def test_torch_backend_stays_exact_when_approximate_is_asked(faces):
+    x = faces.features[:300]
+    same_up_to_ties(build_knn(x, k=20, backend="torch", exact=False),
+                    build_knn(x, k=20, backend="torch"))
 
 
 def test_estimate_recall(faces):

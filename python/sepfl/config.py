@@ -88,8 +88,11 @@ class ClusterConfig:
                                        ":func:`sepfl.knn.build_knn`).", knn="backend")
     knn_precision: str = setting("fp32", '"fp32", "tf32" or "bf16" for the torch kNN backend.',
                                  knn="precision")
-    knn_exact: bool = setting(True, "False lets faiss use an approximate IVF index (for millions "
-                                    "of samples; recall is logged).", knn="exact")
+    knn_exact: Optional[bool] = setting(
+        True, "False lets faiss use its approximate graph index (HNSW; its estimated recall is "
+              "logged); None does so from sepfl.knn.APPROXIMATE_FROM samples up.", knn="exact")
+    knn_ef_search: int = setting(160, "Candidate list of the approximate kNN search: larger "
+                                      "finds more true neighbours, more slowly.", knn="ef_search")
     node_batch_size: int = setting(2048, "Samples embedded at a time.")
     pair_batch_size: int = setting(65536, "Pairs classified at a time.")
     bf16: Optional[bool] = setting(
@@ -122,6 +125,9 @@ class ClusterConfig:
             raise ValueError(f"markov_time must be > 0, got {self.markov_time}")
         check_positive_int(self.max_per_node, "max_per_node")
         check_probability(self.refresh, "refresh")
+        if self.knn_exact is not None and not isinstance(self.knn_exact, bool):
+            raise TypeError(f"knn_exact must be True, False or None, got {self.knn_exact!r}")
+        check_positive_int(self.knn_ef_search, "knn_ef_search")
         check_positive_int(self.node_batch_size, "node_batch_size")
         check_positive_int(self.pair_batch_size, "pair_batch_size")
         check_device(self.device)
@@ -132,7 +138,7 @@ class ClusterConfig:
 
     def knn_settings(self) -> Dict[str, Any]:
         """The keyword arguments of :func:`sepfl.knn.build_knn` these settings give: k,
-        backend, precision, exact and progress. Where to compute is the caller's to say
+        backend, precision, exact, ef_search and progress. Where to compute is the caller's to say
         (the pipeline builds the graph where its features are)."""
         return {f.metadata["knn"]: getattr(self, f.name) for f in dataclasses.fields(self)
                 if "knn" in f.metadata}

@@ -8,11 +8,14 @@ input.
 Backends
 --------
 ``"faiss"``
-    ``IndexFlatIP`` (exact). With ``exact=False``, an inverted-file index
-    (``IVF{4 sqrt N},Flat`` probing 1/16 of the lists) for sets beyond brute
-    force (N > 1M); its recall is then estimated on 1,000 sampled rows against
-    brute force and logged. Runs on the GPU when faiss has GPU support and
-    ``device`` is CUDA, otherwise on the CPU.
+    ``IndexFlatIP`` (exact), on the GPU when faiss has GPU support and
+    ``device`` is CUDA, otherwise on the CPU. Approximate (``exact=False``, or
+    ``exact=None`` from ``APPROXIMATE_FROM`` samples up): a graph index
+    (``IndexHNSWFlat``, ``HNSW_LINKS`` links per node, built with a candidate
+    list of ``HNSW_EF_BUILD``, searched with one of ``ef_search``), on the CPU;
+    its recall@k is estimated on 1,000 sampled rows against brute force and
+    logged. ``benchmarks/bench_knn.py --approximate`` measured these settings
+    against exact search, faiss IVF, hnswlib and usearch.
 ``"torch"``
     Brute force: blocks of rows times all rows (a ``[block, N]`` similarity
     matrix, never ``N x N``), then an exact two-stage top-k (top groups by
@@ -31,8 +34,8 @@ Self first
     exact duplicates tie with it (torch backend: its own score is set to +inf
     before ``topk``; faiss: the row is moved or inserted to the front). Other
     similarities are clamped to [-1, 1] (float rounding can exceed 1), so rows
-    are sorted in non-increasing order. Empty slots (faiss IVF only) are index
-    -1 with similarity -1.0, as in :mod:`sepfl.io`.
+    are sorted in non-increasing order. Empty slots (an approximate index that
+    found fewer than k) are index -1 with similarity -1.0, as in :mod:`sepfl.io`.
 
 Logs go to the ``sepfl.knn`` logger (a child of ``sepfl``).
 """
@@ -54,7 +57,8 @@ from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
 from sepfl.io import read_knn, write_knn
 
-__all__ = ["build_knn", "unit_knn", "choose_backend", "estimate_recall", "BACKENDS", "PRECISIONS"]
+__all__ = ["build_knn", "unit_knn", "choose_backend", "resolve_exact", "estimate_recall",
+           "BACKENDS", "PRECISIONS", "APPROXIMATE_FROM"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +71,18 @@ _FAISS_BLOCK = 16384
 # N * N * D multiply-adds from which a progress bar is worth showing (seconds on a laptop CPU).
 _PROGRESS_MIN_WORK = 5e10
 _RECALL_ROWS = 1000
+# exact=None searches approximately from this many samples up, where the approximate index is
+# several times faster than exact search (benchmarks/bench_knn.py --approximate).
+APPROXIMATE_FROM = 250_000
+HNSW_LINKS = 32
+HNSW_EF_BUILD = 100
 
 
 def build_knn(features: Array, k: int = 80, backend: str = "auto",
-              device: Union[str, torch.device, None] = None, exact: bool = True,
+              device: Union[str, torch.device, None] = None, exact: Optional[bool] = True,
               precision: str = "fp32", cache: Union[str, Path, None] = None,
               chunk_size: Optional[int] = None, progress: Optional[bool] = None,
-              rows: Optional[range] = None) -> Tuple[Array, Array]:
+              rows: Optional[range] = None, ef_search: int = 160) -> Tuple[Array, Array]:
     """The k nearest neighbours of every sample by cosine similarity, the sample itself first.
 
     Parameters
@@ -86,9 +95,11 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     device : str or torch.device, optional
         Where to compute (``"cpu"``, ``"cuda"``, ``"cuda:1"``). Default: where
         ``features`` lives. The outputs still follow the input's kind and device.
-    exact : bool
-        ``False`` lets the faiss backend use an approximate IVF index (and log
-        its estimated recall); the torch backend is always brute force.
+    exact : bool or None
+        ``False`` lets the faiss backend use its approximate graph index (and
+        log its estimated recall); ``None`` does so from ``APPROXIMATE_FROM``
+        samples up (:func:`resolve_exact`). The torch backend is always brute
+        force.
     precision : {"fp32", "tf32", "bf16"}
         Matrix-product precision of the torch backend's candidate search.
     cache : str or path, optional
@@ -105,6 +116,9 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
         Only the lists of these rows (a contiguous ``range(start, stop)``, step
         1), searched among all N rows: a distributed rank's shard
         (:mod:`sepfl.distributed`). Not with ``cache``.
+    ef_search : int
+        Candidate list of the approximate index's search (raised to k when
+        smaller): larger finds more true neighbours, more slowly.
 
     Returns
     -------
@@ -123,20 +137,20 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
     ValueError
         ``features`` is not 2-D or holds NaN / inf / all-zero rows; ``k`` out of
         range; unknown backend / precision / device; ``precision`` other than
-        fp32 with the faiss backend.
+        fp32 with the faiss backend; ``ef_search`` not a positive integer.
     ImportError
         ``backend="faiss"`` without faiss installed.
     """
     return unit_knn(normalize_features(features), k=k, backend=backend, device=device,
                     exact=exact, precision=precision, cache=cache, chunk_size=chunk_size,
-                    progress=progress, rows=rows)
+                    progress=progress, rows=rows, ef_search=ef_search)
 
 
 def unit_knn(x: Array, k: int = 80, backend: str = "auto",
-             device: Union[str, torch.device, None] = None, exact: bool = True,
+             device: Union[str, torch.device, None] = None, exact: Optional[bool] = True,
              precision: str = "fp32", cache: Union[str, Path, None] = None,
              chunk_size: Optional[int] = None, progress: Optional[bool] = None,
-             rows: Optional[range] = None) -> Tuple[Array, Array]:
+             rows: Optional[range] = None, ef_search: int = 160) -> Tuple[Array, Array]:
     """:func:`build_knn` of features already checked and normalised: the pipeline's entry.
 
     ``x`` is float32 [N, D] with unit rows, as
@@ -148,14 +162,16 @@ def unit_knn(x: Array, k: int = 80, backend: str = "auto",
     rows = _check_rows(rows, x.shape[0], cache)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    ef_search = check_positive_int(ef_search, "ef_search")
     where = resolve_device(device, x, native=False)
     backend = choose_backend(backend, where, precision)
-    exact_build = exact if backend == "faiss" else precision == "fp32"
+    exact = resolve_exact(exact, x.shape[0]) or backend != "faiss"
+    exact_build = exact and precision == "fp32"
     found = None if cache is None else _read_cache(Path(cache), x, k, exact_build)
     if found is None:
         show = _show_progress(progress, *x.shape)
         if backend == "faiss":
-            found = _faiss_knn(to_numpy(x), k, exact, where, chunk_size, show, rows)
+            found = _faiss_knn(to_numpy(x), k, exact, ef_search, where, chunk_size, show, rows)
         else:
             found = _torch_knn(to_tensor(x, where), k, precision, chunk_size, show, rows)
         if cache is not None:
@@ -173,6 +189,16 @@ def _check_k(k: int, n: int) -> int:
         raise ValueError(f"k must satisfy 2 <= k < N = {n} (rank 0 is the sample itself), "
                          f"got k={k}")
     return k
+
+
+def resolve_exact(exact: Optional[bool], n: int) -> bool:
+    """Whether a kNN search of ``n`` samples is exact: ``exact`` itself, or for None
+    whether ``n`` is below ``APPROXIMATE_FROM``."""
+    if exact is None:
+        return n < APPROXIMATE_FROM
+    if not isinstance(exact, (bool, np.bool_)):
+        raise TypeError(f"exact must be True, False or None, got {exact!r}")
+    return bool(exact)
 
 
 def _check_rows(rows: Optional[range], n: int, cache: Union[str, Path, None]) -> range:
@@ -378,30 +404,39 @@ def _torch_knn(x: torch.Tensor, k: int, precision: str, chunk_size: Optional[int
 # --------------------------------------------------------------------------- faiss backend
 
 
-def _faiss_index(faiss: Any, x: np.ndarray, exact: bool) -> Any:
-    n, d = x.shape
+def _faiss_index(faiss: Any, x: np.ndarray, exact: bool, ef_search: int, k: int,
+                 show: bool) -> Any:
+    """The exact index of ``x``, or its graph index (built with a progress bar)."""
+    d = x.shape[1]
     if exact:
-        return faiss.index_factory(d, "Flat", faiss.METRIC_INNER_PRODUCT)
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))  # faiss wants >= 39 points per list
-    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    index.train(x)
-    index.nprobe = min(nlist, max(16, nlist // 16))
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+        return index
+    index = faiss.IndexHNSWFlat(d, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_BUILD
+    index.hnsw.efSearch = max(ef_search, k)
+    with tqdm(total=len(x), desc="kNN index", unit="row", unit_scale=True, disable=not show,
+              leave=False) as bar:
+        for start in range(0, len(x), _FAISS_BLOCK):
+            index.add(np.ascontiguousarray(x[start:start + _FAISS_BLOCK]))
+            bar.update(min(_FAISS_BLOCK, len(x) - start))
     return index
 
 
-def _faiss_knn(x: np.ndarray, k: int, exact: bool, where: torch.device,
+def _faiss_knn(x: np.ndarray, k: int, exact: bool, ef_search: int, where: torch.device,
                chunk_size: Optional[int], show: bool,
                rows: range) -> Tuple[np.ndarray, np.ndarray]:
     faiss = _faiss()
-    index = _faiss_index(faiss, x, exact)
+    index = _faiss_index(faiss, x, exact, ef_search, k, show)
     resources = None
     if where.type == "cuda":
-        if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        if not exact:
+            logger.info("faiss's graph index runs on the CPU; searching there")
+        elif getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
             resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(resources, where.index or 0, index)
         else:
             logger.info("faiss has no GPU support here; searching on the CPU")
-    index.add(x)
     n = len(rows)
     nbrs = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
@@ -416,8 +451,8 @@ def _faiss_knn(x: np.ndarray, k: int, exact: bool, where: torch.device,
     _finish_rows(nbrs, sims, rows.start)
     if not exact:
         recall = estimate_recall(x, nbrs, first=rows.start)
-        logger.info("approximate kNN (faiss IVF): estimated recall@%d %.4f on %d sampled rows",
-                    k, recall, min(n, _RECALL_ROWS))
+        logger.info("approximate kNN (faiss HNSW, ef_search %d): estimated recall@%d %.4f on %d "
+                    "sampled rows", max(ef_search, k), k, recall, min(n, _RECALL_ROWS))
     return nbrs, sims
 
 
