@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from sepfl import model as model_module
 from sepfl import ops
+from sepfl.device import free_memory
 from sepfl.model import PairClassifier
 
 from samples import randomise, reference_embeddings, toy_graph
@@ -126,6 +128,38 @@ def test_inference_path_matches_reference(dim, k, n, missing, factorised):
         logits = model(x[src], ops.gather(x, nbrs, src), x[dst], ops.gather(x, nbrs, dst))
     prob = model.score_pairs(got, src, dst, batch_size=29, bf16=False)
     assert float((prob - torch.softmax(logits, 1)[:, 1]).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("free, factorised", [(1 << 40, True), (1 << 10, False), (None, True)])
+def test_projection_table_only_where_it_fits(monkeypatch, caplog, free, factorised):
+    """factorised=None keeps the [N, 4D] table unless it would take over half the free
+    memory (or the free memory is unknown); the result is the same either way."""
+    model = randomise(PairClassifier(16, 8), seed=5).eval()
+    x, nbrs = toy_graph(300, 16, 8, seed=5, missing=10)
+    built = []
+    real = model_module._Tables
+
+    def spy(*args):
+        built.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(model_module, "free_memory", lambda device: free)
+    monkeypatch.setattr(model_module, "_Tables", spy)
+    with caplog.at_level("INFO", logger="sepfl"):
+        got = model.node_embeddings(x, nbrs, batch_size=37, bf16=False)
+    assert built == [factorised]
+    assert ("projection table" in caplog.text) == (not factorised)
+    want = reference_embeddings(model, x, nbrs)
+    assert float((got - want).abs().max()) <= 1e-4
+
+
+def test_free_memory_reads_memavailable(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       25000000 kB\nMemAvailable:   2048 kB\n")
+    assert free_memory(torch.device("cpu"), str(meminfo)) == 2048 * 1024
+    meminfo.write_text("MemTotal:       25000000 kB\n")
+    assert free_memory(torch.device("cpu"), str(meminfo)) is None
+    assert free_memory(torch.device("cpu"), str(tmp_path / "absent")) is None
 
 
 def test_inference_after_training_steps():

@@ -13,7 +13,7 @@ import torch
 
 from sepfl._validate import Array, check_device, is_tensor
 
-__all__ = ["has_cuda", "resolve_device"]
+__all__ = ["has_cuda", "resolve_device", "free_memory"]
 
 
 def has_cuda() -> bool:
@@ -55,3 +55,21 @@ def resolve_device(device: Union[str, torch.device, None], data: Optional[Array]
         why = " to sepfl (no usable GPU, or built without its CUDA module)" if native else ""
         raise ValueError(f"device {str(device)!r} was asked for, but CUDA is not available{why}")
     return resolved
+
+
+def free_memory(device: torch.device, meminfo: str = "/proc/meminfo") -> Optional[int]:
+    """Bytes a new allocation can take on ``device`` now, or None when unknown.
+
+    CUDA: the driver's free memory; CPU: the kernel's ``MemAvailable`` (Linux;
+    None elsewhere).
+    """
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open(meminfo) as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sepfl import ops
+from sepfl.device import free_memory
 from sepfl.edges import NUM_STATISTICS, EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, to_tensor)
@@ -269,7 +270,7 @@ class PairClassifier(nn.Module):
 
     @torch.no_grad()
     def node_embeddings(self, features: Array, nbrs: Array, batch_size: int = 2048,
-                        bf16: Optional[bool] = None, factorised: bool = True,
+                        bf16: Optional[bool] = None, factorised: Optional[bool] = None,
                         progress: bool = False, nodes: Optional[Array] = None) -> torch.Tensor:
         """``e_u`` for every sample (or for ``nodes`` only), once per sample (eval mode only).
 
@@ -296,13 +297,15 @@ class PairClassifier(nn.Module):
             Compute dtype of the network: bfloat16 (True), float32 (False), or
             None for :func:`fast_bf16` of the device (bfloat16 on GPUs and on
             CPUs with AMX or AVX-512 BF16). The output is float32 either way.
-        factorised : bool
+        factorised : bool or None
             Use the factorised first Linear, which holds a [N, 4D] table of
             neighbour projections in the compute dtype for the whole call
             (2 · N · 4D bytes in bfloat16: 1.2 GB for N = 584K, D = 256).
             ``False`` applies the Linear to each tile's tokens instead: no
             [N, 4D] table, about 1.6x the FLOPs. Both also hold a [N, 2D] token
-            table in the compute dtype.
+            table in the compute dtype. None (default): factorised unless the
+            table would take more than half the device's free memory
+            (:func:`sepfl.device.free_memory`; logged).
         progress : bool
             Show a tqdm bar (stderr) over the samples.
         nodes : int [M], optional
@@ -335,7 +338,7 @@ class PairClassifier(nn.Module):
 
     @torch.no_grad()
     def embed_nodes(self, features: Array, nodes: Array, lists: Array, batch_size: int = 2048,
-                    bf16: Optional[bool] = None, factorised: bool = True,
+                    bf16: Optional[bool] = None, factorised: Optional[bool] = None,
                     progress: bool = False) -> torch.Tensor:
         """``e_u`` of ``nodes`` from their own kNN lists, without the other samples' lists.
 
@@ -368,7 +371,7 @@ class PairClassifier(nn.Module):
 
     @torch.no_grad()
     def embed_graph(self, features: torch.Tensor, nbrs: torch.Tensor, batch_size: int = 2048,
-                    bf16: Optional[bool] = None, factorised: bool = True,
+                    bf16: Optional[bool] = None, factorised: Optional[bool] = None,
                     progress: bool = False) -> torch.Tensor:
         """:meth:`node_embeddings` of every sample from inputs checked by the caller.
 
@@ -399,7 +402,7 @@ class PairClassifier(nn.Module):
         return lists
 
     def _embed_rows(self, features: torch.Tensor, nbrs: torch.Tensor, count: int,
-                    batch_size: int, bf16: Optional[bool], factorised: bool,
+                    batch_size: int, bf16: Optional[bool], factorised: Optional[bool],
                     progress: bool) -> torch.Tensor:
         """``e`` [count, 2D] of rows 0..count-1 of ``features`` [U, D] from ``nbrs``
         (int64 [U, k]; only its first ``count`` rows are read), checked inputs."""
@@ -411,6 +414,9 @@ class PairClassifier(nn.Module):
         n, dim, k = features.shape[0], self.dim, self.k
         batch = max(1, min(batch_size, count))
         tile = batch if features.device.type != "cpu" else min(batch, cpu_tile(dim, k, dtype))
+        if factorised is None:
+            factorised = _table_fits(features.shape[0] + 2 + batch, 4 * dim, dtype,
+                                     features.device)
         tables = _Tables(folded, features.to(dtype), batch, factorised)
         # missing neighbours read row n: a zero projection, a zero feature
         rows = torch.where(nbrs < 0, n, nbrs)
@@ -507,6 +513,19 @@ def _local_rows(features: torch.Tensor, lists: torch.Tensor,
 # A CPU tile's [tile, k, 4D] hidden activations are kept to about this size per thread
 # (a core's L2 cache).
 _CPU_TILE_BYTES = 2 * 2**20
+
+
+def _table_fits(rows: int, width: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a [rows, width] table of ``dtype`` takes at most half of ``device``'s free
+    memory (True when that is unknown); logs the choice when it does not fit."""
+    size = rows * width * torch.finfo(dtype).bits // 8
+    free = free_memory(device)
+    if free is None or size <= free // 2:
+        return True
+    log.info("node embeddings: the [%d, %d] projection table (%.1f GiB) would take more than "
+             "half of the %.1f GiB free; applying the first Linear per tile instead (about "
+             "1.6x the FLOPs, no table)", rows, width, size / 2**30, free / 2**30)
+    return False
 
 
 def cpu_tile(dim: int, k: int, dtype: torch.dtype) -> int:
