@@ -26,10 +26,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from common import faces_of_size, header, table  # noqa: E402
 
-STAGES = ["normalize", "knn", "density", "pairs", "embeddings", "scores", "link"]
-# "sepfl: knn          12.345 s" from ``sepfl -v``; the F_P / F_B / NMI row of --labels.
+# "sepfl: knn          12.345 s" from ``sepfl -v`` (the stages of the scheme that ran, in
+# order); the row of --labels: P_P R_P F_P P_B R_B F_B NMI.
 STAGE_LINE = re.compile(r"^sepfl: (\w+)\s+([\d.]+) s$")
-METRICS_LINE = re.compile(r"^sepfl\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+METRICS_LINE = re.compile(r"^sepfl((?:\s+[\d.]+){7})$")
 
 
 def write_dataset(workdir: Path, n: int) -> tuple[Path, Path]:
@@ -70,14 +70,18 @@ def main() -> None:
     lines, wall = run_cluster(features, labels, workdir / f"pred_{args.n}.npy", args.options)
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     stages = {m.group(1): float(m.group(2)) for m in map(STAGE_LINE.match, lines) if m}
-    metrics = next(m.groups() for m in map(METRICS_LINE.match, lines) if m)
+    found = [m.group(1).split() for m in map(METRICS_LINE.match, lines) if m]
+    if not found:
+        raise RuntimeError("sepfl cluster printed no metrics row; see its output above")
+    f_p, f_b, nmi = found[0][2], found[0][5], found[0][6]
     print()
     print(header(f"memory: sepfl cluster on {args.n:,} synthetic samples, CPU"))
-    print(table(["N", "options"] + [f"{s} s" for s in STAGES]
-                + ["wall s", "peak RSS GiB", "F_P", "F_B", "NMI"],
+    print(table(["N", "options"] + [f"{s} s" for s in stages]
+                + ["wall s", "peak RSS GiB", "bytes / sample", "F_P", "F_B", "NMI"],
                 [[f"{args.n:,}", " ".join(args.options) or "(defaults)"]
-                 + [f"{stages[s]:.1f}" for s in STAGES]
-                 + [f"{wall:.0f}", f"{peak_gib:.2f}", *metrics]]))
+                 + [f"{seconds:.1f}" for seconds in stages.values()]
+                 + [f"{wall:.0f}", f"{peak_gib:.2f}", f"{peak_gib * 2**30 / args.n:,.0f}",
+                    f_p, f_b, nmi]]))
 
 
 if __name__ == "__main__":
