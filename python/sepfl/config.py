@@ -89,8 +89,9 @@ class ClusterConfig:
     knn_precision: str = setting("fp32", '"fp32", "tf32" or "bf16" for the torch kNN backend.',
                                  knn="precision")
     knn_exact: Optional[bool] = setting(
-        True, "False lets faiss use its approximate graph index (HNSW; its estimated recall is "
-              "logged); None does so from sepfl.knn.APPROXIMATE_FROM samples up.", knn="exact")
+        True, "True searches exactly; False lets faiss use its approximate graph index (HNSW; "
+              "its estimated recall is logged); None does so from "
+              "sepfl.knn.APPROXIMATE_FROM (250,000) samples up.", knn="exact")
     knn_ef_search: int = setting(160, "Candidate list of the approximate kNN search: larger "
                                       "finds more true neighbours, more slowly.", knn="ef_search")
     node_batch_size: int = setting(2048, "Samples embedded at a time.")
