@@ -448,12 +448,35 @@ def _faiss_knn(x: np.ndarray, k: int, exact: bool, ef_search: int, where: torch.
                 index.search(np.ascontiguousarray(x[first:first + min(block, n - start)]), k)
             bar.update(min(block, n - start))
     del index, resources
+    _exact_sims(x, nbrs, sims, rows.start)
     _finish_rows(nbrs, sims, rows.start)
     if not exact:
         recall = estimate_recall(x, nbrs, first=rows.start)
         logger.info("approximate kNN (faiss HNSW, ef_search %d): estimated recall@%d %.4f on %d "
                     "sampled rows", max(ef_search, k), k, recall, min(n, _RECALL_ROWS))
     return nbrs, sims
+
+
+def _exact_sims(x: np.ndarray, nbrs: np.ndarray, sims: np.ndarray, first: int,
+                block: int = 1024) -> None:
+    """In place: ``sims[i, j] = x[first + i] · x[nbrs[i, j]]``, each row re-sorted by it
+    (entries with ``nbrs`` -1 last, with similarity -inf until :func:`_finish_rows`).
+
+    faiss's matrix products round a similarity differently with the number of
+    query rows searched together, so a shard of rows (:mod:`sepfl.distributed`)
+    would get other last bits than the whole set and Infomap could amplify
+    them; each dot product here is summed in one order whatever the block.
+    """
+    for start in range(0, len(nbrs), block):
+        part = nbrs[start:start + block]
+        found = part >= 0
+        dots = np.einsum("id,ijd->ij", x[first + start:first + start + len(part)],
+                         x[np.where(found, part, 0)])
+        dots = np.where(found, dots, -np.inf)
+        # a near-tie's new last bits can swap two neighbours: keep the rows sorted
+        order = np.argsort(-dots, axis=1, kind="stable")
+        nbrs[start:start + block] = np.take_along_axis(part, order, 1)
+        sims[start:start + block] = np.take_along_axis(dots, order, 1)
 
 
 def _finish_rows(nbrs: np.ndarray, sims: np.ndarray, first: int = 0) -> None:
