@@ -415,8 +415,7 @@ class PairClassifier(nn.Module):
         batch = max(1, min(batch_size, count))
         tile = batch if features.device.type != "cpu" else min(batch, cpu_tile(dim, k, dtype))
         if factorised is None:
-            factorised = _table_fits(features.shape[0] + 2 + batch, 4 * dim, dtype,
-                                     features.device)
+            factorised = _table_fits(n + 2 + batch, 4 * dim, dtype, features.device)
         tables = _Tables(folded, features.to(dtype), batch, factorised)
         # missing neighbours read row n: a zero projection, a zero feature
         rows = torch.where(nbrs < 0, n, nbrs)
