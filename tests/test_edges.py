@@ -1,4 +1,7 @@
 """The edges scheme (sepfl.edges): candidates, statistics, the head, grouping, training."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +80,30 @@ def test_group_edges_components_and_infomap():
     found = edges.group_edges(src, dst, prob, 7, "infomap")
     np.testing.assert_array_equal(found, [0, 0, 0, 1, 1, 1, 2])  # the weak edge does not merge
     np.testing.assert_array_equal(found, edges.group_edges(src, dst, prob, 7, "infomap"))
+
+
+GROUP_TWICE_AROUND_FAISS = """
+import numpy as np
+from sepfl import edges
+src, dst = np.array([0, 1, 3]), np.array([1, 2, 4])
+prob = np.ones(3, np.float32)
+first = edges.group_edges(src, dst, prob, 6, "infomap")
+import faiss
+faiss.IndexFlatIP(4).add(np.eye(4, dtype=np.float32))
+np.testing.assert_array_equal(first, edges.group_edges(src, dst, prob, 6, "infomap"))
+print(first.tolist())
+"""
+
+
+def test_infomap_runs_again_after_faiss_is_first_imported():
+    # In a fresh process: Infomap, then faiss's first import, then Infomap again (a caller's
+    # own kNN graph, then one sepfl builds); this order used to crash the process.
+    pytest.importorskip("faiss")
+    pytest.importorskip("infomap")
+    done = subprocess.run([sys.executable, "-c", GROUP_TWICE_AROUND_FAISS],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[0,", "0,", "0,", "1,", "1,", "2]"]
 
 
 def test_training_adds_a_calibrated_edge_head(trained):

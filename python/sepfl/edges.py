@@ -180,10 +180,26 @@ class EdgeHead(nn.Module):
         return out
 
 
+def _import_infomap():
+    """The ``infomap`` module, with ``faiss`` imported before it where faiss is installed.
+
+    Both are SWIG modules sharing SWIG's runtime type table; when faiss is first
+    imported after Infomap has run, Infomap's next result iteration crashes the
+    process (faiss-cpu 1.15, infomap 2.16), while the other order works. A kNN
+    graph given by the caller leaves faiss unimported until a later build needs it.
+    """
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        pass
+    import infomap
+    return infomap
+
+
 def infomap_available() -> bool:
     """Whether the optional ``infomap`` package can be imported."""
     try:
-        import infomap  # noqa: F401
+        _import_infomap()
     except ImportError:
         return False
     return True
@@ -221,7 +237,7 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     src, dst = src[keep], dst[keep]
     if grouping == "components":
         return np.asarray(ops.connected_components(src, dst, num_nodes))
-    import infomap
+    infomap = _import_infomap()
 
     # one undirected link per pair, its two directions' weights summed (as Infomap
     # would aggregate them): half the links to hand over
