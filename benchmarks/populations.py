@@ -3,7 +3,7 @@
 For every population: the default scheme ("edges"), SEPFL's exact scheme
 ("sepfl") with the same model, each scheme's oracle (perfect decisions on its
 own candidates), Infomap on the kNN graph swept over k in {50, 80} and the
-similarity floor 0.0-0.6 (the best point, as its users tune it) and the best
+similarity floor 0.0-0.65 (the best point, as its users tune it) and the best
 kNN cosine threshold. F_P / F_B / NMI and seconds on each test split.
 
 The model is the bundled one (trained on a mixture of eight randomised face

@@ -75,7 +75,7 @@ def infomap_knn(nbrs, sims, k: int, floor: float) -> np.ndarray:
 
 
 INFOMAP_KS = (50, 80)
-INFOMAP_FLOORS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+INFOMAP_FLOORS = (0.0, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 0.65)
 
 
 def best_infomap(nbrs, sims, gt) -> Dict[str, float]:
