@@ -9,14 +9,14 @@ kNN cosine threshold. F_P / F_B / NMI and seconds on each test split.
 The model is the bundled one (trained on a mixture of eight randomised face
 models, ``sepfl synth --mixture 8``: none of these populations is one of
 them) or, with ``--train``, one trained on each population's own training
-split with the default ``TrainConfig`` (``--fast`` for a shorter recipe).
+split with the default ``TrainConfig``.
 
 Populations and what they change (``base`` is the project's calibrated one):
 the design was tuned looking at base, twins, modes, wide and mix; clean,
 tail and the other widths were only ever reported.
 
     python benchmarks/populations.py                          # bundled weights, D = 256 sets
-    python benchmarks/populations.py --train --fast --only d128,d512
+    python benchmarks/populations.py --train --only d128,d512
 """
 from __future__ import annotations
 
@@ -61,13 +61,12 @@ POPULATIONS = {
             "outliers"),
 }
 COSINE_THRESHOLDS = np.round(np.arange(0.30, 0.91, 0.025), 3)
-FAST = dict(epochs=1, warmup_steps=2000, refit_steps=2000)
 
 
 def _model(args, dim: int, train) -> SEPFL:
     settings = dict(device="cpu", progress=False)
     if args.train:
-        return SEPFL(**settings, **(FAST if args.fast else {})).fit(train.features, train.labels)
+        return SEPFL(**settings).fit(train.features, train.labels)
     if dim != 256:
         raise SystemExit("the bundled weights are for D = 256: use --train for d128 / d512")
     return SEPFL.load(args.checkpoint, **settings) if args.checkpoint else \
@@ -141,8 +140,6 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="model to use (default: the bundled weights)")
     parser.add_argument("--train", action="store_true",
                         help="train on each population's own training split")
-    parser.add_argument("--fast", action="store_true",
-                        help="with --train: 1 end-to-end epoch, 2,000 warm-up / refit steps")
     args = parser.parse_args()
     rows = []
     for name in args.only.split(","):
@@ -150,8 +147,7 @@ def main() -> None:
         rows += run(name, 0 if name == "base" else 100 + list(POPULATIONS).index(name), args)
     print()
     print(header("quality across populations (test splits, identities unseen in training)"))
-    print("model: " + ("trained on each population's own training split"
-                       + (" (fast recipe)" if args.fast else "") if args.train
+    print("model: " + ("trained on each population's own training split" if args.train
                        else (args.checkpoint or "bundled weights") + ", trained on a randomised "
                        "mixture of face models"))
     for name in dict.fromkeys(row[0] for row in rows):

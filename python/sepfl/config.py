@@ -150,7 +150,7 @@ class ClusterConfig:
 class TrainConfig:
     """Settings of :func:`sepfl.train.train`, shared by the Python API and the CLI."""
 
-    epochs: int = setting(4, "Passes of ``pairs_per_epoch`` pairs each.")
+    epochs: int = setting(1, "Passes of ``pairs_per_epoch`` pairs each.")
     pairs_per_epoch: int = setting(
         8192, "Class-balanced pairs per epoch, half positive and half negative (capped by the "
               "rarer class among the candidates).")
@@ -172,10 +172,10 @@ class TrainConfig:
                      "``lr_gamma``.")
     lr_gamma: float = setting(0.1, "Factor applied to the learning rate at each milestone.")
     warmup_steps: int = setting(
-        3000, "Classifier warm-up steps before the first epoch (see :mod:`sepfl.train`); 0 "
+        2000, "Classifier warm-up steps before the first epoch (see :mod:`sepfl.train`); 0 "
               "skips the warm-up and keeps the Xavier initialisation of every layer, as in the "
               "paper.")
-    refit_steps: int = setting(3000, "Classifier refit steps after the last epoch "
+    refit_steps: int = setting(2000, "Classifier refit steps after the last epoch "
                                      "(:mod:`sepfl.train`); 0 skips it.")
     classifier_batch_size: int = setting(1024, "Pairs per step of the warm-up and the refit.")
     classifier_lr: float = setting(2e-3, "AdamW learning rate of the warm-up and the refit, "
