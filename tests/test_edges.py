@@ -82,6 +82,26 @@ def test_group_edges_components_and_infomap():
     np.testing.assert_array_equal(found, edges.group_edges(src, dst, prob, 7, "infomap"))
 
 
+def test_components_join_each_sample_left_alone_by_its_most_probable_edge():
+    # triangles {0, 1, 2} and {3, 4, 5} of sure edges; 6 leans to both (0.6 / 0.8), 7 and 8
+    # only to each other (0.7), 9 only weakly (0.4); 6's 0.6 edge must not merge the triangles
+    src = np.array([0, 1, 2, 3, 4, 5, 6, 6, 7, 9])
+    dst = np.array([1, 2, 0, 4, 5, 3, 0, 3, 8, 0])
+    prob = np.array([0.99] * 6 + [0.6, 0.8, 0.7, 0.4], np.float32)
+    np.testing.assert_array_equal(edges.group_edges(src, dst, prob, 10, "components",
+                                                    threshold=0.95),
+                                  [0, 0, 0, 1, 1, 1, 1, 2, 2, 3])
+    alone, partner = edges.singleton_edges(np.array([0, 0, 0, 1, 1, 1, 2, 3, 4, 5]),
+                                           src, dst, prob, 0.5)
+    np.testing.assert_array_equal(alone, [6, 7, 8])
+    np.testing.assert_array_equal(partner, [3, 8, 7])
+    # at or below the floor, or with a threshold under it, nobody is joined
+    assert edges.singleton_edges(np.arange(10), src, dst, prob, 0.99)[0].size == 0
+    np.testing.assert_array_equal(
+        edges.group_edges(src, dst, prob, 10, "components", threshold=0.3),
+        [0, 0, 0, 0, 0, 0, 0, 1, 1, 0])
+
+
 GROUP_TWICE_AROUND_FAISS = """
 import numpy as np
 from sepfl import edges

@@ -28,7 +28,10 @@ and changes what is scored and how it is grouped:
   weighted by P, so a cluster is a region the weighted walk stays in and one
   wrong edge does not merge two identities; or connected components of the
   edges above a high threshold, which keep an identity whose sub-modes are
-  joined by a few sure edges in one piece where Infomap would cut it. Training
+  joined by a few sure edges in one piece where Infomap would cut it, and then
+  each sample those sure edges left alone joins the partner of its most
+  probable edge when that edge has P > 0.5 (a hard sample whose edges are all
+  merely likely is not left a singleton). Training
   clusters held-out identities to choose between them and to set Infomap's
   Markov time and the components threshold (:attr:`EdgeHead.grouping`).
   Without the ``infomap`` package, connected components.
@@ -48,7 +51,8 @@ from sepfl import ops
 
 log = logging.getLogger("sepfl")
 
-__all__ = ["EdgeHead", "candidate_edges", "edge_statistics", "group_edges", "infomap_available",
+__all__ = ["EdgeHead", "candidate_edges", "edge_statistics", "group_edges",
+           "infomap_available", "singleton_edges",
            "NUM_STATISTICS"]
 
 NUM_STATISTICS = 13
@@ -205,6 +209,44 @@ def infomap_available() -> bool:
     return True
 
 
+SINGLETON_ABOVE = 0.5
+
+
+def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np.ndarray,
+                    floor: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The most probable edge of each sample alone in its cluster, when its P > ``floor``.
+
+    Added to the edges that made ``labels``, each joins one sample alone to one
+    partner: a sample alone joins a cluster (or another sample alone), and two
+    clusters are never merged, since every edge added starts at a different
+    sample alone.
+
+    Parameters
+    ----------
+    labels : int64 ndarray [N]
+        Clusters of the edges kept so far.
+    src, dst : int64 ndarray [E]
+        Every candidate edge (either direction).
+    prob : float32 ndarray [E]
+        P(same identity) of each edge.
+    floor : float
+
+    Returns
+    -------
+    (alone, partner) : int64 ndarray [A] each
+    """
+    alone = np.bincount(labels)[labels] == 1
+    ends = np.concatenate([src, dst])
+    partners = np.concatenate([dst, src])
+    p = np.concatenate([prob, prob])
+    usable = alone[ends] & (p > floor)
+    ends, partners, p = ends[usable], partners[usable], p[usable]
+    order = np.lexsort((-p, ends))  # by sample, its most probable edge first
+    ends, partners = ends[order], partners[order]
+    first = np.concatenate([[True], ends[1:] != ends[:-1]])[:ends.size]
+    return ends[first], partners[first]
+
+
 def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: int,
                 grouping: str = "infomap", threshold: float = 0.5,
                 markov_time: float = 1.0, seed: int = 1) -> np.ndarray:
@@ -219,9 +261,12 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     num_nodes : int
     grouping : {"infomap", "components"}
         Infomap's two-level partition of the edges weighted by P (one trial,
-        seeded, so the same edges give the same labels), or connected components.
+        seeded, so the same edges give the same labels), or connected components
+        with each sample they leave alone joined by :func:`singleton_edges` at
+        P > 0.5.
     threshold : float
-        Edges at or below it are dropped.
+        Edges at or below it are dropped (for components: before samples left alone are
+        joined).
     markov_time : float
         Infomap's Markov time: above 1 the walk looks further and modules grow
         (sub-modes of one identity join), below 1 they shrink.
@@ -234,9 +279,16 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         0..C-1, numbered in order of each cluster's smallest member.
     """
     keep = prob > threshold
-    src, dst = src[keep], dst[keep]
     if grouping == "components":
-        return np.asarray(ops.connected_components(src, dst, num_nodes))
+        kept_src, kept_dst = src[keep], dst[keep]
+        found = np.asarray(ops.connected_components(kept_src, kept_dst, num_nodes))
+        alone, partner = singleton_edges(found, src, dst, prob, min(threshold, SINGLETON_ABOVE))
+        if alone.size == 0:
+            return found
+        return np.asarray(ops.connected_components(np.concatenate([kept_src, alone]),
+                                                   np.concatenate([kept_dst, partner]),
+                                                   num_nodes))
+    src, dst = src[keep], dst[keep]
     infomap = _import_infomap()
 
     # one undirected link per pair, its two directions' weights summed (as Infomap
