@@ -73,7 +73,8 @@ class ClusterConfig:
         None, 'How "edges" groups the kept edges: None means the grouping the model\'s training '
               'calibrated on held-out identities; "infomap" is Infomap weighted by P (connected '
               'components when the infomap package is missing, logged), "components" connected '
-              "components.")
+              "components, each sample they leave alone then joined by its most probable edge "
+              "above 0.5.")
     markov_time: Optional[float] = setting(
         None, "Infomap's Markov time for \"edges\"; None means the model's calibrated one.")
     max_per_node: int = setting(1, "Denser neighbours paired per sample (1 in SEPFL).")
