@@ -112,7 +112,8 @@ def main() -> None:
                         help="build the kNN graph with sepfl knn first, then score both "
                              "schemes' oracles and Infomap on it")
     parser.add_argument("--infomap", default="0.0,0.3",
-                        help="with --ceiling: Infomap's similarity floors (default: 0.0,0.3)")
+                        help="with --ceiling: Infomap's similarity floors (default: 0.0,0.3; "
+                             "empty: no Infomap)")
     parser.add_argument("options", nargs="*", help="options for sepfl cluster (after --)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -142,7 +143,7 @@ def main() -> None:
                  + [f"{wall:.0f}", f"{peak_gib:.2f}", f"{peak_gib * 2**30 / args.n:,.0f}",
                     f_p, f_b, nmi]]))
     if args.ceiling:
-        rows = ceilings(knn_path, labels, [float(f) for f in args.infomap.split(",")])
+        rows = ceilings(knn_path, labels, [float(f) for f in args.infomap.split(",") if f])
         print()
         print(header(f"ceilings on the same kNN graph ({args.n:,} samples)"))
         print(table(["method", "F_P", "F_B", "NMI", "seconds"],
