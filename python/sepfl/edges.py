@@ -243,7 +243,7 @@ def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: 
     ends, partners, p = ends[usable], partners[usable], p[usable]
     order = np.lexsort((-p, ends))  # by sample, its most probable edge first
     ends, partners = ends[order], partners[order]
-    first = np.concatenate([[True], ends[1:] != ends[:-1]])[:ends.size]
+    first = np.unique(ends, return_index=True)[1]
     return ends[first], partners[first]
 
 
