@@ -267,6 +267,8 @@ CASES = [
     ("decreasing milestones", lambda p: TrainConfig(lr_milestones=(0.6, 0.4)), ValueError,
      "lr_milestones"),
     ("milestone at 0", lambda p: TrainConfig(lr_milestones=(0.0,)), ValueError, "lr_milestones"),
+    ("thinning share of 1", lambda p: TrainConfig(edge_thinning=(0.1, 1.0)), ValueError,
+     "edge_thinning"),
     ("negative weight decay", lambda p: TrainConfig(weight_decay=-1.0), ValueError,
      "weight_decay"),
     ("training device tpu", lambda p: TrainConfig(device="tpu"), ValueError, "device"),

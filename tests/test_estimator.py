@@ -62,9 +62,11 @@ def test_set_params_round_trips_and_keeps_the_model(faces, fitted):
     assert est.cluster_config.k == 10 and est.model_ is fitted.model_
     params = est.get_params()
     assert SEPFL(**params).get_params() == params
-    est.set_params(threshold=1.0)
+    # SEPFL's links are exactly the pairs with P > threshold: 1.0 links nothing (the edge
+    # scheme's components would still join each sample left alone by its best edge > 0.5)
+    est.set_params(threshold=1.0, scheme="sepfl")
     labels = est.predict(faces.features)
-    assert len(np.unique(labels)) == len(labels)  # threshold 1.0 links nothing
+    assert len(np.unique(labels)) == len(labels)
     with pytest.raises(ValueError, match="invalid SEPFL parameter"):
         est.set_params(n_clusters=3)
     with pytest.raises(ValueError, match="threshold"):

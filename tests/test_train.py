@@ -13,6 +13,7 @@ from sepfl import train as training
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
 from sepfl.config import TrainConfig
 from sepfl.features import fingerprint
+from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
 from sepfl.train import learning_rate, train
 
@@ -112,6 +113,34 @@ def test_mean_attention_embeds_the_neighbour_mean(toy, mode):
     assert float((e - expected).abs().max()) <= 1e-6
     mean = graph.features[graph.nbrs].mean(dim=1)
     assert float((expected[:, 16:] - mean).abs().max()) <= 1e-6
+
+
+def test_thinned_graph_is_the_knn_of_the_kept_samples(toy):
+    graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
+    inside = np.arange(len(toy[1])) % 3 != 0
+    thinned = training._thinned_graph(graph, inside, 0.5, seed=3)
+    kept = np.flatnonzero(inside & (np.random.default_rng(3).random(inside.size) < 0.5))
+    assert 2 * K <= kept.size < inside.sum()
+    np.testing.assert_array_equal(thinned.labels, toy[1][kept])
+    np.testing.assert_array_equal(thinned.nbrs[:, 0].numpy(), np.arange(kept.size))
+    expected, _ = build_knn(toy[0][kept], K)
+    np.testing.assert_array_equal(thinned.nbrs.numpy(), expected)
+    assert training._thinned_graph(graph, inside, 2 * K / len(toy[1]) / 4, seed=3) is None
+
+
+def test_edge_head_learns_from_the_thinned_views(toy):
+    graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
+    model = PairClassifier(toy[0].shape[1], K).eval()
+    e = model.embed_graph(graph.features, graph.nbrs, bf16=False)
+    inside = np.ones(len(toy[1]), bool)
+    full, full_target = training._head_views(model, graph, inside, e, K - 1,
+                                             small_config(edge_thinning=()))
+    views, target = training._head_views(model, graph, inside, e, K - 1,
+                                         small_config(edge_thinning=(0.5,)))
+    # the whole graph's edges first (the same draw), then the thinned graph's
+    torch.testing.assert_close(views[:len(full)], full)
+    np.testing.assert_array_equal(target[:len(full)], full_target)
+    assert len(views) > len(full) and target[len(full):].any()
 
 
 def test_warm_up_trains_only_the_classifier(toy):

@@ -198,6 +198,12 @@ class TrainConfig:
     candidates: int = setting(
         40, "Candidate edges per sample the edge head is trained on (ranks 1..candidates, "
             "capped at k - 1); :attr:`ClusterConfig.candidates` should match.")
+    edge_thinning: Tuple[float, ...] = setting(
+        (0.1, 0.3), "Shares of the training samples drawn at random, each with its own kNN "
+                    "graph, whose candidate edges the edge head also learns from: the sparser "
+                    "neighbourhoods of a smaller data set (a few samples per identity), "
+                    "where the statistics of the full set do not carry over. () trains on "
+                    "the full set only.")
     calibration_share: float = setting(
         0.15, "Share of the training identities held out of the edge head's training to choose "
               "its grouping on (Infomap's Markov time or a components threshold, "
@@ -216,6 +222,10 @@ class TrainConfig:
         if not 0 <= self.calibration_share < 1:
             raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
         check_probability(self.rho, "rho")
+        self.edge_thinning = tuple(float(share) for share in self.edge_thinning)
+        if any(not 0 < share < 1 for share in self.edge_thinning):
+            raise ValueError(f"edge_thinning must hold shares in (0, 1), got "
+                             f"{self.edge_thinning}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         for name in ("lr", "classifier_lr"):

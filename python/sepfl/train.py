@@ -312,18 +312,18 @@ def _split_identities(labels: np.ndarray, share: float,
     return ~calibration, calibration
 
 
-def _head_edges(graph: _Graph, inside: np.ndarray, m: int,
-                seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+def _head_edges(graph: _Graph, inside: np.ndarray, m: int, seed: int
+                ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]:
     """Candidate edges with both ends in ``inside`` (bool [N]), plus random negatives
-    when the lists hold few: (src, dst, rank) int64 Tensors [E] and target int64 [E]."""
+    when the lists hold few: (src, dst, rank) int64 Tensors [E] and target int64 [E];
+    None when no candidate edge joins two samples of one identity."""
     src, dst, rank = (x.cpu().numpy() for x in edges.candidate_edges(graph.nbrs, m))
     keep = inside[src] & inside[dst]
     src, dst, rank = src[keep], dst[keep], rank[keep]
     pool = np.flatnonzero(inside)
     target = (graph.labels[src] == graph.labels[dst]).astype(np.int64)
     if target.sum() == 0:
-        raise ValueError(f"no sample has a same-identity neighbour in ranks 1..{m}: the edge "
-                         "head cannot be trained")
+        return None
     local = np.full(graph.labels.size, -1, np.int64)
     local[pool] = np.arange(pool.size)
     s, d, target = with_negatives(local[src], local[dst], target, graph.labels[pool], seed,
@@ -333,6 +333,50 @@ def _head_edges(graph: _Graph, inside: np.ndarray, m: int,
     device = graph.nbrs.device
     return (torch.from_numpy(pool[s]).to(device), torch.from_numpy(pool[d]).to(device),
             torch.from_numpy(rank).to(device), target)
+
+
+def _thinned_graph(graph: _Graph, inside: np.ndarray, share: float,
+                   seed: int) -> Optional[_Graph]:
+    """Each ``inside`` sample (bool [N]) kept with probability ``share``, with the kNN graph
+    of the kept samples alone (no candidate pairs): the neighbourhoods a smaller data set
+    of the same identities has. None when fewer than ``2 k`` samples are kept."""
+    k = graph.nbrs.shape[1]
+    kept = np.flatnonzero(inside & (np.random.default_rng(seed).random(inside.size) < share))
+    if kept.size < 2 * k:
+        return None
+    features = graph.features[torch.from_numpy(kept).to(graph.features.device)]
+    nbrs, sims = unit_knn(features, k=k, progress=False)
+    device = features.device
+    nothing = np.empty(0, np.int64)
+    return _Graph(features, to_tensor(nbrs, device), to_tensor(sims, device),
+                  graph.labels[kept], nothing, nothing, nothing)
+
+
+def _head_views(model: PairClassifier, graph: _Graph, inside: np.ndarray, e: torch.Tensor,
+                m: int, config: TrainConfig) -> Tuple[torch.Tensor, np.ndarray]:
+    """The edge head's training set: :func:`edges.edge_statistics` float32 [E, 13] and
+    targets int64 [E] of the candidate edges among the ``inside`` samples of the whole
+    training graph (embeddings ``e``), then of each :attr:`TrainConfig.edge_thinning` share
+    of them (embedded on their own graph; one without a positive edge is left out)."""
+    views = [(graph, inside, e)]
+    for view, share in enumerate(config.edge_thinning, 1):
+        thinned = _thinned_graph(graph, inside, share, _seed(config.seed, 8, view))
+        if thinned is not None:
+            views.append((thinned, np.ones(thinned.labels.size, bool),
+                          _embeddings(model, thinned, config)))
+    stats, targets = [], []
+    for view, (source, keep, embeddings) in enumerate(views):
+        found = _head_edges(source, keep, m, _seed(config.seed, 6, view))
+        if found is None and view == 0:
+            raise ValueError(f"no sample has a same-identity neighbour in ranks 1..{m}: the "
+                             "edge head cannot be trained")
+        if found is None:  # a thinned view too sparse to hold a positive edge
+            continue
+        src, dst, rank, target = found
+        stats.append(edges.edge_statistics(embeddings, source.nbrs, source.sims, src, dst,
+                                           rank))
+        targets.append(target)
+    return torch.cat(stats), np.concatenate(targets)
 
 
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
@@ -392,14 +436,14 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
 def _fit_edge_head(model: PairClassifier, graph: _Graph, config: TrainConfig,
                    e: torch.Tensor) -> Dict[str, float]:
     """Stage epochs + 2: the edge head (:mod:`sepfl.edges`) on the candidate edges of the
-    training identities outside the calibration share, then its threshold calibrated on
+    training identities outside the calibration share (in the whole graph and in thinned
+    ones, :func:`_head_views`), then its threshold calibrated on
     those held out. ``e`` [N, 2D] are the training set's eval-mode embeddings."""
     started = time.perf_counter()
     m = min(config.candidates, model.k - 1)
     inside, held_out = _split_identities(graph.labels, config.calibration_share,
                                          _seed(config.seed, 5))
-    src, dst, rank, target = _head_edges(graph, inside, m, _seed(config.seed, 6))
-    stats = edges.edge_statistics(e, graph.nbrs, graph.sims, src, dst, rank)
+    stats, target = _head_views(model, graph, inside, e, m, config)
     head = edges.EdgeHead().to(e.device)
     head.candidates.fill_(m)
     head.set_normalization(stats)
