@@ -15,8 +15,12 @@ Populations and what they change (``base`` is the project's calibrated one):
 the design was tuned looking at base, twins, modes, wide and mix; clean,
 tail and the other widths were only ever reported.
 
+``--thin S`` clusters a random share S of each test split instead (the same
+identities with fewer samples each, as in a smaller data set).
+
     python benchmarks/populations.py                          # bundled weights, D = 256 sets
     python benchmarks/populations.py --train --only d128,d512
+    python benchmarks/populations.py --thin 0.1               # ~6 samples per identity
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from common import header, table  # noqa: E402
 from sepfl import baselines  # noqa: E402
 from sepfl.datasets import FaceModel, make_splits  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
+from sepfl.io import Dataset  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 from sepfl.metrics import evaluate  # noqa: E402
 
@@ -96,7 +101,11 @@ def run(name: str, seed: int, args) -> list:
     started = time.perf_counter()
     estimator = _model(args, dim, splits.train)
     trained = time.perf_counter() - started
-    test, gt = splits.test, splits.test.labels
+    test = splits.test
+    if args.thin < 1:  # a smaller data set of the same identities: fewer samples each
+        kept = np.random.default_rng(1).random(len(test.labels)) < args.thin
+        test = Dataset(test.features[kept], test.labels[kept])
+    gt = test.labels
     start = time.perf_counter()
     knn = build_knn(test.features, k=80, progress=False)
     t_knn = time.perf_counter() - start
@@ -142,7 +151,12 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="model to use (default: the bundled weights)")
     parser.add_argument("--train", action="store_true",
                         help="train on each population's own training split")
+    parser.add_argument("--thin", type=float, default=1.0,
+                        help="cluster this share of each test split, drawn at random (fewer "
+                             "samples per identity, as in a smaller data set; default 1: all)")
     args = parser.parse_args()
+    if not 0 < args.thin <= 1:
+        parser.error(f"--thin must be in (0, 1], got {args.thin}")
     unknown = sorted(set(args.only.split(",")) - set(POPULATIONS))
     if unknown:
         parser.error(f"unknown population(s) {', '.join(unknown)}; "
@@ -158,7 +172,8 @@ def main() -> None:
             seed = 0 if name == "base" else 100 + list(POPULATIONS).index(name)
             rows += pool.submit(run, name, seed, args).result()
     print()
-    print(header("quality across populations (test splits, identities unseen in training)"))
+    print(header("quality across populations (test splits, identities unseen in training"
+                 + (f"; a random {args.thin:g} of each)" if args.thin < 1 else ")")))
     print("model: " + ("trained on each population's own training split" if args.train
                        else (args.checkpoint or "bundled weights") + ", trained on a randomised "
                        "mixture of face models"))
