@@ -162,14 +162,12 @@ def main() -> None:
         parser.error(f"unknown population(s) {', '.join(unknown)}; "
                      f"choose from {','.join(POPULATIONS)}")
     rows = []
-    # one fresh process per population: Infomap's sweeps leave memory behind in a process
-    # (a nine-population run in one process grew past 23 GiB), and each population starts clean
-    with ProcessPoolExecutor(max_workers=1, max_tasks_per_child=1,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        for name in args.only.split(","):
-            # base is the project's split (make_splits(1500, 1500, seed=0)); the others get
-            # their own seed
-            seed = 0 if name == "base" else 100 + list(POPULATIONS).index(name)
+    for name in args.only.split(","):
+        # base is the project's split (make_splits(1500, 1500, seed=0)); the others get their own
+        seed = 0 if name == "base" else 100 + list(POPULATIONS).index(name)
+        # one fresh process per population: Infomap's sweeps leave memory behind in a process
+        # (a nine-population run in one process grew past 23 GiB)
+        with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
             rows += pool.submit(run, name, seed, args).result()
     print()
     print(header("quality across populations (test splits, identities unseen in training"
