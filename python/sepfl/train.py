@@ -352,31 +352,36 @@ def _thinned_graph(graph: _Graph, inside: np.ndarray, share: float,
                   graph.labels[kept], nothing, nothing, nothing)
 
 
+def _view_edges(source: _Graph, inside: np.ndarray, embeddings: torch.Tensor, m: int,
+                seed: int) -> Optional[Tuple[torch.Tensor, np.ndarray]]:
+    """:func:`edges.edge_statistics` float32 [E, 13] and targets int64 [E] of one graph's
+    :func:`_head_edges`; None when none of them is positive."""
+    found = _head_edges(source, inside, m, seed)
+    if found is None:
+        return None
+    src, dst, rank, target = found
+    return edges.edge_statistics(embeddings, source.nbrs, source.sims, src, dst, rank), target
+
+
 def _head_views(model: PairClassifier, graph: _Graph, inside: np.ndarray, e: torch.Tensor,
                 m: int, config: TrainConfig) -> Tuple[torch.Tensor, np.ndarray]:
     """The edge head's training set: :func:`edges.edge_statistics` float32 [E, 13] and
     targets int64 [E] of the candidate edges among the ``inside`` samples of the whole
     training graph (embeddings ``e``), then of each :attr:`TrainConfig.edge_thinning` share
     of them (embedded on their own graph; one without a positive edge is left out)."""
-    views = [(graph, inside, e)]
+    full = _view_edges(graph, inside, e, m, _seed(config.seed, 6, 0))
+    if full is None:
+        raise ValueError(f"no sample has a same-identity neighbour in ranks 1..{m}: the edge "
+                         "head cannot be trained")
+    views = [full]
     for view, share in enumerate(config.edge_thinning, 1):
         thinned = _thinned_graph(graph, inside, share, _seed(config.seed, 8, view))
-        if thinned is not None:
-            views.append((thinned, np.ones(thinned.labels.size, bool),
-                          _embeddings(model, thinned, config)))
-    stats, targets = [], []
-    for view, (source, keep, embeddings) in enumerate(views):
-        found = _head_edges(source, keep, m, _seed(config.seed, 6, view))
-        if found is None and view == 0:
-            raise ValueError(f"no sample has a same-identity neighbour in ranks 1..{m}: the "
-                             "edge head cannot be trained")
-        if found is None:  # a thinned view too sparse to hold a positive edge
-            continue
-        src, dst, rank, target = found
-        stats.append(edges.edge_statistics(embeddings, source.nbrs, source.sims, src, dst,
-                                           rank))
-        targets.append(target)
-    return torch.cat(stats), np.concatenate(targets)
+        found = None if thinned is None else _view_edges(
+            thinned, np.ones(thinned.labels.size, bool), _embeddings(model, thinned, config), m,
+            _seed(config.seed, 6, view))
+        if found is not None:
+            views.append(found)
+    return torch.cat([stats for stats, _ in views]), np.concatenate([t for _, t in views])
 
 
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
