@@ -33,6 +33,16 @@ void require_dim(const Array<T>& x, py::ssize_t axis, py::ssize_t size, const ch
                                           << ", expected " << size);
 }
 
+// The index arrays every gather takes, checked against the n rows gathered from:
+// nbrs [n, k] and node_ids [b]. Returns {k, b}.
+std::tuple<int64_t, int64_t> require_gather_indices(const Indices& nbrs, const Indices& node_ids,
+                                                    int64_t n) {
+  require_ndim(nbrs, 2, "nbrs");
+  require_ndim(node_ids, 1, "node_ids");
+  require_dim(nbrs, 0, n, "nbrs");
+  return {nbrs.shape(1), node_ids.shape(0)};
+}
+
 Floats density(const Floats& sims, float rho) {
   require_ndim(sims, 2, "sims");
   const int64_t n = sims.shape(0), k = sims.shape(1);
@@ -102,11 +112,8 @@ py::tuple compact(const Indices& padded, const std::optional<Indices>& alongside
 
 Floats gather(const Floats& features, const Indices& nbrs, const Indices& node_ids) {
   require_ndim(features, 2, "features");
-  require_ndim(nbrs, 2, "nbrs");
-  require_ndim(node_ids, 1, "node_ids");
   const int64_t n = features.shape(0), d = features.shape(1);
-  const int64_t k = nbrs.shape(1), b = node_ids.shape(0);
-  require_dim(nbrs, 0, n, "nbrs");
+  const auto [k, b] = require_gather_indices(nbrs, node_ids, n);
   Floats out({b, k, d});
   {
     py::gil_scoped_release release;
@@ -120,13 +127,10 @@ Floats gather_add(const Floats& a, const Floats& bproj, const Indices& nbrs,
                   const Indices& node_ids, const std::optional<Floats>& bias, bool gelu) {
   require_ndim(a, 2, "a");
   require_ndim(bproj, 2, "bproj");
-  require_ndim(nbrs, 2, "nbrs");
-  require_ndim(node_ids, 1, "node_ids");
   const int64_t n = a.shape(0), h = a.shape(1);
-  const int64_t k = nbrs.shape(1), b = node_ids.shape(0);
   require_dim(bproj, 0, n, "bproj");
   require_dim(bproj, 1, h, "bproj");
-  require_dim(nbrs, 0, n, "nbrs");
+  const auto [k, b] = require_gather_indices(nbrs, node_ids, n);
   if (bias) {
     require_ndim(*bias, 1, "bias");
     require_dim(*bias, 0, h, "bias");
@@ -145,11 +149,8 @@ Floats aggregate(const Floats& weights, const Floats& features, const Indices& n
                  const Indices& node_ids) {
   require_ndim(weights, 2, "weights");
   require_ndim(features, 2, "features");
-  require_ndim(nbrs, 2, "nbrs");
-  require_ndim(node_ids, 1, "node_ids");
   const int64_t n = features.shape(0), d = features.shape(1);
-  const int64_t k = nbrs.shape(1), b = node_ids.shape(0);
-  require_dim(nbrs, 0, n, "nbrs");
+  const auto [k, b] = require_gather_indices(nbrs, node_ids, n);
   require_dim(weights, 0, b, "weights");
   require_dim(weights, 1, k, "weights");
   Floats out({b, d});

@@ -79,21 +79,26 @@ struct GatherUse {
   bool nodes, entries, values;
 };
 
-GatherUse gather_use(int64_t n, int64_t k, int64_t b, int64_t width) {
-  return {b > 0, b > 0 && n > 0 && k > 0, b > 0 && n > 0 && k > 0 && width > 0};
+// The checks every gather shares: the sizes n, k, b and the row width (`width_name` in
+// messages), and the pointers nbrs [n, k], node_ids [b] and bad. Returns what the gather
+// reads, for the caller to check its own value pointers against.
+GatherUse require_gather(Ptr nbrs, Ptr node_ids, Ptr bad, int64_t n, int64_t k, int64_t width,
+                         const char* width_name, int64_t b) {
+  require_size(n, "n");
+  require_size(k, "k");
+  require_size(width, width_name);
+  require_size(b, "b");
+  const GatherUse use = {b > 0, b > 0 && n > 0 && k > 0, b > 0 && n > 0 && k > 0 && width > 0};
+  require_pointer(nbrs, use.entries, "nbrs");
+  require_pointer(node_ids, use.nodes, "node_ids");
+  require_pointer(bad, use.nodes, "bad");
+  return use;
 }
 
 void gather(Ptr features, Ptr nbrs, Ptr node_ids, int64_t n, int64_t k, int64_t d, int64_t b,
             Ptr out, Ptr bad, Ptr stream) {
-  require_size(n, "n");
-  require_size(k, "k");
-  require_size(d, "d");
-  require_size(b, "b");
-  const GatherUse use = gather_use(n, k, b, d);
+  const GatherUse use = require_gather(nbrs, node_ids, bad, n, k, d, "d", b);
   require_pointer(features, use.values, "features");
-  require_pointer(nbrs, use.entries, "nbrs");
-  require_pointer(node_ids, use.nodes, "node_ids");
-  require_pointer(bad, use.nodes, "bad");
   require_pointer(out, b > 0 && k > 0 && d > 0, "out");
   sepfl::gather_cuda(as<const float>(features), as<const int64_t>(nbrs),
                      as<const int64_t>(node_ids), n, k, d, b, as<float>(out), as<int64_t>(bad),
@@ -102,16 +107,9 @@ void gather(Ptr features, Ptr nbrs, Ptr node_ids, int64_t n, int64_t k, int64_t 
 
 void gather_add(Ptr a, Ptr bproj, Ptr nbrs, Ptr node_ids, Ptr bias, bool gelu, int64_t n,
                 int64_t k, int64_t h, int64_t b, Ptr out, Ptr bad, Ptr stream) {
-  require_size(n, "n");
-  require_size(k, "k");
-  require_size(h, "h");
-  require_size(b, "b");
-  const GatherUse use = gather_use(n, k, b, h);
+  const GatherUse use = require_gather(nbrs, node_ids, bad, n, k, h, "h", b);
   require_pointer(a, use.values, "a");
   require_pointer(bproj, use.values, "bproj");
-  require_pointer(nbrs, use.entries, "nbrs");
-  require_pointer(node_ids, use.nodes, "node_ids");
-  require_pointer(bad, use.nodes, "bad");
   require_pointer(out, b > 0 && k > 0 && h > 0, "out");
   sepfl::gather_add_cuda(as<const float>(a), as<const float>(bproj), as<const int64_t>(nbrs),
                          as<const int64_t>(node_ids), as<const float>(bias), gelu, n, k, h, b,
@@ -120,16 +118,9 @@ void gather_add(Ptr a, Ptr bproj, Ptr nbrs, Ptr node_ids, Ptr bias, bool gelu, i
 
 void aggregate(Ptr weights, Ptr features, Ptr nbrs, Ptr node_ids, int64_t n, int64_t k,
                int64_t d, int64_t b, Ptr out, Ptr bad, Ptr stream) {
-  require_size(n, "n");
-  require_size(k, "k");
-  require_size(d, "d");
-  require_size(b, "b");
-  const GatherUse use = gather_use(n, k, b, d);
+  const GatherUse use = require_gather(nbrs, node_ids, bad, n, k, d, "d", b);
   require_pointer(weights, use.values, "weights");
   require_pointer(features, use.values, "features");
-  require_pointer(nbrs, use.entries, "nbrs");
-  require_pointer(node_ids, use.nodes, "node_ids");
-  require_pointer(bad, use.nodes, "bad");
   require_pointer(out, b > 0 && d > 0, "out");
   sepfl::aggregate_cuda(as<const float>(weights), as<const float>(features),
                         as<const int64_t>(nbrs), as<const int64_t>(node_ids), n, k, d, b,

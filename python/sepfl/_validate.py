@@ -9,7 +9,7 @@ object: C-contiguous, float32 for values, int64 for indices.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -62,33 +62,39 @@ def _check_ndim(x: Array, name: str, ndim: int, shape: Sequence[int | None] | No
                 raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
 
 
+def _is_floating(x: Array) -> bool:
+    return x.is_floating_point() if is_tensor(x) else np.issubdtype(x.dtype, np.floating)
+
+
+def _is_integral(x: Array) -> bool:
+    if is_tensor(x):
+        return not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+    return np.issubdtype(x.dtype, np.integer)
+
+
+def _convert(x: Array, name: str, ndim: int, shape: Sequence[int | None] | None, dtype: str,
+             accepts: Callable[[Array], bool], holds: str) -> Array:
+    """``x`` as C-contiguous ``dtype`` ("float32" or "int64", named alike in numpy and torch);
+    TypeError, saying ``x`` must hold ``holds``, unless ``accepts(x)``."""
+    x = _as_array(x, name)
+    if not accepts(x):
+        raise TypeError(f"{name} must hold {holds}, got {_describe(x)}")
+    _check_ndim(x, name, ndim, shape)
+    if is_tensor(x):
+        return x.detach().to(getattr(torch, dtype)).contiguous()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
 def as_values(x: Array, name: str, ndim: int,
               shape: Sequence[int | None] | None = None) -> Array:
     """``x`` as C-contiguous float32; TypeError unless it holds floating-point values."""
-    x = _as_array(x, name)
-    floating = x.is_floating_point() if is_tensor(x) else np.issubdtype(x.dtype, np.floating)
-    if not floating:
-        raise TypeError(f"{name} must hold floating-point values, got {_describe(x)}")
-    _check_ndim(x, name, ndim, shape)
-    if is_tensor(x):
-        return x.detach().to(torch.float32).contiguous()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return _convert(x, name, ndim, shape, "float32", _is_floating, "floating-point values")
 
 
 def as_indices(x: Array, name: str, ndim: int,
                shape: Sequence[int | None] | None = None) -> Array:
     """``x`` as C-contiguous int64; TypeError unless it holds integers (bool is refused)."""
-    x = _as_array(x, name)
-    if is_tensor(x):
-        integral = not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
-    else:
-        integral = np.issubdtype(x.dtype, np.integer)
-    if not integral:
-        raise TypeError(f"{name} must hold integer indices, got {_describe(x)}")
-    _check_ndim(x, name, ndim, shape)
-    if is_tensor(x):
-        return x.detach().to(torch.int64).contiguous()
-    return np.ascontiguousarray(x, dtype=np.int64)
+    return _convert(x, name, ndim, shape, "int64", _is_integral, "integer indices")
 
 
 def check_probability(value: float, name: str) -> float:

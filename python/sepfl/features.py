@@ -81,7 +81,10 @@ def _check_normalizable(norms: Array, name: str) -> None:
         raise ValueError(f"{name} rows {_rows_text(zero)} are all zero and cannot be normalised")
 
 
-def _divide_rows(x: Array, norms: Array) -> Array:
+def _divide_rows(x: Array, norms: Array, name: str) -> Array:
+    """Every row of ``x`` (float32 [N, D]) divided by its norm (``norms``, float64 [N]), as a new
+    array of ``x``'s kind; first ValueError naming the rows that cannot be (NaN / inf or zero)."""
+    _check_normalizable(norms, name)
     if is_tensor(x):
         return x / norms.to(torch.float32)[:, None]
     out = np.empty(x.shape, dtype=np.float32)
@@ -109,9 +112,7 @@ def l2_normalize(x: Array, name: str = "features") -> Array:
         Naming the rows that hold NaN / inf or are all zero.
     """
     x = as_values(x, name, 2)
-    norms = _row_norms(x)
-    _check_normalizable(norms, name)
-    return _divide_rows(x, norms)
+    return _divide_rows(x, _row_norms(x), name)
 
 
 def normalize_features(x: Array, warn: bool = True, atol: float = 1e-3,
@@ -147,10 +148,10 @@ def normalize_features(x: Array, warn: bool = True, atol: float = 1e-3,
     off = to_numpy(~(abs(norms - 1.0) <= atol))  # NaN norms count as off
     if not off.any():
         return x
-    _check_normalizable(norms, name)
+    unit = _divide_rows(x, norms, name)
     if warn:
         low, high = float(norms.min()), float(norms.max())
         warnings.warn(f"{int(off.sum())} of {len(off)} {name} rows were not unit length "
                       f"(norms {low:.4g} to {high:.4g}); normalised them", UserWarning,
                       stacklevel=2)
-    return _divide_rows(x, norms)
+    return unit
