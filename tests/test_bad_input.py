@@ -259,6 +259,8 @@ CASES = [
     ("config threshold above 1", lambda p: ClusterConfig(threshold=1.5), ValueError, "threshold"),
     ("config device tpu", lambda p: ClusterConfig(device="tpu"), ValueError, "device"),
     ("negative rho", lambda p: ClusterConfig(rho=-0.1), ValueError, "rho"),
+    ("negative cosine_power", lambda p: ClusterConfig(cosine_power=-1.0), ValueError,
+     "cosine_power"),
     ("unknown setting", lambda p: SEPFL(n_clusters=4), TypeError, "n_clusters"),
     ("zero epochs", lambda p: TrainConfig(epochs=0), ValueError, "epochs"),
     ("negative batch size", lambda p: TrainConfig(batch_size=-1), ValueError, "batch_size"),

@@ -84,11 +84,12 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         e = model.embed_graph(features, nbrs, batch_size=config.node_batch_size,
                               bf16=config.bf16, progress=config.progress)
     scheme = resolve_scheme(model, config)
-    stats = None
+    stats = cosine = None
     if scheme == "edges":
         with watch.stage("edges"):
             src, dst, rank = edges.candidate_edges(nbrs, candidates(model, config))
             stats = edges.edge_statistics(e, nbrs, sims, src, dst, rank)
+            cosine = sims[src, rank]
     else:
         with watch.stage("pairs"):
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
@@ -96,7 +97,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         scores = pair_scores(model, config, scheme, e, src, dst, stats)
     grouping = grouping_of(model, config, scheme)
     with watch.stage(GROUP_STAGE[scheme]):
-        labels = group(src, dst, scores, features.shape[0], grouping)
+        labels = group(src, dst, scores, features.shape[0], grouping, cosine)
     return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
                          dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
                          timings=watch.timings, scheme=scheme, features=to_numpy(features),

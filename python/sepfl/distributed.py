@@ -438,6 +438,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
         with job.stage(watch, "edges"):
             src, dst, rank = edges.candidate_edges(nbrs, candidates(model, config))
             stats = _edge_statistics(job, e, nbrs, sims, src, dst, rank)
+            cosine = sims[src, rank]
     else:
         with job.stage(watch, "pairs"):
             src, dst = _select_pairs(job, nbrs, density, config.max_per_node)
@@ -446,8 +447,10 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
     src = src + rows.start
     grouping = grouping_of(model, config, scheme)
     with job.stage(watch, GROUP_STAGE[scheme]):
-        gathered = job.gather([src, dst, scores])
-        labels = job.broadcast(None if gathered is None else group(*gathered, n, grouping), n)
+        # Infomap's weights need each edge's cosine; "sepfl" pairs are linked on scores alone
+        gathered = job.gather([src, dst, scores] + ([cosine] if scheme == "edges" else []))
+        labels = job.broadcast(None if gathered is None else
+                               group(*gathered[:3], n, grouping, *gathered[3:]), n)
     return ShardResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
                        dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
                        timings=watch.timings, scheme=scheme,

@@ -25,8 +25,16 @@ and changes what is scored and how it is grouped:
   statistics giving P(same identity), trained on the training graph's own
   candidate edges (the negatives inference meets: look-alikes at low ranks).
 * **Grouping** (:func:`group_edges`): Infomap on the edges with P > 0.5,
-  weighted by P, so a cluster is a region the weighted walk stays in and one
-  wrong edge does not merge two identities; or connected components of the
+  weighted by P times the edge's cosine to the power ``cosine_power``
+  (:attr:`ClusterConfig.cosine_power`, 2), so a cluster is a region the
+  weighted walk stays in and one wrong edge does not merge two identities.
+  The cosine factor matters where identities have few samples: a sample
+  whose identity has no other sample in its list is still joined by likely
+  edges to the unrelated samples nearest it by chance, and those sit at
+  lower cosines than a true partner, so the walk leaves them sooner. (In
+  the clustering benchmarks with a tenth of each test split, power 2 raised
+  F_P by 0.7-13 points; on the full splits it moved F_P by -1.0 to +0.8.)
+  Or connected components of the
   edges above a high threshold, which keep an identity whose sub-modes are
   joined by a few sure edges in one piece where Infomap would cut it, and then
   each sample those sure edges left alone joins the partner of its most
@@ -41,7 +49,7 @@ Everything here is torch on the tensors' device, CPU or CUDA.
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -249,7 +257,8 @@ def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: 
 
 def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: int,
                 grouping: str = "infomap", threshold: float = 0.5,
-                markov_time: float = 1.0, seed: int = 1) -> np.ndarray:
+                markov_time: float = 1.0, seed: int = 1,
+                cosine: Optional[np.ndarray] = None, cosine_power: float = 0.0) -> np.ndarray:
     """Clusters from scored edges: the edges with P > threshold, grouped.
 
     Parameters
@@ -260,10 +269,10 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         P(same identity) of each edge.
     num_nodes : int
     grouping : {"infomap", "components"}
-        Infomap's two-level partition of the edges weighted by P (one trial,
-        seeded, so the same edges give the same labels), or connected components
-        with each sample they leave alone joined by :func:`singleton_edges` at
-        P > 0.5.
+        Infomap's two-level partition of the edges weighted by
+        ``P * max(cosine, 0) ** cosine_power`` (one trial, seeded, so the same
+        edges give the same labels), or connected components with each sample
+        they leave alone joined by :func:`singleton_edges` at P > 0.5.
     threshold : float
         Edges at or below it are dropped (for components: before samples left alone are
         joined).
@@ -272,6 +281,10 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         (sub-modes of one identity join), below 1 they shrink.
     seed : int
         Infomap's seed.
+    cosine : float32 ndarray [E], optional
+        Each edge's cosine similarity; with ``cosine_power`` > 0 it weights
+        Infomap's links (module notes). Components ignore both.
+    cosine_power : float >= 0
 
     Returns
     -------
@@ -288,14 +301,16 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         return np.asarray(ops.connected_components(np.concatenate([kept_src, alone]),
                                                    np.concatenate([kept_dst, partner]),
                                                    num_nodes))
-    src, dst = src[keep], dst[keep]
+    src, dst, weight = src[keep], dst[keep], prob[keep].astype(np.float64)
+    if cosine is not None and cosine_power > 0:
+        weight *= np.clip(cosine[keep], 0.0, 1.0).astype(np.float64) ** cosine_power
     infomap = _import_infomap()
 
     # one undirected link per pair, its two directions' weights summed (as Infomap
     # would aggregate them): half the links to hand over
     low, high = np.minimum(src, dst), np.maximum(src, dst)
     pairs, where = np.unique(low * num_nodes + high, return_inverse=True)
-    weight = np.bincount(where, weights=prob[keep].astype(np.float64), minlength=pairs.size)
+    weight = np.bincount(where, weights=weight, minlength=pairs.size)
     solver = infomap.Infomap(two_level=True, silent=True, num_trials=1, seed=seed,
                              markov_time=markov_time)
     solver.add_nodes(range(num_nodes))

@@ -49,7 +49,7 @@ import torch
 
 from sepfl import edges, ops
 from sepfl._validate import to_tensor
-from sepfl.stages import ClusterResult, Stopwatch, edge_grouping, resolve_scheme
+from sepfl.stages import ClusterResult, Stopwatch, group, grouping_of, resolve_scheme
 from sepfl.config import ClusterConfig
 from sepfl.features import normalize_features
 from sepfl.model import PairClassifier
@@ -287,13 +287,14 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
                                               bf16=config.bf16, progress=config.progress,
                                               nodes=reembedded)
         drift[reembedded] = 0
+    grouping = grouping_of(model, config, scheme)
+    cosine = None
     if scheme == "edges":
-        grouping, threshold, markov_time = edge_grouping(model, config)
         with watch.stage("edges"):
             src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, k - 1))
+            cosine = sims[src, rank]
             touched = changed
     else:
-        threshold = 0.5 if config.threshold is None else config.threshold
         with watch.stage("pairs"):
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
             touched = stale
@@ -308,17 +309,13 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
                                                  batch_size=config.pair_batch_size,
                                                  bf16=config.bf16)
     with watch.stage("group"):
-        if scheme == "edges":
-            groups = edges.group_edges(src.numpy(), dst.numpy(), scores.numpy(), total,
-                                       grouping, threshold, markov_time)
-        else:
-            groups = np.asarray(ops.link(src, dst, scores, threshold, total))
+        groups = group(src, dst, scores, total, grouping, cosine)
         labels, merged = stable_labels(state.labels, groups)
     state = State(scheme=scheme, features=features.numpy(), nbrs=nbrs.numpy(),
                   sims=sims.numpy(), embeddings=e.numpy(), drift=drift.numpy(),
                   src=src.numpy(), dst=dst.numpy(), scores=scores.numpy(), labels=labels)
     result = AddResult(labels=labels, density=density.numpy(), src=state.src, dst=state.dst,
-                       scores=state.scores, threshold=threshold, timings=watch.timings,
+                       scores=state.scores, threshold=grouping.threshold, timings=watch.timings,
                        scheme=scheme, features=state.features, nbrs=state.nbrs,
                        sims=state.sims, embeddings=state.embeddings, merged=merged, groups=groups,
                        reembedded=reembedded.numpy(), rescored=rescored.numpy(),

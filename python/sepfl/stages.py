@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -150,27 +150,44 @@ def pair_scores(model: PairClassifier, config: ClusterConfig, scheme: str, e: to
     return model.score_pairs(e, src, dst, batch_size=config.pair_batch_size, bf16=config.bf16)
 
 
-def grouping_of(model: PairClassifier, config: ClusterConfig,
-                scheme: str) -> Tuple[str, float, float]:
-    """How :func:`group` joins the scored pairs: (grouping, threshold, markov_time).
+class Grouping(NamedTuple):
+    """How :func:`group` joins scored pairs.
 
-    "edges": :func:`edge_grouping`; "sepfl": ("link", the threshold, unused 1.0),
-    union-find of the pairs above the threshold (0.5 unless configured).
+    how : {"link", "infomap", "components"}
+        Union-find of the pairs above ``threshold`` ("sepfl"), or
+        :func:`sepfl.edges.group_edges`'s grouping ("edges").
+    threshold : float
+    markov_time : float
+        Infomap's.
+    cosine_power : float
+        Infomap's link weight is P times the pair's cosine to this power.
     """
+
+    how: str
+    threshold: float
+    markov_time: float = 1.0
+    cosine_power: float = 0.0
+
+
+def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str) -> Grouping:
+    """How :func:`group` joins the scored pairs: "edges": :func:`edge_grouping`; "sepfl":
+    union-find ("link") of the pairs above the threshold (0.5 unless configured)."""
     if scheme == "edges":
         return edge_grouping(model, config)
-    return "link", 0.5 if config.threshold is None else config.threshold, 1.0
+    return Grouping("link", 0.5 if config.threshold is None else config.threshold)
 
 
-def group(src: Array, dst: Array, scores: Array, num_nodes: int,
-          grouping: Tuple[str, float, float]) -> np.ndarray:
+def group(src: Array, dst: Array, scores: Array, num_nodes: int, grouping: Grouping,
+          cosine: Optional[Array] = None) -> np.ndarray:
     """Labels int64 [num_nodes] of pairs ``src``, ``dst`` (int64 [P]) scored ``scores``
-    (float32 [P]), grouped as ``grouping`` (:func:`grouping_of`) says."""
-    how, threshold, markov_time = grouping
-    if how == "link":
-        return to_numpy(ops.link(src, dst, scores, threshold, num_nodes))
-    return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes, how,
-                             threshold, markov_time)
+    (float32 [P]) with cosine similarities ``cosine`` (float32 [P], for Infomap's
+    weights), grouped as ``grouping`` says."""
+    if grouping.how == "link":
+        return to_numpy(ops.link(src, dst, scores, grouping.threshold, num_nodes))
+    return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes,
+                             grouping.how, grouping.threshold, grouping.markov_time,
+                             cosine=None if cosine is None else to_numpy(cosine),
+                             cosine_power=grouping.cosine_power)
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
@@ -183,13 +200,10 @@ def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
     return config.scheme
 
 
-def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Tuple[str, float, float]:
-    """How "edges" groups its scored edges: (grouping, threshold, markov_time).
-
-    The config's values, with the model's calibrated grouping, threshold and
-    Markov time where they are None, and connected components (logged) when
-    Infomap is asked for but not installed.
-    """
+def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
+    """How "edges" groups its scored edges: the config's values, with the model's
+    calibrated grouping, threshold and Markov time where they are None, and connected
+    components (logged) when Infomap is asked for but not installed."""
     head = model.edge_head
     grouping = config.grouping or head.grouping
     if grouping == "infomap" and not edges.infomap_available():
@@ -200,4 +214,4 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Tuple[str, fl
     if threshold is None:
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
-    return grouping, threshold, markov_time
+    return Grouping(grouping, threshold, markov_time, config.cosine_power)

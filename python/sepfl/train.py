@@ -406,12 +406,14 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     src, dst, rank = edges.candidate_edges(graph.nbrs, candidates(model, settings))
     stats = edges.edge_statistics(e, graph.nbrs, graph.sims, src, dst, rank)
     scores = to_numpy(pair_scores(model, settings, "edges", e, src, dst, stats))
+    cosine = to_numpy(graph.sims[src, rank])
     src, dst = to_numpy(src), to_numpy(dst)
 
     def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
         scored = {}
         for value in values:
             found = edges.group_edges(src, dst, scores, graph.labels.size, grouping,
+                                      cosine=cosine, cosine_power=settings.cosine_power,
                                       **({"threshold": value} if grouping == "components"
                                          else {"markov_time": value}))
             metrics = anchored(graph.labels, found, held_out)
