@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sepfl
-from sepfl import ops
+from sepfl import edges, ops
 from sepfl import train as training
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
 from sepfl.config import TrainConfig
@@ -141,6 +141,27 @@ def test_edge_head_learns_from_the_thinned_views(toy):
     torch.testing.assert_close(views[:len(full)], full)
     np.testing.assert_array_equal(target[:len(full)], full_target)
     assert len(views) > len(full) and target[len(full):].any()
+
+
+def test_calibration_groups_the_whole_graph_and_each_thinned_copy(toy):
+    graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
+    model = PairClassifier(toy[0].shape[1], K).eval()
+    model.edge_head = edges.EdgeHead().eval()
+    e = model.embed_graph(graph.features, graph.nbrs, bf16=False)
+    held_out = np.isin(toy[1], [0, 5, 9])
+    config = small_config(edge_thinning=(0.5,), candidates=K - 1)
+    views = training._calibration_views(model, graph, held_out, e, config)
+    assert len(views) == 2
+    (src, dst, _, cosine, labels, anchors), thinned = views
+    np.testing.assert_array_equal(labels, toy[1])
+    np.testing.assert_array_equal(anchors, held_out)
+    # each edge's cosine is its similarity in the kNN lists, i.e. the features' dot product
+    np.testing.assert_allclose(cosine, (toy[0][src] * toy[0][dst]).sum(1), atol=1e-5)
+    # the thinned copy: the head's draw over every sample, held-out identities anchored
+    kept = np.random.default_rng(training._seed(config.seed, 8, 1)).random(len(toy[1])) < 0.5
+    np.testing.assert_array_equal(thinned[4], toy[1][kept])
+    np.testing.assert_array_equal(thinned[5], np.isin(toy[1][kept], [0, 5, 9]))
+    assert thinned[0].max() < kept.sum()
 
 
 def test_warm_up_trains_only_the_classifier(toy):

@@ -384,6 +384,34 @@ def _head_views(model: PairClassifier, graph: _Graph, inside: np.ndarray, e: tor
     return torch.cat([stats for stats, _ in views]), np.concatenate([t for _, t in views])
 
 
+def _calibration_views(model: PairClassifier, graph: _Graph, held_out: np.ndarray,
+                       e: torch.Tensor, config: TrainConfig
+                       ) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                       np.ndarray, np.ndarray]]:
+    """What :func:`_calibrate` groups: the whole training graph, then each
+    :attr:`TrainConfig.edge_thinning` share of it (its own kNN graph and embeddings; the
+    same draws as the head's views), each as (src, dst, P, cosine, labels, held-out mask):
+    every candidate edge scored by the head, the labels and mask [N] of that graph."""
+    settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
+                             device=str(e.device), bf16=config.bf16, progress=False)
+    ids = np.unique(graph.labels[held_out])
+    views = [(graph, e)]
+    for view, share in enumerate(config.edge_thinning, 1):
+        thinned = _thinned_graph(graph, np.ones(graph.labels.size, bool), share,
+                                 _seed(config.seed, 8, view))
+        if thinned is not None:
+            views.append((thinned, _embeddings(model, thinned, config)))
+    found = []
+    for source, embeddings in views:
+        src, dst, rank = edges.candidate_edges(source.nbrs, candidates(model, settings))
+        stats = edges.edge_statistics(embeddings, source.nbrs, source.sims, src, dst, rank)
+        scores = pair_scores(model, settings, "edges", embeddings, src, dst, stats)
+        found.append((to_numpy(src), to_numpy(dst), to_numpy(scores),
+                      to_numpy(source.sims[src, rank]), source.labels,
+                      np.isin(source.labels, ids)))
+    return found
+
+
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
                config: TrainConfig) -> Optional[Dict[str, float]]:
     """Store in the edge head the grouping that clusters the held-out identities best —
@@ -396,31 +424,33 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     the other identities' edges, and the held-out identities keep the neighbours of other
     identities a test set of the same size gives them. (Clustered alone, a small held-out
     set has sparse kNN lists whose far ranks reach samples of distant identities, and the
-    grouping chosen there did not carry over to full-size test sets.) The score is the
-    mean of pairwise and BCubed F, so neither a few large identities nor the many small ones
-    decide alone. None when nothing is held out."""
+    grouping chosen there did not carry over to full-size test sets.) The same is done in
+    each thinned copy of the training set (:attr:`TrainConfig.edge_thinning`): a grouping
+    that only suits full-density neighbourhoods (Infomap at a long Markov time) merges the
+    identities of a set with a few samples each. The score is the mean over the graphs of
+    the mean of pairwise and BCubed F, so neither a few large identities nor the many small
+    ones decide alone. None when nothing is held out."""
     if not held_out.any():
         return None
-    settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
-                             device=str(e.device), bf16=config.bf16, progress=False)
-    src, dst, rank = edges.candidate_edges(graph.nbrs, candidates(model, settings))
-    stats = edges.edge_statistics(e, graph.nbrs, graph.sims, src, dst, rank)
-    scores = to_numpy(pair_scores(model, settings, "edges", e, src, dst, stats))
-    cosine = to_numpy(graph.sims[src, rank])
-    src, dst = to_numpy(src), to_numpy(dst)
+    views = _calibration_views(model, graph, held_out, e, config)
+    power = ClusterConfig().cosine_power
 
     def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
         scored = {}
         for value in values:
-            found = edges.group_edges(src, dst, scores, graph.labels.size, grouping,
-                                      cosine=cosine, cosine_power=settings.cosine_power,
-                                      **({"threshold": value} if grouping == "components"
-                                         else {"markov_time": value}))
-            metrics = anchored(graph.labels, found, held_out)
-            scored[value] = (metrics["pairwise_f"] + metrics["bcubed_f"]) / 2
+            f = []
+            for src, dst, scores, cosine, labels, anchors in views:
+                found = edges.group_edges(src, dst, scores, labels.size, grouping,
+                                          cosine=cosine, cosine_power=power,
+                                          **({"threshold": value} if grouping == "components"
+                                             else {"markov_time": value}))
+                metrics = anchored(labels, found, anchors)
+                f.append((metrics["pairwise_f"] + metrics["bcubed_f"]) / 2)
+            scored[value] = float(np.mean(f))
         value = max(scored, key=scored.get)
-        log.info("edge head calibrated on %d held-out samples: %s at %g (mean of F_P and "
-                 "F_B %.4f)", int(held_out.sum()), grouping, value, scored[value])
+        log.info("edge head calibrated on %d held-out samples (and in %d thinned copies): "
+                 "%s at %g (mean of F_P and F_B %.4f)", int(held_out.sum()), len(views) - 1,
+                 grouping, value, scored[value])
         return float(value), float(scored[value])
 
     head = model.edge_head
