@@ -82,25 +82,29 @@ def test_group_edges_components_and_infomap():
     np.testing.assert_array_equal(found, edges.group_edges(src, dst, prob, 7, "infomap"))
 
 
-def test_infomap_weighs_edges_by_their_cosine_to_the_power():
-    # two 4-cliques at cosine 0.8, every pair across them at cosine 0.25, all at P = 0.9:
-    # by P alone the walk has no reason to stay on either side; with the cosine's square the
-    # cross edges weigh a tenth of the others. Components go by P alone.
+def test_infomap_weighs_edges_below_the_full_cosine_less():
+    # two 4-cliques at cosine 0.8, every pair across them at cosine 0.2, all at P = 0.9:
+    # by P alone the walk has no reason to stay on either side; below full_cosine = 0.5 the
+    # cross edges weigh (0.2 / 0.5)² of their P, while cosines above it all weigh P.
+    # Components go by P alone.
     left, right = range(4), range(4, 8)
     within = [(i, j) for side in (left, right) for i in side for j in side if i < j]
     across = [(i, j) for i in left for j in right]
     src, dst = (np.array(ends) for ends in zip(*(within + across)))
     prob = np.full(src.size, 0.9, np.float32)
-    cosine = np.array([0.8] * len(within) + [0.25] * len(across), np.float32)
+    cosine = np.array([0.8] * len(within) + [0.2] * len(across), np.float32)
     one = np.zeros(8, np.int64)
     np.testing.assert_array_equal(edges.group_edges(src, dst, prob, 8, "infomap"), one)
     np.testing.assert_array_equal(
-        edges.group_edges(src, dst, prob, 8, "infomap", cosine=cosine, cosine_power=0.0), one)
+        edges.group_edges(src, dst, prob, 8, "infomap", cosine=cosine, full_cosine=0.0), one)
     np.testing.assert_array_equal(
-        edges.group_edges(src, dst, prob, 8, "infomap", cosine=cosine, cosine_power=2.0),
+        edges.group_edges(src, dst, prob, 8, "infomap", cosine=cosine, full_cosine=0.5),
         [0, 0, 0, 0, 1, 1, 1, 1])
     np.testing.assert_array_equal(
-        edges.group_edges(src, dst, prob, 8, "components", cosine=cosine, cosine_power=2.0), one)
+        edges.group_edges(src, dst, prob, 8, "infomap", cosine=np.maximum(cosine, 0.6),
+                          full_cosine=0.5), one)
+    np.testing.assert_array_equal(
+        edges.group_edges(src, dst, prob, 8, "components", cosine=cosine, full_cosine=0.5), one)
 
 
 def test_components_join_each_sample_left_alone_by_its_most_probable_edge():

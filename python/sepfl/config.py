@@ -77,10 +77,11 @@ class ClusterConfig:
               "above 0.5.")
     markov_time: Optional[float] = setting(
         None, "Infomap's Markov time for \"edges\"; None means the model's calibrated one.")
-    cosine_power: float = setting(
-        2.0, 'Infomap (grouping "infomap" of "edges") weighs each kept edge by P(same identity) '
-             "times its cosine to this power, so likely edges at chance-level similarity carry "
-             "the walk less (:mod:`sepfl.edges`); 0 weighs by P alone.")
+    full_cosine: float = setting(
+        0.5, 'Infomap (grouping "infomap" of "edges") weighs each kept edge by P(same identity), '
+             "times (cosine / full_cosine)² where its cosine is lower, so likely edges at "
+             "chance-level similarity carry the walk less (:mod:`sepfl.edges`); 0 weighs by P "
+             "alone.")
     max_per_node: int = setting(1, "Denser neighbours paired per sample (1 in SEPFL).")
     refresh: float = setting(
         1.0, "Incremental clustering (:mod:`sepfl.incremental`): an old sample is re-embedded "
@@ -129,8 +130,7 @@ class ClusterConfig:
         check_positive_int(self.candidates, "candidates")
         if self.markov_time is not None and not self.markov_time > 0:
             raise ValueError(f"markov_time must be > 0, got {self.markov_time}")
-        if not self.cosine_power >= 0:
-            raise ValueError(f"cosine_power must be >= 0, got {self.cosine_power}")
+        check_probability(self.full_cosine, "full_cosine")
         check_positive_int(self.max_per_node, "max_per_node")
         check_probability(self.refresh, "refresh")
         if self.knn_exact is not None and not isinstance(self.knn_exact, bool):

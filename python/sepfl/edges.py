@@ -25,16 +25,16 @@ and changes what is scored and how it is grouped:
   statistics giving P(same identity), trained on the training graph's own
   candidate edges (the negatives inference meets: look-alikes at low ranks).
 * **Grouping** (:func:`group_edges`): Infomap on the edges with P > 0.5,
-  weighted by P times the edge's cosine to the power ``cosine_power``
-  (:attr:`ClusterConfig.cosine_power`, 2), so a cluster is a region the
-  weighted walk stays in and one wrong edge does not merge two identities.
-  The cosine factor matters where identities have few samples: a sample
-  whose identity has no other sample in its list is still joined by likely
-  edges to the unrelated samples nearest it by chance, and those sit at
-  lower cosines than a true partner, so the walk leaves them sooner. (In
-  the clustering benchmarks with a tenth of each test split, power 2 raised
-  F_P by 0.7-13 points; on the full splits it moved F_P by -1.0 to +0.8.)
-  Or connected components of the
+  weighted by P, and by ``(cos / c)²`` more where the edge's cosine is
+  below ``c`` = :attr:`ClusterConfig.full_cosine` (0.5), so a cluster is a
+  region the weighted walk stays in and one wrong edge does not merge two
+  identities. The cosine factor matters where identities have few samples:
+  a sample whose identity has no other sample in its list is still joined by
+  likely edges to the unrelated samples nearest it by chance, and those sit
+  at lower cosines than a true partner, so the walk leaves them sooner.
+  Above ``c`` every edge weighs its P: weighing all edges by their cosine
+  split identities whose sub-modes meet at middling cosines (README,
+  Results). Or connected components of the
   edges above a high threshold, which keep an identity whose sub-modes are
   joined by a few sure edges in one piece where Infomap would cut it, and then
   each sample those sure edges left alone joins the partner of its most
@@ -258,7 +258,7 @@ def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: 
 def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: int,
                 grouping: str = "infomap", threshold: float = 0.5,
                 markov_time: float = 1.0, seed: int = 1,
-                cosine: Optional[np.ndarray] = None, cosine_power: float = 0.0) -> np.ndarray:
+                cosine: Optional[np.ndarray] = None, full_cosine: float = 0.0) -> np.ndarray:
     """Clusters from scored edges: the edges with P > threshold, grouped.
 
     Parameters
@@ -270,7 +270,7 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     num_nodes : int
     grouping : {"infomap", "components"}
         Infomap's two-level partition of the edges weighted by
-        ``P * max(cosine, 0) ** cosine_power`` (one trial, seeded, so the same
+        ``P * min(1, max(cosine, 0) / full_cosine) ** 2`` (one trial, seeded, so the same
         edges give the same labels), or connected components with each sample
         they leave alone joined by :func:`singleton_edges` at P > 0.5.
     threshold : float
@@ -282,9 +282,10 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     seed : int
         Infomap's seed.
     cosine : float32 ndarray [E], optional
-        Each edge's cosine similarity; with ``cosine_power`` > 0 it weights
+        Each edge's cosine similarity; with ``full_cosine`` > 0 it weights
         Infomap's links (module notes). Components ignore both.
-    cosine_power : float >= 0
+    full_cosine : float in [0, 1]
+        The cosine from which an edge weighs its whole P (0: P alone).
 
     Returns
     -------
@@ -302,8 +303,8 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
                                                    np.concatenate([kept_dst, partner]),
                                                    num_nodes))
     src, dst, weight = src[keep], dst[keep], prob[keep].astype(np.float64)
-    if cosine is not None and cosine_power > 0:
-        weight *= np.clip(cosine[keep], 0.0, 1.0).astype(np.float64) ** cosine_power
+    if cosine is not None and full_cosine > 0:
+        weight *= np.clip(cosine[keep].astype(np.float64) / full_cosine, 0.0, 1.0) ** 2
     infomap = _import_infomap()
 
     # one undirected link per pair, its two directions' weights summed (as Infomap

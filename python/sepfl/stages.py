@@ -159,14 +159,14 @@ class Grouping(NamedTuple):
     threshold : float
     markov_time : float
         Infomap's.
-    cosine_power : float
-        Infomap's link weight is P times the pair's cosine to this power.
+    full_cosine : float
+        Infomap's link weight is P, times (cosine / full_cosine)² below it.
     """
 
     how: str
     threshold: float
     markov_time: float = 1.0
-    cosine_power: float = 0.0
+    full_cosine: float = 0.0
 
 
 def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str) -> Grouping:
@@ -187,7 +187,7 @@ def group(src: Array, dst: Array, scores: Array, num_nodes: int, grouping: Group
     return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes,
                              grouping.how, grouping.threshold, grouping.markov_time,
                              cosine=None if cosine is None else to_numpy(cosine),
-                             cosine_power=grouping.cosine_power)
+                             full_cosine=grouping.full_cosine)
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
@@ -214,4 +214,4 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
     if threshold is None:
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
-    return Grouping(grouping, threshold, markov_time, config.cosine_power)
+    return Grouping(grouping, threshold, markov_time, config.full_cosine)

@@ -433,7 +433,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     if not held_out.any():
         return None
     views = _calibration_views(model, graph, held_out, e, config)
-    power = ClusterConfig().cosine_power
+    full_cosine = ClusterConfig().full_cosine
 
     def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
         scored = {}
@@ -441,7 +441,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
             f = []
             for src, dst, scores, cosine, labels, anchors in views:
                 found = edges.group_edges(src, dst, scores, labels.size, grouping,
-                                          cosine=cosine, cosine_power=power,
+                                          cosine=cosine, full_cosine=full_cosine,
                                           **({"threshold": value} if grouping == "components"
                                              else {"markov_time": value}))
                 metrics = anchored(labels, found, anchors)
