@@ -452,7 +452,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
         labels = job.broadcast(None if gathered is None else
                                group(*gathered[:3], n, grouping, *gathered[3:]), n)
     return ShardResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
-                       dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping[1],
+                       dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping.threshold,
                        timings=watch.timings, scheme=scheme,
                        features=to_numpy(x[rows.start:rows.stop]), nbrs=to_numpy(nbrs),
                        sims=to_numpy(sims), embeddings=to_numpy(e), rows=rows,

@@ -157,6 +157,7 @@ class Grouping(NamedTuple):
         Union-find of the pairs above ``threshold`` ("sepfl"), or
         :func:`sepfl.edges.group_edges`'s grouping ("edges").
     threshold : float
+        Pairs at or below it are dropped first.
     markov_time : float
         Infomap's.
     full_cosine : float
