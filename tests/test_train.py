@@ -11,7 +11,7 @@ import sepfl
 from sepfl import edges, ops
 from sepfl import train as training
 from sepfl.checkpoint import load_checkpoint, save_checkpoint
-from sepfl.config import TrainConfig
+from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.features import fingerprint
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
@@ -150,7 +150,8 @@ def test_calibration_groups_the_whole_graph_and_each_thinned_copy(toy):
     e = model.embed_graph(graph.features, graph.nbrs, bf16=False)
     held_out = np.isin(toy[1], [0, 5, 9])
     config = small_config(edge_thinning=(0.5,), candidates=K - 1)
-    views = training._calibration_views(model, graph, held_out, e, config)
+    views = training._calibration_views(model, graph, held_out, e, config,
+                                        ClusterConfig(k=K, candidates=K - 1, device="cpu"))
     assert len(views) == 2
     (src, dst, _, cosine, labels, anchors), thinned = views
     np.testing.assert_array_equal(labels, toy[1])

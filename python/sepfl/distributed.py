@@ -433,7 +433,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
                               batch_size=config.node_batch_size, bf16=config.bf16,
                               progress=config.progress)
     scheme = resolve_scheme(model, config)
-    stats = None
+    stats = cosine = None
     if scheme == "edges":
         with job.stage(watch, "edges"):
             src, dst, rank = edges.candidate_edges(nbrs, candidates(model, config))
@@ -448,7 +448,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
     grouping = grouping_of(model, config, scheme)
     with job.stage(watch, GROUP_STAGE[scheme]):
         # Infomap's weights need each edge's cosine; "sepfl" pairs are linked on scores alone
-        gathered = job.gather([src, dst, scores] + ([cosine] if scheme == "edges" else []))
+        gathered = job.gather([src, dst, scores] + ([] if cosine is None else [cosine]))
         labels = job.broadcast(None if gathered is None else
                                group(*gathered[:3], n, grouping, *gathered[3:]), n)
     return ShardResult(labels=labels, density=to_numpy(density), src=to_numpy(src),

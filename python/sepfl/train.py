@@ -385,15 +385,14 @@ def _head_views(model: PairClassifier, graph: _Graph, inside: np.ndarray, e: tor
 
 
 def _calibration_views(model: PairClassifier, graph: _Graph, held_out: np.ndarray,
-                       e: torch.Tensor, config: TrainConfig
+                       e: torch.Tensor, config: TrainConfig, settings: ClusterConfig
                        ) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                        np.ndarray, np.ndarray]]:
     """What :func:`_calibrate` groups: the whole training graph, then each
     :attr:`TrainConfig.edge_thinning` share of it (its own kNN graph and embeddings; the
     same draws as the head's views), each as (src, dst, P, cosine, labels, held-out mask):
-    every candidate edge scored by the head, the labels and mask [N] of that graph."""
-    settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
-                             device=str(e.device), bf16=config.bf16, progress=False)
+    every candidate edge scored by the head as ``settings`` cluster, the labels and mask [N]
+    of that graph."""
     ids = np.unique(graph.labels[held_out])
     views = [(graph, e)]
     for view, share in enumerate(config.edge_thinning, 1):
@@ -432,8 +431,9 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     ones decide alone. None when nothing is held out."""
     if not held_out.any():
         return None
-    views = _calibration_views(model, graph, held_out, e, config)
-    full_cosine = ClusterConfig().full_cosine
+    settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
+                             device=str(e.device), bf16=config.bf16, progress=False)
+    views = _calibration_views(model, graph, held_out, e, config, settings)
 
     def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
         scored = {}
@@ -441,7 +441,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
             f = []
             for src, dst, scores, cosine, labels, anchors in views:
                 found = edges.group_edges(src, dst, scores, labels.size, grouping,
-                                          cosine=cosine, full_cosine=full_cosine,
+                                          cosine=cosine, full_cosine=settings.full_cosine,
                                           **({"threshold": value} if grouping == "components"
                                              else {"markov_time": value}))
                 metrics = anchored(labels, found, anchors)
