@@ -107,6 +107,43 @@ def test_infomap_weighs_edges_below_the_full_cosine_less():
         edges.group_edges(src, dst, prob, 8, "components", cosine=cosine, full_cosine=0.5), one)
 
 
+def test_join_modules_joins_large_modules_of_one_coarse_module_with_many_edges_between():
+    # modules a, b, c of 30 samples, d of 10; the coarse run puts a, b, d together and c apart
+    a, b, c, d = (np.arange(start, stop) for start, stop in ((0, 30), (30, 60), (60, 90),
+                                                             (90, 100)))
+    modules = np.repeat(np.arange(4), [30, 30, 30, 10])
+    coarse = np.where(modules == 2, 1, 0)
+    rng = np.random.default_rng(0)
+
+    def between(left, right, count):
+        return rng.choice(left, count), rng.choice(right, count)
+
+    # 45 edges a-b (1.5 per sample of the smaller), 60 a-c (other coarse module),
+    # 30 b-d (3 per sample of d, which is below JOIN_MIN_SIZE)
+    ends = [between(a, b, 45), between(a, c, 60), between(b, d, 30)]
+    src = np.concatenate([e[0] for e in ends])
+    dst = np.concatenate([e[1] for e in ends])
+    assert d.size < edges.JOIN_MIN_SIZE <= a.size
+    np.testing.assert_array_equal(edges.join_modules(modules, coarse, src, dst, 1.5),
+                                  np.repeat([0, 0, 1, 2], [30, 30, 30, 10]))
+    np.testing.assert_array_equal(edges.join_modules(modules, coarse, src, dst, 2.0), modules)
+    # the b-d edges joined no module; swapped directions count the same
+    np.testing.assert_array_equal(edges.join_modules(modules, coarse, dst, src, 1.5),
+                                  np.repeat([0, 0, 1, 2], [30, 30, 30, 10]))
+
+
+def test_infomap_with_join_keeps_what_it_does_not_join():
+    # one clique per module and nothing between: joining changes nothing
+    cliques = [range(20 * i, 20 * i + 20) for i in range(3)]
+    src, dst = (np.array(ends) for ends in zip(*[(i, j) for side in cliques for i in side
+                                                 for j in side if i < j]))
+    prob = np.full(src.size, 0.9, np.float32)
+    plain = edges.group_edges(src, dst, prob, 60, "infomap")
+    np.testing.assert_array_equal(plain, np.repeat(np.arange(3), 20))
+    np.testing.assert_array_equal(edges.group_edges(src, dst, prob, 60, "infomap", join=1.0),
+                                  plain)
+
+
 def test_components_join_each_sample_left_alone_by_its_most_probable_edge():
     # triangles {0, 1, 2} and {3, 4, 5} of sure edges; 6 leans to both (0.6 / 0.8), 7 and 8
     # only to each other (0.7), 9 only weakly (0.4); 6's 0.6 edge must not merge the triangles

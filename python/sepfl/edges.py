@@ -219,6 +219,11 @@ def infomap_available() -> bool:
 
 SINGLETON_ABOVE = 0.5
 
+#: :func:`join_modules`: the coarse run's Markov time, as a multiple of the grouping's, and
+#: the fewest samples a module needs to be joined (a sub-mode, not a few strays).
+JOIN_MARKOV_TIME = 8.0
+JOIN_MIN_SIZE = 24
+
 
 def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np.ndarray,
                     floor: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -258,7 +263,8 @@ def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: 
 def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: int,
                 grouping: str = "infomap", threshold: float = 0.5,
                 markov_time: float = 1.0, seed: int = 1,
-                cosine: Optional[np.ndarray] = None, full_cosine: float = 0.0) -> np.ndarray:
+                cosine: Optional[np.ndarray] = None, full_cosine: float = 0.0,
+                join: float = 0.0) -> np.ndarray:
     """Clusters from scored edges: the edges with P > threshold, grouped.
 
     Parameters
@@ -286,6 +292,11 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         Infomap's links (module notes). Components ignore both.
     full_cosine : float in [0, 1]
         The cosine from which an edge weighs its whole P (0: P alone).
+    join : float
+        Infomap only, above 0: two modules that one run at ``JOIN_MARKOV_TIME`` times the
+        Markov time puts together are joined when both hold at least :data:`JOIN_MIN_SIZE`
+        samples and the kept edges between them number at least ``join`` per sample of the
+        smaller (:func:`join_modules`).
 
     Returns
     -------
@@ -305,6 +316,38 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     src, dst, weight = src[keep], dst[keep], prob[keep].astype(np.float64)
     if cosine is not None and full_cosine > 0:
         weight *= np.clip(cosine[keep].astype(np.float64) / full_cosine, 0.0, 1.0) ** 2
+    modules = _infomap_modules(src, dst, weight, num_nodes, markov_time, seed)
+    if join > 0:
+        coarse = _infomap_modules(src, dst, weight, num_nodes,
+                                  JOIN_MARKOV_TIME * markov_time, seed)
+        modules = join_modules(modules, coarse, src, dst, join)
+    return modules
+
+
+def join_modules(modules: np.ndarray, coarse: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                 join: float) -> np.ndarray:
+    """``modules`` (int64 [N], 0..M-1) with some of them joined: two modules whose samples
+    ``coarse`` (int64 [N]) puts in one module, each of at least :data:`JOIN_MIN_SIZE`
+    samples, with at least ``join`` edges (``src``, ``dst``: int64 [E], the kept ones)
+    between them per sample of the smaller. Identities made of several sub-modes (pose,
+    age) come out of Infomap as one module per sub-mode joined by a few likely edges each;
+    look-alike identities inside one coarse module share fewer. Returns int64 [N],
+    numbered by smallest member."""
+    size = np.bincount(modules)
+    between = (modules[src] != modules[dst]) & (coarse[src] == coarse[dst])
+    a, b = modules[src[between]], modules[dst[between]]
+    pair, count = np.unique(np.minimum(a, b) * size.size + np.maximum(a, b), return_counts=True)
+    first, second = pair // size.size, pair % size.size
+    smaller = np.minimum(size[first], size[second])
+    joined = (smaller >= JOIN_MIN_SIZE) & (count >= join * smaller)
+    found = np.asarray(ops.connected_components(first[joined], second[joined], size.size))
+    return _by_smallest_member(found[modules])
+
+
+def _infomap_modules(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, num_nodes: int,
+                     markov_time: float, seed: int) -> np.ndarray:
+    """Infomap's two-level modules of the links ``src``-``dst`` weighted ``weight``
+    (float64 [E]), as int64 [num_nodes] labels numbered by smallest member."""
     infomap = _import_infomap()
 
     # one undirected link per pair, its two directions' weights summed (as Infomap
@@ -321,9 +364,15 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     module = np.empty(num_nodes, dtype=np.int64)
     module[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(
         modules.values(), np.int64, len(modules))
-    # each node joined to its module's first node: the components are the modules, numbered
-    # by smallest member as every sepfl labelling is
-    first = np.unique(module, return_index=True)[1]
-    order = np.empty(module.max() + 1, dtype=np.int64)
-    order[module[first]] = first
-    return np.asarray(ops.connected_components(np.arange(num_nodes), order[module], num_nodes))
+    return _by_smallest_member(module)
+
+
+def _by_smallest_member(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (int64 [N], non-negative) renumbered 0..C-1 in order of each cluster's
+    smallest member, as every sepfl labelling is: each sample is joined to its cluster's
+    first sample."""
+    first = np.unique(labels, return_index=True)[1]
+    order = np.empty(labels.max() + 1, dtype=np.int64)
+    order[labels[first]] = first
+    return np.asarray(ops.connected_components(np.arange(labels.size), order[labels],
+                                               labels.size))

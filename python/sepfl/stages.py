@@ -162,12 +162,15 @@ class Grouping(NamedTuple):
         Infomap's.
     full_cosine : float
         Infomap's link weight is P, times (cosine / full_cosine)² below it.
+    join : float
+        Infomap's modules joined by :func:`sepfl.edges.join_modules` (0: none).
     """
 
     how: str
     threshold: float
     markov_time: float = 1.0
     full_cosine: float = 0.0
+    join: float = 0.0
 
 
 def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str) -> Grouping:
@@ -188,7 +191,7 @@ def group(src: Array, dst: Array, scores: Array, num_nodes: int, grouping: Group
     return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes,
                              grouping.how, grouping.threshold, grouping.markov_time,
                              cosine=None if cosine is None else to_numpy(cosine),
-                             full_cosine=grouping.full_cosine)
+                             full_cosine=grouping.full_cosine, join=grouping.join)
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
@@ -215,4 +218,4 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
     if threshold is None:
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
-    return Grouping(grouping, threshold, markov_time, config.full_cosine)
+    return Grouping(grouping, threshold, markov_time, config.full_cosine, config.join)

@@ -442,6 +442,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
             for src, dst, scores, cosine, labels, anchors in views:
                 found = edges.group_edges(src, dst, scores, labels.size, grouping,
                                           cosine=cosine, full_cosine=settings.full_cosine,
+                                          join=settings.join,
                                           **({"threshold": value} if grouping == "components"
                                              else {"markov_time": value}))
                 metrics = anchored(labels, found, anchors)
