@@ -83,11 +83,12 @@ class ClusterConfig:
              "chance-level similarity carry the walk less (:mod:`sepfl.edges`); 0 weighs by P "
              "alone.")
     join: float = setting(
-        1.5, 'Infomap (grouping "infomap" of "edges") joins two of its modules, each of at '
+        0.0, 'Infomap (grouping "infomap" of "edges") joins two of its modules, each of at '
              "least sepfl.edges.JOIN_MIN_SIZE samples, that a run at 8 times the Markov time "
              "puts together, when the kept edges between them number at least this many per "
              "sample of the smaller (:func:`sepfl.edges.join_modules`): for identities made of "
-             "several pose or age sub-modes, which Infomap splits; 0 joins none.")
+             "several pose or age sub-modes, which Infomap splits (1.5 helped such sets by 7-11 "
+             "points F_P and cost sets of look-alike identities 2-12; README); 0 joins none.")
     max_per_node: int = setting(1, "Denser neighbours paired per sample (1 in SEPFL).")
     refresh: float = setting(
         1.0, "Incremental clustering (:mod:`sepfl.incremental`): an old sample is re-embedded "
