@@ -340,8 +340,10 @@ def join_modules(modules: np.ndarray, coarse: np.ndarray, src: np.ndarray, dst: 
     first, second = pair // size.size, pair % size.size
     smaller = np.minimum(size[first], size[second])
     joined = (smaller >= JOIN_MIN_SIZE) & (count >= join * smaller)
+    # modules are numbered by smallest member, so components of module ids numbered by their
+    # smallest id are numbered by smallest member too
     found = np.asarray(ops.connected_components(first[joined], second[joined], size.size))
-    return _by_smallest_member(found[modules])
+    return found[modules]
 
 
 def _infomap_modules(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, num_nodes: int,
@@ -364,15 +366,9 @@ def _infomap_modules(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, num_n
     module = np.empty(num_nodes, dtype=np.int64)
     module[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(
         modules.values(), np.int64, len(modules))
-    return _by_smallest_member(module)
-
-
-def _by_smallest_member(labels: np.ndarray) -> np.ndarray:
-    """``labels`` (int64 [N], non-negative) renumbered 0..C-1 in order of each cluster's
-    smallest member, as every sepfl labelling is: each sample is joined to its cluster's
-    first sample."""
-    first = np.unique(labels, return_index=True)[1]
-    order = np.empty(labels.max() + 1, dtype=np.int64)
-    order[labels[first]] = first
-    return np.asarray(ops.connected_components(np.arange(labels.size), order[labels],
-                                               labels.size))
+    # each node joined to its module's first node: the components are the modules, numbered
+    # by smallest member as every sepfl labelling is
+    first = np.unique(module, return_index=True)[1]
+    order = np.empty(module.max() + 1, dtype=np.int64)
+    order[module[first]] = first
+    return np.asarray(ops.connected_components(np.arange(num_nodes), order[module], num_nodes))
