@@ -1,7 +1,8 @@
 """Quality across synthetic populations that differ in structure, against Infomap and the oracles.
 
 For every population: the default scheme ("edges"), SEPFL's exact scheme
-("sepfl") with the same model, each scheme's oracle (perfect decisions on its
+("sepfl") with the same model, the default without joining Infomap's modules where
+the model's calibration chose to join them, each scheme's oracle (perfect decisions on its
 own candidates), Infomap on the kNN graph swept over k in {50, 80} and the
 similarity floor 0.0-0.65 (the best point, as its users tune it) and the best
 kNN cosine threshold. F_P / F_B / NMI and seconds on each test split.
@@ -88,12 +89,15 @@ def _model(args, dim: int, train) -> SEPFL:
         SEPFL.pretrained(**settings)
 
 
-def _grouping_note(head, scheme: str, threshold: float) -> str:
-    """How a run grouped: SEPFL's links, or the edge head's calibrated grouping."""
+def _grouping_note(head, scheme: str, threshold: float, join=None) -> str:
+    """How a run grouped: SEPFL's links, or the edge head's calibrated grouping (its
+    joining unless ``join`` says otherwise)."""
     if scheme != "edges" or head is None:
         return f"links, threshold {threshold:g}"
     if head.grouping == "infomap":
-        return f"infomap, markov time {float(head.markov_time):g}"
+        join = float(head.join) if join is None else join
+        return f"infomap, markov time {float(head.markov_time):g}" + (
+            f", join {join:g}" if join > 0 else "")
     return f"components, threshold {threshold:g}"
 
 
@@ -126,14 +130,17 @@ def run(name: str, seed: int, args) -> list:
 
     print(f"[{name}] D {dim}, test {len(gt):,} samples of {len(np.unique(gt)):,} identities, "
           f"kNN {t_knn:.1f} s" + (f", trained in {trained:.0f} s" if args.train else ""))
-    for scheme in ("edges", "sepfl"):
-        estimator.set_params(scheme=scheme)
+    head = estimator.model_.edge_head
+    runs = [("edges", None), ("sepfl", None)]
+    if head is not None and head.grouping == "infomap" and float(head.join) > 0:
+        runs.append(("edges", 0.0))  # what the calibrated joining added, in the same run
+    for scheme, join in runs:
+        estimator.set_params(scheme=scheme, join=join)
         start = time.perf_counter()
         labels = estimator.predict(test.features, knn=knn)
-        result = estimator.result_
-        note = _grouping_note(estimator.model_.edge_head, scheme, result.threshold)
-        add(f"sepfl scheme={scheme!r}", evaluate(gt, labels),
-            time.perf_counter() - start + t_knn, note)
+        note = _grouping_note(head, scheme, estimator.result_.threshold, join)
+        add(f"sepfl scheme={scheme!r}" + (", no joining" if join == 0 else ""),
+            evaluate(gt, labels), time.perf_counter() - start + t_knn, note)
     candidates = estimator.cluster_config.candidates
     add(f"oracle of 'edges' ({candidates} candidates)",
         evaluate(gt, baselines.edges_oracle(knn[0], gt, candidates)), t_knn)

@@ -15,6 +15,7 @@ from sepfl.estimator import SEPFL
 from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
+from sepfl.stages import edge_grouping
 from sepfl.train import train
 
 import oracles
@@ -192,7 +193,7 @@ def test_training_adds_a_calibrated_edge_head(trained):
     head = trained.edge_head
     assert isinstance(head, edges.EdgeHead) and not head.training
     assert int(head.candidates) == FAST["candidates"]
-    assert float(head.markov_time) in (1.0, 2.0, 4.0, 8.0)
+    assert float(head.markov_time) in (1.0, 2.0, 4.0, 8.0) and float(head.join) in (0.0, 1.5)
     assert 0 < float(head.threshold) < 1
     assert head.grouping in ("infomap", "components")
 
@@ -227,6 +228,21 @@ def test_edge_head_survives_a_checkpoint_and_a_model_without_one_falls_back(face
     assert bare.edge_head is None
     result = cluster(faces.features, bare, config)
     assert "link" in result.timings and "no edge head" in caplog.text
+
+
+def test_grouping_joins_as_the_head_was_calibrated_unless_told_otherwise(trained):
+    head = trained.edge_head
+    before = float(head.join)
+    try:
+        head.join.fill_(1.5)
+        assert edge_grouping(trained, ClusterConfig(k=K)).join == 1.5
+        assert edge_grouping(trained, ClusterConfig(k=K, join=0.0)).join == 0.0
+        # a head saved before the joining existed was calibrated joining none
+        older = {name: value for name, value in trained.state_dict().items()
+                 if name != "edge_head.join"}
+        assert float(PairClassifier.from_state_dict(older).edge_head.join) == 0.0
+    finally:
+        head.join.fill_(before)
 
 
 def test_small_k_trains_on_clean_data_with_negatives_from_beyond_the_lists(caplog):

@@ -82,13 +82,15 @@ class ClusterConfig:
              "times (cosine / full_cosine)² where its cosine is lower, so likely edges at "
              "chance-level similarity carry the walk less (:mod:`sepfl.edges`); 0 weighs by P "
              "alone.")
-    join: float = setting(
-        0.0, 'Infomap (grouping "infomap" of "edges") joins two of its modules, each of at '
-             "least sepfl.edges.JOIN_MIN_SIZE samples, that a run at 8 times the Markov time "
-             "puts together, when the kept edges between them number at least this many per "
-             "sample of the smaller (:func:`sepfl.edges.join_modules`): for identities made of "
-             "several pose or age sub-modes, which Infomap splits (1.5 helped such sets by 7-11 "
-             "points F_P and cost sets of look-alike identities 2-12; README); 0 joins none.")
+    join: Optional[float] = setting(
+        None, 'Infomap (grouping "infomap" of "edges") joins two of its modules, each of at '
+              "least sepfl.edges.JOIN_MIN_SIZE samples, that a run at 8 times the Markov time "
+              "puts together, when the kept edges between them number at least this many per "
+              "sample of the smaller (:func:`sepfl.edges.join_modules`): for identities made of "
+              "several pose or age sub-modes, which Infomap splits (1.5 helped such sets by "
+              "7-11 points F_P and cost sets of look-alike identities 2-12; README); 0 joins "
+              "none; None means the model's calibrated value (0 for models calibrated before "
+              "the joining existed).")
     max_per_node: int = setting(1, "Denser neighbours paired per sample (1 in SEPFL).")
     refresh: float = setting(
         1.0, "Incremental clustering (:mod:`sepfl.incremental`): an old sample is re-embedded "
@@ -138,7 +140,7 @@ class ClusterConfig:
         if self.markov_time is not None and not self.markov_time > 0:
             raise ValueError(f"markov_time must be > 0, got {self.markov_time}")
         check_probability(self.full_cosine, "full_cosine")
-        if not self.join >= 0:
+        if self.join is not None and not self.join >= 0:
             raise ValueError(f"join must be >= 0, got {self.join}")
         check_positive_int(self.max_per_node, "max_per_node")
         check_probability(self.refresh, "refresh")

@@ -150,7 +150,8 @@ class EdgeHead(nn.Module):
     Standardisation (``mean``, ``std``, set by :meth:`set_normalization` from
     the training edges) then Linear(13→64), GELU, Linear(64→64), GELU,
     Linear(64→2). The buffers hold what training calibrated: ``markov_time``
-    for Infomap, ``threshold`` for connected components, ``components`` (1 when
+    for Infomap and ``join``, the joining of its modules (:func:`join_modules`; 0: none),
+    ``threshold`` for connected components, ``components`` (1 when
     connected components grouped the held-out identities better than Infomap,
     see :attr:`grouping`), and ``candidates``, the candidate edges per sample
     it was trained with.
@@ -164,6 +165,7 @@ class EdgeHead(nn.Module):
         self.register_buffer("std", torch.ones(NUM_STATISTICS))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("markov_time", torch.tensor(1.0))
+        self.register_buffer("join", torch.tensor(0.0))
         self.register_buffer("candidates", torch.tensor(20))
         self.register_buffer("components", torch.tensor(0))
 

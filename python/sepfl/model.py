@@ -132,6 +132,8 @@ class PairClassifier(nn.Module):
                           if not name.startswith("edge_head.")}
         elif head is not None:
             model.edge_head = EdgeHead(int(head.shape[0]))
+            # a head calibrated before modules could be joined was calibrated joining none
+            state_dict = {"edge_head.join": torch.tensor(0.0), **state_dict}
         model.load_state_dict(state_dict, strict=True)
         return model
 

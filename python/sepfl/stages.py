@@ -206,7 +206,7 @@ def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
 
 def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
     """How "edges" groups its scored edges: the config's values, with the model's
-    calibrated grouping, threshold and Markov time where they are None, and connected
+    calibrated grouping, threshold, Markov time and joining where they are None, and connected
     components (logged) when Infomap is asked for but not installed."""
     head = model.edge_head
     grouping = config.grouping or head.grouping
@@ -218,4 +218,5 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
     if threshold is None:
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
-    return Grouping(grouping, threshold, markov_time, config.full_cosine, config.join)
+    join = float(head.join) if config.join is None else config.join
+    return Grouping(grouping, threshold, markov_time, config.full_cosine, join)

@@ -298,6 +298,9 @@ def _embeddings(model: PairClassifier, graph: _Graph, config: TrainConfig) -> to
 
 CALIBRATION_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 CALIBRATION_MARKOV_TIMES = (1.0, 2.0, 4.0, 8.0)
+#: ...and with its modules joined at these edges per sample (0: none; see
+#: :func:`sepfl.edges.join_modules`), at each Markov time.
+CALIBRATION_JOINS = (0.0, 1.5)
 
 
 def _split_identities(labels: np.ndarray, share: float,
@@ -414,8 +417,9 @@ def _calibration_views(model: PairClassifier, graph: _Graph, held_out: np.ndarra
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
                config: TrainConfig) -> Optional[Dict[str, float]]:
     """Store in the edge head the grouping that clusters the held-out identities best —
-    Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES`, or connected components
-    at the threshold of :data:`CALIBRATION_THRESHOLDS` — with both settings.
+    Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES` with the joining of
+    :data:`CALIBRATION_JOINS`, or connected components at the threshold of
+    :data:`CALIBRATION_THRESHOLDS` — with the settings of both.
 
     Every candidate edge of the whole training graph is scored from the embeddings ``e``
     [N, 2D] and grouped, and each grouping is scored from the held-out samples
@@ -435,35 +439,37 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
                              device=str(e.device), bf16=config.bf16, progress=False)
     views = _calibration_views(model, graph, held_out, e, config, settings)
 
-    def best(grouping: str, values: Tuple[float, ...]) -> Tuple[float, float]:
-        scored = {}
-        for value in values:
+    def best(grouping: str, choices: List[Dict[str, float]]) -> Tuple[Dict[str, float], float]:
+        scored = []
+        for choice in choices:
             f = []
             for src, dst, scores, cosine, labels, anchors in views:
                 found = edges.group_edges(src, dst, scores, labels.size, grouping,
                                           cosine=cosine, full_cosine=settings.full_cosine,
-                                          join=settings.join,
-                                          **({"threshold": value} if grouping == "components"
-                                             else {"markov_time": value}))
+                                          **choice)
                 metrics = anchored(labels, found, anchors)
                 f.append((metrics["pairwise_f"] + metrics["bcubed_f"]) / 2)
-            scored[value] = float(np.mean(f))
-        value = max(scored, key=scored.get)
+            scored.append(float(np.mean(f)))
+        chosen = int(np.argmax(scored))
         log.info("edge head calibrated on %d held-out samples (and in %d thinned copies): "
-                 "%s at %g (mean of F_P and F_B %.4f)", int(held_out.sum()), len(views) - 1,
-                 grouping, value, scored[value])
-        return float(value), float(scored[value])
+                 "%s at %s (mean of F_P and F_B %.4f)", int(held_out.sum()), len(views) - 1,
+                 grouping, choices[chosen], scored[chosen])
+        return choices[chosen], scored[chosen]
 
     head = model.edge_head
-    threshold, components_f = best("components", CALIBRATION_THRESHOLDS)
-    head.threshold.fill_(threshold)
-    record = {"threshold": threshold, "calibration_components_f": components_f,
+    chosen, components_f = best("components",
+                                [{"threshold": value} for value in CALIBRATION_THRESHOLDS])
+    head.threshold.fill_(chosen["threshold"])
+    record = {**chosen, "calibration_components_f": components_f,
               "calibration_samples": int(held_out.sum())}
     if edges.infomap_available():
-        markov_time, infomap_f = best("infomap", CALIBRATION_MARKOV_TIMES)
-        head.markov_time.fill_(markov_time)
+        chosen, infomap_f = best("infomap", [{"markov_time": markov_time, "join": join}
+                                             for join in CALIBRATION_JOINS
+                                             for markov_time in CALIBRATION_MARKOV_TIMES])
+        head.markov_time.fill_(chosen["markov_time"])
+        head.join.fill_(chosen["join"])
         head.components.fill_(int(components_f > infomap_f))
-        record.update(markov_time=markov_time, calibration_infomap_f=infomap_f)
+        record.update(chosen, calibration_infomap_f=infomap_f)
     else:
         head.components.fill_(1)
     record["grouping"] = head.grouping
