@@ -34,6 +34,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def _grouping_note(head, scheme: str, threshold: float, join=None) -> str:
     if head.grouping == "infomap":
         join = float(head.join) if join is None else join
         return f"infomap, markov time {float(head.markov_time):g}" + (
-            f", join {join:g}" if join > 0 else "")
+            f", joined at {join:g} edges P > {float(head.join_above):.2g}" if join > 0 else "")
     return f"components, threshold {threshold:g}"
 
 
@@ -113,6 +114,8 @@ def run(name: str, seed: int, args) -> list:
     started = time.perf_counter()
     estimator = _model(args, dim, splits.train)
     trained = time.perf_counter() - started
+    if args.train and args.save:
+        estimator.save(Path(args.save) / f"{name}.pt")
     test = splits.test
     if args.thin < 1:  # a smaller data set of the same identities: fewer samples each
         kept = np.random.default_rng(1).random(len(test.labels)) < args.thin
@@ -167,6 +170,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="model to use (default: the bundled weights)")
     parser.add_argument("--train", action="store_true",
                         help="train on each population's own training split")
+    parser.add_argument("--save", metavar="DIR",
+                        help="with --train, save each population's model as DIR/NAME.pt (to "
+                             "cluster it again with --checkpoint)")
     parser.add_argument("--thin", type=float, default=1.0,
                         help="cluster this share of each test split, drawn at random (fewer "
                              "samples per identity, as in a smaller data set; default 1: all)")

@@ -16,7 +16,8 @@ from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
 from sepfl.stages import edge_grouping
-from sepfl.train import train
+from sepfl.train import (CALIBRATION_JOIN_ABOVE, CALIBRATION_JOINS, CALIBRATION_MARKOV_TIMES,
+                         train)
 
 import oracles
 
@@ -108,29 +109,27 @@ def test_infomap_weighs_edges_below_the_full_cosine_less():
         edges.group_edges(src, dst, prob, 8, "components", cosine=cosine, full_cosine=0.5), one)
 
 
-def test_join_modules_joins_large_modules_of_one_coarse_module_with_many_edges_between():
-    # modules a, b, c of 30 samples, d of 10; the coarse run puts a, b, d together and c apart
-    a, b, c, d = (np.arange(start, stop) for start, stop in ((0, 30), (30, 60), (60, 90),
-                                                             (90, 100)))
-    modules = np.repeat(np.arange(4), [30, 30, 30, 10])
-    coarse = np.where(modules == 2, 1, 0)
-    rng = np.random.default_rng(0)
-
-    def between(left, right, count):
-        return rng.choice(left, count), rng.choice(right, count)
-
-    # 45 edges a-b (1.5 per sample of the smaller), 60 a-c (other coarse module),
-    # 30 b-d (3 per sample of d, which is below JOIN_MIN_SIZE)
-    ends = [between(a, b, 45), between(a, c, 60), between(b, d, 30)]
-    src = np.concatenate([e[0] for e in ends])
-    dst = np.concatenate([e[1] for e in ends])
-    assert d.size < edges.JOIN_MIN_SIZE <= a.size
-    np.testing.assert_array_equal(edges.join_modules(modules, coarse, src, dst, 1.5),
-                                  np.repeat([0, 0, 1, 2], [30, 30, 30, 10]))
-    np.testing.assert_array_equal(edges.join_modules(modules, coarse, src, dst, 2.0), modules)
-    # the b-d edges joined no module; swapped directions count the same
-    np.testing.assert_array_equal(edges.join_modules(modules, coarse, dst, src, 1.5),
-                                  np.repeat([0, 0, 1, 2], [30, 30, 30, 10]))
+def test_join_modules_joins_modules_that_enough_sure_edges_connect():
+    # modules a (0), b (1), c (2), d (3) of 5 samples each, numbered by smallest member:
+    # a-b 3 sure edges, b-c 2 sure ones and many likely ones, c-d one sure edge
+    modules = np.repeat(np.arange(4), 5)
+    src = np.array([0, 1, 2, 5, 6] + [5] * 9 + [10])
+    dst = np.array([5, 6, 7, 10, 11] + [12] * 9 + [15])
+    prob = np.array([0.99, 0.95, 0.91, 0.99, 0.99] + [0.8] * 9 + [0.999], np.float32)
+    np.testing.assert_array_equal(edges.join_modules(modules, src, dst, prob, 3, 0.9),
+                                  np.repeat([0, 0, 1, 2], 5))
+    # joined transitively; swapped directions count the same
+    np.testing.assert_array_equal(edges.join_modules(modules, dst, src, prob, 2, 0.9),
+                                  np.repeat([0, 0, 0, 1], 5))
+    # a higher bar for a sure edge leaves a-b at one (0.99), b-c at two
+    np.testing.assert_array_equal(edges.join_modules(modules, src, dst, prob, 2, 0.98),
+                                  np.repeat([0, 1, 1, 2], 5))
+    np.testing.assert_array_equal(edges.join_modules(modules, src, dst, prob, 1, 0.5),
+                                  np.zeros(20, np.int64))
+    # edges inside a module count for nothing
+    np.testing.assert_array_equal(edges.join_modules(modules, np.arange(4) * 5,
+                                                     np.arange(4) * 5 + 1,
+                                                     np.ones(4, np.float32), 1, 0.5), modules)
 
 
 def test_infomap_with_join_keeps_what_it_does_not_join():
@@ -193,7 +192,9 @@ def test_training_adds_a_calibrated_edge_head(trained):
     head = trained.edge_head
     assert isinstance(head, edges.EdgeHead) and not head.training
     assert int(head.candidates) == FAST["candidates"]
-    assert float(head.markov_time) in (1.0, 2.0, 4.0, 8.0) and float(head.join) in (0.0, 1.5)
+    assert float(head.markov_time) in CALIBRATION_MARKOV_TIMES
+    assert float(head.join) in CALIBRATION_JOINS
+    assert float(head.join_above) in np.float32(CALIBRATION_JOIN_ABOVE)
     assert 0 < float(head.threshold) < 1
     assert head.grouping in ("infomap", "components")
 
@@ -232,17 +233,25 @@ def test_edge_head_survives_a_checkpoint_and_a_model_without_one_falls_back(face
 
 def test_grouping_joins_as_the_head_was_calibrated_unless_told_otherwise(trained):
     head = trained.edge_head
-    before = float(head.join)
+    before = float(head.join), float(head.join_above)
     try:
-        head.join.fill_(1.5)
-        assert edge_grouping(trained, ClusterConfig(k=K)).join == 1.5
-        assert edge_grouping(trained, ClusterConfig(k=K, join=0.0)).join == 0.0
-        # a head saved before the joining existed was calibrated joining none
-        older = {name: value for name, value in trained.state_dict().items()
-                 if name != "edge_head.join"}
-        assert float(PairClassifier.from_state_dict(older).edge_head.join) == 0.0
+        head.join.fill_(5.0)
+        head.join_above.fill_(0.98)
+        grouping = edge_grouping(trained, ClusterConfig(k=K))
+        assert (grouping.join, grouping.join_above) == (5.0, pytest.approx(0.98))
+        grouping = edge_grouping(trained, ClusterConfig(k=K, join=0.0, join_above=0.9))
+        assert (grouping.join, grouping.join_above) == (0.0, 0.9)
+        # a head saved before modules were joined by sure edges (with or without the older
+        # joining's buffer) was calibrated joining none
+        for dropped in (("edge_head.join_above",), ("edge_head.join", "edge_head.join_above")):
+            older = {name: value for name, value in trained.state_dict().items()
+                     if name not in dropped}
+            head_then = PairClassifier.from_state_dict(older).edge_head
+            assert float(head_then.join) == 0.0
+            assert float(head_then.join_above) == pytest.approx(edges.JOIN_ABOVE)
     finally:
-        head.join.fill_(before)
+        head.join.fill_(before[0])
+        head.join_above.fill_(before[1])
 
 
 def test_small_k_trains_on_clean_data_with_negatives_from_beyond_the_lists(caplog):

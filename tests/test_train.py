@@ -165,30 +165,41 @@ def test_calibration_groups_the_whole_graph_and_each_thinned_copy(toy):
     assert thinned[0].max() < kept.sum()
 
 
-@pytest.mark.parametrize("joining", training.CALIBRATION_JOINS)
+@pytest.mark.parametrize("joining", [(0.0, edges.JOIN_ABOVE)] + [
+    (join, above) for join in training.CALIBRATION_JOINS[1:]
+    for above in training.CALIBRATION_JOIN_ABOVE])
 def test_calibration_stores_the_joining_that_groups_the_held_out_identities_best(
         toy, monkeypatch, joining):
-    # a stand-in grouping that is right only with the one joining (at Markov time 2), so
-    # the head must store exactly that one
+    # stand-ins right only with the one joining of Infomap's modules at Markov time 2
+    # (every other grouping leaves each sample alone), so the head must store exactly it
     pytest.importorskip("infomap")
     graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
     model = PairClassifier(toy[0].shape[1], K).eval()
     model.edge_head = edges.EdgeHead().eval()
     e = model.embed_graph(graph.features, graph.nbrs, bf16=False)
+    join, above = joining
+    right = graph.labels.copy()
 
-    def group_edges(src, dst, scores, num_nodes, grouping, join=0.0, markov_time=1.0,
-                    **unused):
-        if grouping == "infomap" and join == joining and markov_time == 2.0:
-            return graph.labels.copy()
-        return np.arange(num_nodes)
+    def infomap_modules(src, dst, scores, num_nodes, markov_time=1.0, **unused):
+        if markov_time == 2.0 and join == 0:
+            return right
+        return np.arange(num_nodes) + (0 if markov_time == 2.0 else num_nodes)
 
-    monkeypatch.setattr(training.edges, "group_edges", group_edges)
+    def join_modules(modules, src, dst, scores, count, join_above):
+        if modules[0] == 0 and (count, join_above) == joining:
+            return right
+        return np.arange(modules.size)
+
+    monkeypatch.setattr(training.edges, "group_edges",
+                        lambda src, dst, scores, num_nodes, *args, **kw: np.arange(num_nodes))
+    monkeypatch.setattr(training.edges, "infomap_modules", infomap_modules)
+    monkeypatch.setattr(training.edges, "join_modules", join_modules)
     record = training._calibrate(model, graph, np.isin(toy[1], [0, 5, 9]), e,
                                  small_config(edge_thinning=(), candidates=K - 1))
     head = model.edge_head
-    assert (float(head.join), float(head.markov_time), head.grouping) == (joining, 2.0,
-                                                                          "infomap")
-    assert (record["join"], record["markov_time"]) == (joining, 2.0)
+    assert (float(head.join), float(head.markov_time), head.grouping) == (join, 2.0, "infomap")
+    assert float(head.join_above) == pytest.approx(above)
+    assert (record["join"], record["join_above"], record["markov_time"]) == (join, above, 2.0)
 
 
 def test_warm_up_trains_only_the_classifier(toy):

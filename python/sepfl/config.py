@@ -83,14 +83,14 @@ class ClusterConfig:
              "chance-level similarity carry the walk less (:mod:`sepfl.edges`); 0 weighs by P "
              "alone.")
     join: Optional[float] = setting(
-        None, 'Infomap (grouping "infomap" of "edges") joins two of its modules, each of at '
-              "least sepfl.edges.JOIN_MIN_SIZE samples, that a run at 8 times the Markov time "
-              "puts together, when the kept edges between them number at least this many per "
-              "sample of the smaller (:func:`sepfl.edges.join_modules`): for identities made of "
-              "several pose or age sub-modes, which Infomap splits (1.5 helped such sets by "
-              "7-11 points F_P and cost sets of look-alike identities 2-12; README); 0 joins "
-              "none; None means the model's calibrated value (0 for models calibrated before "
-              "the joining existed).")
+        None, 'Infomap (grouping "infomap" of "edges") joins two of its modules when at least '
+              "this many edges with P above ``join_above`` connect them "
+              "(:func:`sepfl.edges.join_modules`): Infomap cuts identities made of several "
+              "pose or age sub-modes that only a few edges cross; 0 joins none; None means the "
+              "model's calibrated value (0 for models calibrated before this joining existed).")
+    join_above: Optional[float] = setting(
+        None, "The P above which an edge counts towards ``join``; None means the model's "
+              "calibrated value.")
     max_per_node: int = setting(1, "Denser neighbours paired per sample (1 in SEPFL).")
     refresh: float = setting(
         1.0, "Incremental clustering (:mod:`sepfl.incremental`): an old sample is re-embedded "
@@ -142,6 +142,8 @@ class ClusterConfig:
         check_probability(self.full_cosine, "full_cosine")
         if self.join is not None and not self.join >= 0:
             raise ValueError(f"join must be >= 0, got {self.join}")
+        if self.join_above is not None:
+            check_probability(self.join_above, "join_above")
         check_positive_int(self.max_per_node, "max_per_node")
         check_probability(self.refresh, "refresh")
         if self.knn_exact is not None and not isinstance(self.knn_exact, bool):

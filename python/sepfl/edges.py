@@ -34,14 +34,16 @@ and changes what is scored and how it is grouped:
   at lower cosines than a true partner, so the walk leaves them sooner.
   Above ``c`` every edge weighs its P: weighing all edges by their cosine
   split identities whose sub-modes meet at middling cosines (README,
-  Results). Or connected components of the
+  Results). Infomap cuts an identity made of sub-modes that only a few edges
+  cross; two modules with at least ``join`` sure edges (P > ``join_above``)
+  between them are then joined (:func:`join_modules`). Or connected components of the
   edges above a high threshold, which keep an identity whose sub-modes are
   joined by a few sure edges in one piece where Infomap would cut it, and then
   each sample those sure edges left alone joins the partner of its most
   probable edge when that edge has P > 0.5 (a hard sample whose edges are all
   merely likely is not left a singleton). Training
   clusters held-out identities to choose between them and to set Infomap's
-  Markov time and the components threshold (:attr:`EdgeHead.grouping`).
+  Markov time, the joining and the components threshold (:attr:`EdgeHead.grouping`).
   Without the ``infomap`` package, connected components.
 
 Everything here is torch on the tensors' device, CPU or CUDA.
@@ -60,7 +62,7 @@ from sepfl import ops
 log = logging.getLogger("sepfl")
 
 __all__ = ["EdgeHead", "candidate_edges", "edge_statistics", "group_edges",
-           "infomap_available", "singleton_edges",
+           "infomap_available", "infomap_modules", "join_modules", "singleton_edges",
            "NUM_STATISTICS"]
 
 NUM_STATISTICS = 13
@@ -150,7 +152,8 @@ class EdgeHead(nn.Module):
     Standardisation (``mean``, ``std``, set by :meth:`set_normalization` from
     the training edges) then Linear(13→64), GELU, Linear(64→64), GELU,
     Linear(64→2). The buffers hold what training calibrated: ``markov_time``
-    for Infomap and ``join``, the joining of its modules (:func:`join_modules`; 0: none),
+    for Infomap, and ``join`` and ``join_above``, the joining of its modules
+    (:func:`join_modules`; ``join`` 0: none),
     ``threshold`` for connected components, ``components`` (1 when
     connected components grouped the held-out identities better than Infomap,
     see :attr:`grouping`), and ``candidates``, the candidate edges per sample
@@ -166,6 +169,7 @@ class EdgeHead(nn.Module):
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("markov_time", torch.tensor(1.0))
         self.register_buffer("join", torch.tensor(0.0))
+        self.register_buffer("join_above", torch.tensor(JOIN_ABOVE))
         self.register_buffer("candidates", torch.tensor(20))
         self.register_buffer("components", torch.tensor(0))
 
@@ -221,10 +225,8 @@ def infomap_available() -> bool:
 
 SINGLETON_ABOVE = 0.5
 
-#: :func:`join_modules`: the coarse run's Markov time, as a multiple of the grouping's, and
-#: the fewest samples a module needs to be joined (a sub-mode, not a few strays).
-JOIN_MARKOV_TIME = 8.0
-JOIN_MIN_SIZE = 24
+#: :func:`join_modules`: an edge above this P counts as sure where the calibration says none.
+JOIN_ABOVE = 0.9
 
 
 def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np.ndarray,
@@ -266,7 +268,7 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
                 grouping: str = "infomap", threshold: float = 0.5,
                 markov_time: float = 1.0, seed: int = 1,
                 cosine: Optional[np.ndarray] = None, full_cosine: float = 0.0,
-                join: float = 0.0) -> np.ndarray:
+                join: float = 0.0, join_above: float = JOIN_ABOVE) -> np.ndarray:
     """Clusters from scored edges: the edges with P > threshold, grouped.
 
     Parameters
@@ -277,10 +279,9 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         P(same identity) of each edge.
     num_nodes : int
     grouping : {"infomap", "components"}
-        Infomap's two-level partition of the edges weighted by
-        ``P * min(1, max(cosine, 0) / full_cosine) ** 2`` (one trial, seeded, so the same
-        edges give the same labels), or connected components with each sample
-        they leave alone joined by :func:`singleton_edges` at P > 0.5.
+        Infomap's two-level partition of the edges (:func:`infomap_modules`), or
+        connected components with each sample they leave alone joined by
+        :func:`singleton_edges` at P > 0.5.
     threshold : float
         Edges at or below it are dropped (for components: before samples left alone are
         joined).
@@ -294,11 +295,9 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         Infomap's links (module notes). Components ignore both.
     full_cosine : float in [0, 1]
         The cosine from which an edge weighs its whole P (0: P alone).
-    join : float
-        Infomap only, above 0: two modules that one run at ``JOIN_MARKOV_TIME`` times the
-        Markov time puts together are joined when both hold at least :data:`JOIN_MIN_SIZE`
-        samples and the kept edges between them number at least ``join`` per sample of the
-        smaller (:func:`join_modules`).
+    join, join_above : float
+        Infomap only, ``join`` above 0: two modules with at least ``join`` edges of
+        P > ``join_above`` between them are one cluster (:func:`join_modules`).
 
     Returns
     -------
@@ -315,36 +314,44 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
         return np.asarray(ops.connected_components(np.concatenate([kept_src, alone]),
                                                    np.concatenate([kept_dst, partner]),
                                                    num_nodes))
+    modules = infomap_modules(src, dst, prob, num_nodes, threshold, markov_time, seed,
+                              cosine, full_cosine)
+    return join_modules(modules, src, dst, prob, join, join_above) if join > 0 else modules
+
+
+def infomap_modules(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: int,
+                    threshold: float = 0.5, markov_time: float = 1.0, seed: int = 1,
+                    cosine: Optional[np.ndarray] = None,
+                    full_cosine: float = 0.0) -> np.ndarray:
+    """Infomap's modules of the edges with P > ``threshold``, each weighted by P times
+    ``min(1, max(cosine, 0) / full_cosine) ** 2`` (one trial, seeded, so the same edges
+    give the same labels): int64 [num_nodes], numbered by smallest member. Arguments as
+    :func:`group_edges`'."""
+    keep = prob > threshold
     src, dst, weight = src[keep], dst[keep], prob[keep].astype(np.float64)
     if cosine is not None and full_cosine > 0:
         weight *= np.clip(cosine[keep].astype(np.float64) / full_cosine, 0.0, 1.0) ** 2
-    modules = _infomap_modules(src, dst, weight, num_nodes, markov_time, seed)
-    if join > 0:
-        coarse = _infomap_modules(src, dst, weight, num_nodes,
-                                  JOIN_MARKOV_TIME * markov_time, seed)
-        modules = join_modules(modules, coarse, src, dst, join)
-    return modules
+    return _infomap_modules(src, dst, weight, num_nodes, markov_time, seed)
 
 
-def join_modules(modules: np.ndarray, coarse: np.ndarray, src: np.ndarray, dst: np.ndarray,
-                 join: float) -> np.ndarray:
-    """``modules`` (int64 [N], 0..M-1) with some of them joined: two modules whose samples
-    ``coarse`` (int64 [N]) puts in one module, each of at least :data:`JOIN_MIN_SIZE`
-    samples, with at least ``join`` edges (``src``, ``dst``: int64 [E], the kept ones)
-    between them per sample of the smaller. Identities made of several sub-modes (pose,
-    age) come out of Infomap as one module per sub-mode joined by a few likely edges each;
-    look-alike identities inside one coarse module share fewer. Returns int64 [N],
-    numbered by smallest member."""
-    size = np.bincount(modules)
-    between = (modules[src] != modules[dst]) & (coarse[src] == coarse[dst])
-    a, b = modules[src[between]], modules[dst[between]]
-    pair, count = np.unique(np.minimum(a, b) * size.size + np.maximum(a, b), return_counts=True)
-    first, second = pair // size.size, pair % size.size
-    smaller = np.minimum(size[first], size[second])
-    joined = (smaller >= JOIN_MIN_SIZE) & (count >= join * smaller)
+def join_modules(modules: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np.ndarray,
+                 join: float, join_above: float) -> np.ndarray:
+    """``modules`` (int64 [N], 0..M-1, numbered by smallest member) with every two joined
+    that at least ``join`` edges (``src``, ``dst``: int64 [E], either direction) of P
+    (``prob``, float32 [E]) above ``join_above`` connect, joined transitively. Infomap
+    cuts an identity made of several sub-modes (pose, age) where the walk rarely crosses,
+    at any Markov time: a few sure edges between two large modules weigh little against
+    the thousands inside them. Requiring several sure edges, not one, keeps a single
+    wrong edge from merging two identities. Returns int64 [N], numbered by smallest
+    member."""
+    sure = (prob > join_above) & (modules[src] != modules[dst])
+    a, b = modules[src[sure]], modules[dst[sure]]
+    size = np.int64(modules.max()) + 1 if modules.size else np.int64(0)
+    pair, count = np.unique(np.minimum(a, b) * size + np.maximum(a, b), return_counts=True)
+    joined = pair[count >= join]
     # modules are numbered by smallest member, so components of module ids numbered by their
     # smallest id are numbered by smallest member too
-    found = np.asarray(ops.connected_components(first[joined], second[joined], size.size))
+    found = np.asarray(ops.connected_components(joined // size, joined % size, int(size)))
     return found[modules]
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sepfl import ops
 from sepfl.device import free_memory
-from sepfl.edges import NUM_STATISTICS, EdgeHead
+from sepfl.edges import JOIN_ABOVE, NUM_STATISTICS, EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, to_tensor)
 
@@ -132,8 +132,10 @@ class PairClassifier(nn.Module):
                           if not name.startswith("edge_head.")}
         elif head is not None:
             model.edge_head = EdgeHead(int(head.shape[0]))
-            # a head calibrated before modules could be joined was calibrated joining none
-            state_dict = {"edge_head.join": torch.tensor(0.0), **state_dict}
+            if "edge_head.join_above" not in state_dict:
+                # calibrated before modules were joined by sure edges: it joins none
+                state_dict = {**state_dict, "edge_head.join": torch.tensor(0.0),
+                              "edge_head.join_above": torch.tensor(JOIN_ABOVE)}
         model.load_state_dict(state_dict, strict=True)
         return model
 

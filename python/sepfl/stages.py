@@ -162,8 +162,9 @@ class Grouping(NamedTuple):
         Infomap's.
     full_cosine : float
         Infomap's link weight is P, times (cosine / full_cosine)² below it.
-    join : float
-        Infomap's modules joined by :func:`sepfl.edges.join_modules` (0: none).
+    join, join_above : float
+        Infomap's modules with ``join`` edges of P > ``join_above`` between them joined
+        (:func:`sepfl.edges.join_modules`; ``join`` 0: none).
     """
 
     how: str
@@ -171,6 +172,7 @@ class Grouping(NamedTuple):
     markov_time: float = 1.0
     full_cosine: float = 0.0
     join: float = 0.0
+    join_above: float = edges.JOIN_ABOVE
 
 
 def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str) -> Grouping:
@@ -191,7 +193,8 @@ def group(src: Array, dst: Array, scores: Array, num_nodes: int, grouping: Group
     return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes,
                              grouping.how, grouping.threshold, grouping.markov_time,
                              cosine=None if cosine is None else to_numpy(cosine),
-                             full_cosine=grouping.full_cosine, join=grouping.join)
+                             full_cosine=grouping.full_cosine, join=grouping.join,
+                             join_above=grouping.join_above)
 
 
 def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
@@ -219,4 +222,5 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
         threshold = 0.5 if grouping == "infomap" else float(head.threshold)
     markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
     join = float(head.join) if config.join is None else config.join
-    return Grouping(grouping, threshold, markov_time, config.full_cosine, join)
+    join_above = float(head.join_above) if config.join_above is None else config.join_above
+    return Grouping(grouping, threshold, markov_time, config.full_cosine, join, join_above)

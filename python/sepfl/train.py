@@ -298,9 +298,11 @@ def _embeddings(model: PairClassifier, graph: _Graph, config: TrainConfig) -> to
 
 CALIBRATION_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 CALIBRATION_MARKOV_TIMES = (1.0, 2.0, 4.0, 8.0)
-#: ...and with its modules joined at these edges per sample (0: none; see
-#: :func:`sepfl.edges.join_modules`), at each Markov time.
-CALIBRATION_JOINS = (0.0, 1.5)
+#: ...and with two modules joined where this many edges of P above each of
+#: :data:`CALIBRATION_JOIN_ABOVE` connect them (0: none; :func:`sepfl.edges.join_modules`),
+#: at each Markov time.
+CALIBRATION_JOINS = (0.0, 3.0, 5.0, 10.0)
+CALIBRATION_JOIN_ABOVE = (0.9, 0.98)
 
 
 def _split_identities(labels: np.ndarray, share: float,
@@ -414,12 +416,22 @@ def _calibration_views(model: PairClassifier, graph: _Graph, held_out: np.ndarra
     return found
 
 
+def _held_out_f(view: Tuple[np.ndarray, ...], found: np.ndarray) -> float:
+    """The mean of pairwise and BCubed F of the clusters ``found`` (int64 [N]) of one
+    :func:`_calibration_views` graph, counted from its held-out samples
+    (:func:`sepfl.metrics.anchored`)."""
+    *_, labels, anchors = view
+    metrics = anchored(labels, found, anchors)
+    return (metrics["pairwise_f"] + metrics["bcubed_f"]) / 2
+
+
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
                config: TrainConfig) -> Optional[Dict[str, float]]:
     """Store in the edge head the grouping that clusters the held-out identities best —
     Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES` with the joining of
-    :data:`CALIBRATION_JOINS`, or connected components at the threshold of
-    :data:`CALIBRATION_THRESHOLDS` — with the settings of both.
+    :data:`CALIBRATION_JOINS` sure edges above :data:`CALIBRATION_JOIN_ABOVE`, or connected
+    components at the threshold of :data:`CALIBRATION_THRESHOLDS` — with the settings of
+    both.
 
     Every candidate edge of the whole training graph is scored from the embeddings ``e``
     [N, 2D] and grouped, and each grouping is scored from the held-out samples
@@ -439,35 +451,55 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
                              device=str(e.device), bf16=config.bf16, progress=False)
     views = _calibration_views(model, graph, held_out, e, config, settings)
 
-    def best(grouping: str, choices: List[Dict[str, float]]) -> Tuple[Dict[str, float], float]:
-        scored = []
-        for choice in choices:
-            f = []
-            for src, dst, scores, cosine, labels, anchors in views:
-                found = edges.group_edges(src, dst, scores, labels.size, grouping,
-                                          cosine=cosine, full_cosine=settings.full_cosine,
-                                          **choice)
-                metrics = anchored(labels, found, anchors)
-                f.append((metrics["pairwise_f"] + metrics["bcubed_f"]) / 2)
-            scored.append(float(np.mean(f)))
+    def best(grouping: str, choices: List[Dict[str, float]],
+             labels_of: Callable[[int, Dict[str, float]], np.ndarray]
+             ) -> Tuple[Dict[str, float], float]:
+        scored = [float(np.mean([_held_out_f(view, labels_of(i, choice))
+                                 for i, view in enumerate(views)])) for choice in choices]
         chosen = int(np.argmax(scored))
         log.info("edge head calibrated on %d held-out samples (and in %d thinned copies): "
                  "%s at %s (mean of F_P and F_B %.4f)", int(held_out.sum()), len(views) - 1,
                  grouping, choices[chosen], scored[chosen])
         return choices[chosen], scored[chosen]
 
+    def components(i: int, choice: Dict[str, float]) -> np.ndarray:
+        src, dst, scores, _, labels, _ = views[i]
+        return edges.group_edges(src, dst, scores, labels.size, "components", **choice)
+
+    modules: Dict[Tuple[int, float], np.ndarray] = {}
+
+    def infomap(i: int, choice: Dict[str, float]) -> np.ndarray:
+        # one Infomap run per graph and Markov time, each joining applied to its modules
+        src, dst, scores, cosine, labels, _ = views[i]
+        key = (i, choice["markov_time"])
+        if key not in modules:
+            modules[key] = edges.infomap_modules(src, dst, scores, labels.size,
+                                                 markov_time=choice["markov_time"],
+                                                 cosine=cosine,
+                                                 full_cosine=settings.full_cosine)
+        if choice["join"] == 0:
+            return modules[key]
+        return edges.join_modules(modules[key], src, dst, scores, choice["join"],
+                                  choice["join_above"])
+
     head = model.edge_head
     chosen, components_f = best("components",
-                                [{"threshold": value} for value in CALIBRATION_THRESHOLDS])
+                                [{"threshold": value} for value in CALIBRATION_THRESHOLDS],
+                                components)
     head.threshold.fill_(chosen["threshold"])
     record = {**chosen, "calibration_components_f": components_f,
               "calibration_samples": int(held_out.sum())}
     if edges.infomap_available():
-        chosen, infomap_f = best("infomap", [{"markov_time": markov_time, "join": join}
-                                             for join in CALIBRATION_JOINS
-                                             for markov_time in CALIBRATION_MARKOV_TIMES])
+        joinings = [(0.0, edges.JOIN_ABOVE)] + [(join, above) for join in CALIBRATION_JOINS
+                                                if join > 0 for above in CALIBRATION_JOIN_ABOVE]
+        chosen, infomap_f = best("infomap", [{"markov_time": markov_time, "join": join,
+                                              "join_above": above}
+                                             for join, above in joinings
+                                             for markov_time in CALIBRATION_MARKOV_TIMES],
+                                 infomap)
         head.markov_time.fill_(chosen["markov_time"])
         head.join.fill_(chosen["join"])
+        head.join_above.fill_(chosen["join_above"])
         head.components.fill_(int(components_f > infomap_f))
         record.update(chosen, calibration_infomap_f=infomap_f)
     else:
