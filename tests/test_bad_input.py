@@ -262,6 +262,7 @@ CASES = [
     ("full_cosine above 1", lambda p: ClusterConfig(full_cosine=1.5), ValueError,
      "full_cosine"),
     ("join below 0", lambda p: ClusterConfig(join=-1.0), ValueError, "join"),
+    ("join_above above 1", lambda p: ClusterConfig(join_above=1.5), ValueError, "join_above"),
     ("unknown setting", lambda p: SEPFL(n_clusters=4), TypeError, "n_clusters"),
     ("zero epochs", lambda p: TrainConfig(epochs=0), ValueError, "epochs"),
     ("negative batch size", lambda p: TrainConfig(batch_size=-1), ValueError, "batch_size"),
