@@ -304,8 +304,8 @@ def group_edges(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_nodes: i
     labels : int64 ndarray [N]
         0..C-1, numbered in order of each cluster's smallest member.
     """
-    keep = prob > threshold
     if grouping == "components":
+        keep = prob > threshold
         kept_src, kept_dst = src[keep], dst[keep]
         found = np.asarray(ops.connected_components(kept_src, kept_dst, num_nodes))
         alone, partner = singleton_edges(found, src, dst, prob, min(threshold, SINGLETON_ABOVE))
@@ -346,7 +346,7 @@ def join_modules(modules: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np
     member."""
     sure = (prob > join_above) & (modules[src] != modules[dst])
     a, b = modules[src[sure]], modules[dst[sure]]
-    size = np.int64(modules.max()) + 1 if modules.size else np.int64(0)
+    size = np.int64(modules.max(initial=-1)) + 1
     pair, count = np.unique(np.minimum(a, b) * size + np.maximum(a, b), return_counts=True)
     joined = pair[count >= join]
     # modules are numbered by smallest member, so components of module ids numbered by their
