@@ -16,9 +16,20 @@ wall; the end-to-end epoch ran at 56 pairs/s either way.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+import functools
+from typing import Any, Iterator, Optional
 
 import torch
+
+
+@functools.lru_cache(maxsize=None)
+def faiss_module() -> Any:
+    """The ``faiss`` module, or None when it is not installed (an optional dependency)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
 
 
 @contextlib.contextmanager
@@ -30,9 +41,7 @@ def torch_threads(threads: Optional[int]) -> Iterator[None]:
     if threads is None:
         yield
         return
-    from sepfl.knn import _faiss
-
-    faiss = _faiss()
+    faiss = faiss_module()
     saved = torch.get_num_threads()
     saved_faiss = faiss.omp_get_max_threads() if faiss is not None else None
     torch.set_num_threads(threads)

@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from sepfl import ops
+from sepfl._threads import faiss_module
 
 log = logging.getLogger("sepfl")
 
@@ -206,10 +207,7 @@ def _import_infomap():
     process (faiss-cpu 1.15, infomap 2.16), while the other order works. A kNN
     graph given by the caller leaves faiss unimported until a later build needs it.
     """
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        pass
+    faiss_module()
     import infomap
     return infomap
 

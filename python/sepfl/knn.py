@@ -42,7 +42,6 @@ Logs go to the ``sepfl.knn`` logger (a child of ``sepfl``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 from pathlib import Path
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sepfl._threads import faiss_module as _faiss
 from sepfl._validate import Array, check_positive_int, is_tensor, to_numpy, to_tensor
 from sepfl.device import resolve_device
 from sepfl.features import fingerprint, normalize_features
@@ -211,15 +211,6 @@ def _check_rows(rows: Optional[range], n: int, cache: Union[str, Path, None]) ->
     if cache is not None:
         raise ValueError("a kNN cache holds every row: pass rows or cache, not both")
     return rows
-
-
-@functools.lru_cache(maxsize=None)
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError:
-        return None
-    return faiss
 
 
 def choose_backend(backend: str, where: torch.device, precision: str) -> str:
