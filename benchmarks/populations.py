@@ -90,16 +90,15 @@ def _model(args, dim: int, train) -> SEPFL:
         SEPFL.pretrained(**settings)
 
 
-def _grouping_note(head, scheme: str, threshold: float, join=None) -> str:
-    """How a run grouped: SEPFL's links, or the edge head's calibrated grouping (its
-    joining unless ``join`` says otherwise)."""
-    if scheme != "edges" or head is None:
-        return f"links, threshold {threshold:g}"
-    if head.grouping == "infomap":
-        join = float(head.join) if join is None else join
-        return f"infomap, markov time {float(head.markov_time):g}" + (
-            f", joined at {join:g} edges P > {float(head.join_above):.2g}" if join > 0 else "")
-    return f"components, threshold {threshold:g}"
+def _grouping_note(grouping) -> str:
+    """How a run grouped (a :class:`sepfl.stages.Grouping`)."""
+    if grouping.how == "infomap":
+        return f"infomap, markov time {grouping.markov_time:g}" + (
+            f", joined at {grouping.join:g} edges P > {grouping.join_above:.2g}"
+            if grouping.join > 0 else "")
+    if grouping.how == "components":
+        return f"components, threshold {grouping.threshold:g}"
+    return f"links, threshold {grouping.threshold:g}"
 
 
 def best_infomap(knn, gt):
@@ -133,17 +132,16 @@ def run(name: str, seed: int, args) -> list:
 
     print(f"[{name}] D {dim}, test {len(gt):,} samples of {len(np.unique(gt)):,} identities, "
           f"kNN {t_knn:.1f} s" + (f", trained in {trained:.0f} s" if args.train else ""))
-    head = estimator.model_.edge_head
     runs = [("edges", None), ("sepfl", None)]
-    if head is not None and head.grouping == "infomap" and float(head.join) > 0:
-        runs.append(("edges", 0.0))  # what the calibrated joining added, in the same run
     for scheme, join in runs:
         estimator.set_params(scheme=scheme, join=join)
         start = time.perf_counter()
         labels = estimator.predict(test.features, knn=knn)
-        note = _grouping_note(head, scheme, estimator.result_.threshold, join)
+        grouping = estimator.result_.grouping
         add(f"sepfl scheme={scheme!r}" + (", no joining" if join == 0 else ""),
-            evaluate(gt, labels), time.perf_counter() - start + t_knn, note)
+            evaluate(gt, labels), time.perf_counter() - start + t_knn, _grouping_note(grouping))
+        if scheme == "edges" and grouping.how == "infomap" and grouping.join > 0:
+            runs.append(("edges", 0.0))  # what the calibrated joining added, in the same run
     candidates = estimator.cluster_config.candidates
     add(f"oracle of 'edges' ({candidates} candidates)",
         evaluate(gt, baselines.edges_oracle(knn[0], gt, candidates)), t_knn)

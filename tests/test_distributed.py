@@ -131,8 +131,9 @@ def test_time_in_collectives_is_part_of_each_stage(runs):
     for report in ranks.values():
         timings, collectives = report[8], report[9]
         # the features' all-gather, the density's all-reduce, the fetch of the far ends,
-        # the pairs' gather and the labels' broadcast
-        assert set(collectives) == {"normalize", "density", "edges", "group"}
+        # the scores' sum (their mean picks the calibrated grouping), the pairs' gather and
+        # the labels' broadcast
+        assert set(collectives) == {"normalize", "density", "edges", "scores", "group"}
         assert all(0 < collectives[stage] <= timings[stage] for stage in collectives)
 
 

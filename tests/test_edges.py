@@ -192,11 +192,29 @@ def test_training_adds_a_calibrated_edge_head(trained):
     head = trained.edge_head
     assert isinstance(head, edges.EdgeHead) and not head.training
     assert int(head.candidates) == FAST["candidates"]
-    assert float(head.markov_time) in CALIBRATION_MARKOV_TIMES
-    assert float(head.join) in CALIBRATION_JOINS
-    assert float(head.join_above) in np.float32(CALIBRATION_JOIN_ABOVE)
-    assert 0 < float(head.threshold) < 1
-    assert head.grouping in ("infomap", "components")
+    # one grouping for the whole graph and one for each of the default two thinned copies
+    assert head.same_share.shape == (3,)
+    assert set(head.markov_time.tolist()) <= set(CALIBRATION_MARKOV_TIMES)
+    assert set(head.join.tolist()) <= set(CALIBRATION_JOINS)
+    assert set(head.join_above.tolist()) <= set(np.float32(CALIBRATION_JOIN_ABOVE).tolist())
+    assert bool(((head.threshold > 0) & (head.threshold < 1)).all())
+    assert bool(((head.same_share > 0) & (head.same_share < 1)).all())
+    assert set(head.components.tolist()) <= {0, 1}
+
+
+def test_the_head_groups_as_calibrated_on_the_graph_whose_mean_p_is_nearest():
+    views = [edges.Calibrated("infomap", 0.5, 4.0, 0.0, 0.5, 0.25),
+             edges.Calibrated("components", 0.75, 2.0, 3.0, 0.875, 0.5),
+             edges.Calibrated("infomap", 0.25, 1.0, 10.0, 0.5, 0.75)]
+    head = edges.EdgeHead()
+    head.set_calibration(views)
+    assert [head.calibrated(share) for share in (0.0, 0.3, 0.4, 0.55, 0.7, 1.0)] == \
+        [views[0], views[0], views[1], views[1], views[2], views[2]]
+    # saved and loaded with its V graphs
+    state = {f"edge_head.{name}": value for name, value in head.state_dict().items()}
+    model = PairClassifier(16, K)
+    loaded = PairClassifier.from_state_dict({**model.state_dict(), **state}).edge_head
+    assert loaded.calibrated(0.45) == views[1]
 
 
 def test_edges_scheme_beats_one_pair_per_sample(faces, trained):
@@ -233,25 +251,38 @@ def test_edge_head_survives_a_checkpoint_and_a_model_without_one_falls_back(face
 
 def test_grouping_joins_as_the_head_was_calibrated_unless_told_otherwise(trained):
     head = trained.edge_head
-    before = float(head.join), float(head.join_above)
+    before = head.join.clone(), head.join_above.clone()
     try:
         head.join.fill_(5.0)
         head.join_above.fill_(0.98)
-        grouping = edge_grouping(trained, ClusterConfig(k=K))
+        grouping = edge_grouping(trained, ClusterConfig(k=K), 0.5)
         assert (grouping.join, grouping.join_above) == (5.0, pytest.approx(0.98))
-        grouping = edge_grouping(trained, ClusterConfig(k=K, join=0.0, join_above=0.9))
+        grouping = edge_grouping(trained, ClusterConfig(k=K, join=0.0, join_above=0.9), 0.5)
         assert (grouping.join, grouping.join_above) == (0.0, 0.9)
-        # a head saved before modules were joined by sure edges (with or without the older
-        # joining's buffer) was calibrated joining none
-        for dropped in (("edge_head.join_above",), ("edge_head.join", "edge_head.join_above")):
-            older = {name: value for name, value in trained.state_dict().items()
-                     if name not in dropped}
-            head_then = PairClassifier.from_state_dict(older).edge_head
-            assert float(head_then.join) == 0.0
-            assert float(head_then.join_above) == pytest.approx(edges.JOIN_ABOVE)
     finally:
-        head.join.fill_(before[0])
-        head.join_above.fill_(before[1])
+        head.join.copy_(before[0])
+        head.join_above.copy_(before[1])
+
+
+@pytest.mark.parametrize("dropped", [(), ("join_above",), ("join", "join_above")])
+def test_a_head_saved_with_one_grouping_loads_as_one_calibration_graph(trained, dropped):
+    # heads saved before the per-graph calibration hold one grouping in scalar buffers; one
+    # saved before modules were joined by sure edges (with or without the older joining's
+    # buffer) was calibrated joining none
+    scalars = [f"edge_head.{name}" for name in
+               ("threshold", "markov_time", "join", "join_above", "components")]
+    older = {name: value[0] if name in scalars else value
+             for name, value in trained.state_dict().items()
+             if name not in ["edge_head.same_share"] + [f"edge_head.{n}" for n in dropped]}
+    head = PairClassifier.from_state_dict(older).edge_head
+    assert head.same_share.shape == (1,)
+    calibrated = head.calibrated(0.9)
+    assert calibrated == head.calibrated(0.1)
+    assert calibrated.markov_time == float(trained.edge_head.markov_time[0])
+    if dropped:
+        assert (calibrated.join, calibrated.join_above) == (0.0, pytest.approx(edges.JOIN_ABOVE))
+    else:
+        assert calibrated.join == float(trained.edge_head.join[0])
 
 
 def test_small_k_trains_on_clean_data_with_negatives_from_beyond_the_lists(caplog):

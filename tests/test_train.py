@@ -168,38 +168,55 @@ def test_calibration_groups_the_whole_graph_and_each_thinned_copy(toy):
 @pytest.mark.parametrize("joining", [(0.0, edges.JOIN_ABOVE)] + [
     (join, above) for join in training.CALIBRATION_JOINS[1:]
     for above in training.CALIBRATION_JOIN_ABOVE])
-def test_calibration_stores_the_joining_that_groups_the_held_out_identities_best(
+def test_calibration_stores_per_graph_the_grouping_that_groups_its_held_out_identities_best(
         toy, monkeypatch, joining):
-    # stand-ins right only with the one joining of Infomap's modules at Markov time 2
-    # (every other grouping leaves each sample alone), so the head must store exactly it
+    # stand-ins right only with one joining of Infomap's modules at one Markov time on the
+    # whole graph, and with another on its thinned copy (every other grouping leaves each
+    # sample alone), so the head must store exactly those, one per graph
     pytest.importorskip("infomap")
     graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
     model = PairClassifier(toy[0].shape[1], K).eval()
     model.edge_head = edges.EdgeHead().eval()
     e = model.embed_graph(graph.features, graph.nbrs, bf16=False)
-    join, above = joining
-    right = graph.labels.copy()
+    config = small_config(edge_thinning=(0.5,), candidates=K - 1)
+    held_out = np.isin(toy[1], [0, 5, 9])
+    views = training._calibration_views(model, graph, held_out, e, config,
+                                        ClusterConfig(k=K, candidates=K - 1, device="cpu"))
+    wanted = {views[0][4].size: (*joining, 2.0), views[1][4].size: (0.0, edges.JOIN_ABOVE, 4.0)}
+    right = {view[4].size: view[4].copy() for view in views}
 
     def infomap_modules(src, dst, scores, num_nodes, markov_time=1.0, **unused):
-        if markov_time == 2.0 and join == 0:
-            return right
-        return np.arange(num_nodes) + (0 if markov_time == 2.0 else num_nodes)
+        if wanted[num_nodes][::2] == (0.0, markov_time):
+            return right[num_nodes]
+        return np.arange(num_nodes) + int(markov_time * 10) * num_nodes  # Markov time in [0]
 
     def join_modules(modules, src, dst, scores, count, join_above):
-        if modules[0] == 0 and (count, join_above) == joining:
-            return right
+        if wanted[modules.size] == (count, join_above, modules[0] / modules.size / 10):
+            return right[modules.size]
         return np.arange(modules.size)
 
     monkeypatch.setattr(training.edges, "group_edges",
                         lambda src, dst, scores, num_nodes, *args, **kw: np.arange(num_nodes))
     monkeypatch.setattr(training.edges, "infomap_modules", infomap_modules)
     monkeypatch.setattr(training.edges, "join_modules", join_modules)
-    record = training._calibrate(model, graph, np.isin(toy[1], [0, 5, 9]), e,
-                                 small_config(edge_thinning=(), candidates=K - 1))
+    record = training._calibrate(model, graph, held_out, e, config)
+    shares = [float(np.mean(view[2])) for view in views]
     head = model.edge_head
-    assert (float(head.join), float(head.markov_time), head.grouping) == (join, 2.0, "infomap")
-    assert float(head.join_above) == pytest.approx(above)
-    assert (record["join"], record["join_above"], record["markov_time"]) == (join, above, 2.0)
+    want = np.array(list(wanted.values()))
+    np.testing.assert_allclose(torch.stack([head.join, head.join_above, head.markov_time], 1),
+                               want, rtol=1e-6)
+    np.testing.assert_allclose(head.same_share, shares, rtol=1e-6)
+    assert head.components.tolist() == [0, 0]
+    assert [r["grouping"] for r in record["calibration"]] == ["infomap", "infomap"]
+    np.testing.assert_allclose([[r[name] for name in ("join", "join_above", "markov_time",
+                                                      "same_share")]
+                                for r in record["calibration"]],
+                               np.column_stack([want, shares]), rtol=1e-6)
+    # a graph to cluster is grouped as the calibration graph of the nearest mean P
+    for share, choice in zip(shares, want):
+        calibrated = head.calibrated(share)
+        np.testing.assert_allclose([calibrated.join, calibrated.join_above,
+                                    calibrated.markov_time], choice, rtol=1e-6)
 
 
 def test_warm_up_trains_only_the_classifier(toy):

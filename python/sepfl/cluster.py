@@ -95,10 +95,10 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
     with watch.stage("scores"):
         scores = pair_scores(model, config, scheme, e, src, dst, stats)
-    grouping = grouping_of(model, config, scheme)
+    grouping = grouping_of(model, config, scheme, float(scores.mean()))
     with watch.stage(GROUP_STAGE[scheme]):
         labels = group(src, dst, scores, features.shape[0], grouping, cosine)
     return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
                          dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping.threshold,
-                         timings=watch.timings, scheme=scheme, features=to_numpy(features),
+                         grouping=grouping, timings=watch.timings, scheme=scheme, features=to_numpy(features),
                          nbrs=to_numpy(nbrs), sims=to_numpy(sims), embeddings=to_numpy(e))

@@ -242,9 +242,11 @@ class _Group:
         self._collective("all_gather of rows", dist.all_gather, parts, padded)
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
-    def max(self, values: torch.Tensor) -> torch.Tensor:
-        """Element-wise maximum of ``values`` over the ranks (in place, returned)."""
-        self._collective("all_reduce", dist.all_reduce, values, op=dist.ReduceOp.MAX)
+    def reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
+        """Element-wise ``op`` ("max" or "sum") of ``values`` over the ranks (in place,
+        returned)."""
+        self._collective("all_reduce", dist.all_reduce, values,
+                         op={"max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
         return values
 
     def fetch(self, ids: torch.Tensor, tables: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -355,7 +357,8 @@ def _density(sims: torch.Tensor, rho: float, job: _Group) -> torch.Tensor:
         sums += column
     counts = (clipped >= rho).sum(1).to(torch.float32)
     zero = sums.new_zeros(1)
-    top = job.max(torch.stack([torch.cat([sums, zero]).max(), torch.cat([counts, zero]).max()]))
+    top = job.reduce(torch.stack([torch.cat([sums, zero]).max(),
+                                   torch.cat([counts, zero]).max()]), "max")
     # an all-zero column (every similarity clipped to 0, or none >= rho) stays 0
     top = torch.where(top > 0, top, torch.ones_like(top))
     return 0.5 * (sums / top[0] + counts / top[1])
@@ -444,8 +447,11 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
             src, dst = _select_pairs(job, nbrs, density, config.max_per_node)
     with job.stage(watch, "scores"):
         scores = _pair_scores(job, model, config, scheme, e, src, dst, stats)
+        # the mean score over all ranks' pairs picks the calibrated grouping
+        total = job.reduce(torch.stack([scores.double().sum(), torch.tensor(
+            float(scores.numel()), dtype=torch.float64, device=scores.device)]), "sum")
     src = src + rows.start
-    grouping = grouping_of(model, config, scheme)
+    grouping = grouping_of(model, config, scheme, float(total[0] / total[1]))
     with job.stage(watch, GROUP_STAGE[scheme]):
         # Infomap's weights need each edge's cosine; "sepfl" pairs are linked on scores alone
         gathered = job.gather([src, dst, scores] + ([] if cosine is None else [cosine]))
@@ -453,7 +459,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
                                group(*gathered[:3], n, grouping, *gathered[3:]), n)
     return ShardResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
                        dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping.threshold,
-                       timings=watch.timings, scheme=scheme,
+                       grouping=grouping, timings=watch.timings, scheme=scheme,
                        features=to_numpy(x[rows.start:rows.stop]), nbrs=to_numpy(nbrs),
                        sims=to_numpy(sims), embeddings=to_numpy(e), rows=rows,
                        collectives=job.collectives)

@@ -43,7 +43,9 @@ and changes what is scored and how it is grouped:
   probable edge when that edge has P > 0.5 (a hard sample whose edges are all
   merely likely is not left a singleton). Training
   clusters held-out identities to choose between them and to set Infomap's
-  Markov time, the joining and the components threshold (:attr:`EdgeHead.grouping`).
+  Markov time, the joining and the components threshold, for the whole training set
+  and for thinned copies of it; a graph is grouped as the calibration graph most alike
+  it (:meth:`EdgeHead.calibrated`).
   Without the ``infomap`` package, connected components.
 
 Everything here is torch on the tensors' device, CPU or CUDA.
@@ -51,7 +53,7 @@ Everything here is torch on the tensors' device, CPU or CUDA.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -62,7 +64,7 @@ from sepfl._threads import faiss_module
 
 log = logging.getLogger("sepfl")
 
-__all__ = ["EdgeHead", "candidate_edges", "edge_statistics", "group_edges",
+__all__ = ["Calibrated", "EdgeHead", "candidate_edges", "edge_statistics", "group_edges",
            "infomap_available", "infomap_modules", "join_modules", "singleton_edges",
            "NUM_STATISTICS"]
 
@@ -147,37 +149,65 @@ def edge_statistics(e: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
     return out
 
 
+class Calibrated(NamedTuple):
+    """The grouping :func:`sepfl.train._calibrate` chose for one graph (:class:`EdgeHead`)."""
+
+    grouping: str        # "infomap" or "components"
+    threshold: float     # connected components above it
+    markov_time: float   # Infomap's
+    join: float          # Infomap's modules joined by this many edges of P > join_above
+    join_above: float
+    same_share: float    # the graph's mean P(same identity) over its candidate edges
+
+
 class EdgeHead(nn.Module):
     """P(same identity) of a candidate edge from its :func:`edge_statistics`.
 
     Standardisation (``mean``, ``std``, set by :meth:`set_normalization` from
     the training edges) then Linear(13→64), GELU, Linear(64→64), GELU,
-    Linear(64→2). The buffers hold what training calibrated: ``markov_time``
-    for Infomap, and ``join`` and ``join_above``, the joining of its modules
-    (:func:`join_modules`; ``join`` 0: none),
-    ``threshold`` for connected components, ``components`` (1 when
-    connected components grouped the held-out identities better than Infomap,
-    see :attr:`grouping`), and ``candidates``, the candidate edges per sample
-    it was trained with.
+    Linear(64→2). ``candidates`` holds the candidate edges per sample it was
+    trained with; the other buffers, [V] each, what training calibrated on
+    V graphs (the whole training set and its thinned copies,
+    :func:`sepfl.train._calibrate`): ``same_share``, each graph's mean P(same
+    identity) over its candidate edges, then the grouping that clustered its
+    held-out identities best — ``components`` (1 for connected components
+    above ``threshold``, 0 for Infomap at ``markov_time`` with its modules
+    joined by ``join`` edges of P above ``join_above``, :func:`join_modules`;
+    ``join`` 0: none). :meth:`calibrated` picks one for a graph to cluster.
     """
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, hidden: int = 64, views: int = 1):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(NUM_STATISTICS, hidden), nn.GELU(),
                                  nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 2))
         self.register_buffer("mean", torch.zeros(NUM_STATISTICS))
         self.register_buffer("std", torch.ones(NUM_STATISTICS))
-        self.register_buffer("threshold", torch.tensor(0.5))
-        self.register_buffer("markov_time", torch.tensor(1.0))
-        self.register_buffer("join", torch.tensor(0.0))
-        self.register_buffer("join_above", torch.tensor(JOIN_ABOVE))
         self.register_buffer("candidates", torch.tensor(20))
-        self.register_buffer("components", torch.tensor(0))
+        self.set_calibration([Calibrated("infomap", 0.5, 1.0, 0.0, JOIN_ABOVE, 0.0)] * views)
 
-    @property
-    def grouping(self) -> str:
-        """The calibrated grouping: "components" or "infomap"."""
-        return "components" if int(self.components) else "infomap"
+    def set_calibration(self, views: Sequence["Calibrated"]) -> None:
+        """Store the grouping calibrated on each of V graphs (the buffers become [V])."""
+        device = self.mean.device
+        columns = list(zip(*views))
+        for name, values in zip(Calibrated._fields, columns):
+            if name == "grouping":
+                self.register_buffer("components", torch.tensor(
+                    [int(value == "components") for value in values], device=device))
+            else:
+                self.register_buffer(name, torch.tensor(values, dtype=torch.float32,
+                                                        device=device))
+
+    def calibrated(self, same_share: float) -> "Calibrated":
+        """The grouping calibrated on the graph whose ``same_share`` is nearest this one's.
+
+        ``same_share`` is the mean P(same identity) over the candidate edges of
+        the graph to cluster: about the share of a sample's candidates that are
+        its own identity, which falls as identities have fewer samples, so the
+        nearest calibration graph is the one with neighbourhoods most alike.
+        """
+        view = int(torch.argmin((self.same_share.double() - same_share).abs()))
+        return Calibrated("components" if int(self.components[view]) else "infomap",
+                          *(float(getattr(self, name)[view]) for name in Calibrated._fields[1:]))
 
     @torch.no_grad()
     def set_normalization(self, stats: torch.Tensor) -> None:

@@ -287,7 +287,6 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
                                               bf16=config.bf16, progress=config.progress,
                                               nodes=reembedded)
         drift[reembedded] = 0
-    grouping = grouping_of(model, config, scheme)
     cosine = None
     if scheme == "edges":
         with watch.stage("edges"):
@@ -308,6 +307,7 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
             scores[rescored] = model.score_pairs(e, src[rescored], dst[rescored],
                                                  batch_size=config.pair_batch_size,
                                                  bf16=config.bf16)
+    grouping = grouping_of(model, config, scheme, float(scores.mean()))
     with watch.stage("group"):
         groups = group(src, dst, scores, total, grouping, cosine)
         labels, merged = stable_labels(state.labels, groups)
@@ -315,7 +315,8 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
                   sims=sims.numpy(), embeddings=e.numpy(), drift=drift.numpy(),
                   src=src.numpy(), dst=dst.numpy(), scores=scores.numpy(), labels=labels)
     result = AddResult(labels=labels, density=density.numpy(), src=state.src, dst=state.dst,
-                       scores=state.scores, threshold=grouping.threshold, timings=watch.timings,
+                       scores=state.scores, threshold=grouping.threshold, grouping=grouping,
+                       timings=watch.timings,
                        scheme=scheme, features=state.features, nbrs=state.nbrs,
                        sims=state.sims, embeddings=state.embeddings, merged=merged, groups=groups,
                        reembedded=reembedded.numpy(), rescored=rescored.numpy(),

@@ -131,11 +131,10 @@ class PairClassifier(nn.Module):
             state_dict = {name: value for name, value in state_dict.items()
                           if not name.startswith("edge_head.")}
         elif head is not None:
-            model.edge_head = EdgeHead(int(head.shape[0]))
-            if "edge_head.join_above" not in state_dict:
-                # calibrated before modules were joined by sure edges: it joins none
-                state_dict = {**state_dict, "edge_head.join": torch.tensor(0.0),
-                              "edge_head.join_above": torch.tensor(JOIN_ABOVE)}
+            if "edge_head.same_share" not in state_dict:
+                state_dict = _one_calibration_graph(state_dict)
+            model.edge_head = EdgeHead(int(head.shape[0]),
+                                       views=int(state_dict["edge_head.same_share"].numel()))
         model.load_state_dict(state_dict, strict=True)
         return model
 
@@ -481,6 +480,22 @@ class PairClassifier(nn.Module):
 
 
 # --------------------------------------------------------------------- fast inference path
+
+
+def _one_calibration_graph(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A head saved with one calibrated grouping (scalar buffers) as one of V = 1 graphs.
+
+    A head calibrated before modules were joined by sure edges (no ``join_above``;
+    a ``join`` of the older joining meant something else) joins none.
+    """
+    stored = dict(state_dict)
+    if "edge_head.join_above" not in stored:
+        stored.update({"edge_head.join": torch.tensor(0.0),
+                       "edge_head.join_above": torch.tensor(JOIN_ABOVE)})
+    for name in ("threshold", "markov_time", "join", "join_above", "components"):
+        stored[f"edge_head.{name}"] = stored[f"edge_head.{name}"].reshape(1)
+    stored["edge_head.same_share"] = torch.zeros(1)
+    return stored
 
 
 def _check_nodes(nodes: Array, features: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,8 @@ class ClusterResult:
         P(same identity) of each pair.
     threshold : float
         The threshold the pairs were kept at.
+    grouping : Grouping
+        How the pairs were grouped (the threshold again, and Infomap's settings).
     timings : dict of str to float
         Seconds spent in each stage, in pipeline order.
     scheme : {"edges", "sepfl"}
@@ -63,6 +65,7 @@ class ClusterResult:
     dst: np.ndarray
     scores: np.ndarray
     threshold: float
+    grouping: Grouping
     timings: Dict[str, float]
     scheme: str
     features: np.ndarray
@@ -175,11 +178,13 @@ class Grouping(NamedTuple):
     join_above: float = edges.JOIN_ABOVE
 
 
-def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str) -> Grouping:
-    """How :func:`group` joins the scored pairs: "edges": :func:`edge_grouping`; "sepfl":
+def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str,
+                same_share: float) -> Grouping:
+    """How :func:`group` joins the scored pairs: "edges": :func:`edge_grouping` (``same_share``,
+    the mean of the pairs' scores, picks among the model's calibrated groupings); "sepfl":
     union-find ("link") of the pairs above the threshold (0.5 unless configured)."""
     if scheme == "edges":
-        return edge_grouping(model, config)
+        return edge_grouping(model, config, same_share)
     return Grouping("link", 0.5 if config.threshold is None else config.threshold)
 
 
@@ -207,20 +212,24 @@ def resolve_scheme(model: PairClassifier, config: ClusterConfig) -> str:
     return config.scheme
 
 
-def edge_grouping(model: PairClassifier, config: ClusterConfig) -> Grouping:
-    """How "edges" groups its scored edges: the config's values, with the model's
-    calibrated grouping, threshold, Markov time and joining where they are None, and connected
-    components (logged) when Infomap is asked for but not installed."""
-    head = model.edge_head
-    grouping = config.grouping or head.grouping
+def edge_grouping(model: PairClassifier, config: ClusterConfig, same_share: float) -> Grouping:
+    """How "edges" groups its scored edges: the config's values, and where they are None the
+    grouping, threshold, Markov time and joining the model calibrated on the training graph
+    most alike this one (:meth:`sepfl.edges.EdgeHead.calibrated` of ``same_share``, the mean
+    P over the candidate edges); connected components (logged) when Infomap is asked for
+    but not installed."""
+    calibrated = model.edge_head.calibrated(same_share)
+    log.info("candidate edges' mean P %.3f: grouping as calibrated on the training graph with "
+             "mean P %.3f", same_share, calibrated.same_share)
+    grouping = config.grouping or calibrated.grouping
     if grouping == "infomap" and not edges.infomap_available():
         log.warning("the infomap package is not installed (pip install infomap): grouping "
                     "the scored edges by connected components instead")
         grouping = "components"
     threshold = config.threshold
     if threshold is None:
-        threshold = 0.5 if grouping == "infomap" else float(head.threshold)
-    markov_time = float(head.markov_time) if config.markov_time is None else config.markov_time
-    join = float(head.join) if config.join is None else config.join
-    join_above = float(head.join_above) if config.join_above is None else config.join_above
+        threshold = 0.5 if grouping == "infomap" else calibrated.threshold
+    markov_time = calibrated.markov_time if config.markov_time is None else config.markov_time
+    join = calibrated.join if config.join is None else config.join
+    join_above = calibrated.join_above if config.join_above is None else config.join_above
     return Grouping(grouping, threshold, markov_time, config.full_cosine, join, join_above)

@@ -426,87 +426,77 @@ def _held_out_f(view: Tuple[np.ndarray, ...], found: np.ndarray) -> float:
 
 
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
-               config: TrainConfig) -> Optional[Dict[str, float]]:
-    """Store in the edge head the grouping that clusters the held-out identities best —
-    Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES` with the joining of
-    :data:`CALIBRATION_JOINS` sure edges above :data:`CALIBRATION_JOIN_ABOVE`, or connected
-    components at the threshold of :data:`CALIBRATION_THRESHOLDS` — with the settings of
-    both.
+               config: TrainConfig) -> Optional[Dict[str, object]]:
+    """Store in the edge head, for the whole training graph and for each thinned copy of it
+    (:attr:`TrainConfig.edge_thinning`), the grouping that clusters its held-out identities
+    best — Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES` with the joining
+    of :data:`CALIBRATION_JOINS` sure edges above :data:`CALIBRATION_JOIN_ABOVE`, or
+    connected components at the threshold of :data:`CALIBRATION_THRESHOLDS` — with the
+    graph's mean P over its candidate edges, by which a graph to cluster finds the one most
+    alike it (:meth:`sepfl.edges.EdgeHead.calibrated`).
 
     Every candidate edge of the whole training graph is scored from the embeddings ``e``
     [N, 2D] and grouped, and each grouping is scored from the held-out samples
-    (``held_out``, bool [N]) by :func:`sepfl.metrics.anchored`: the head was trained on
-    the other identities' edges, and the held-out identities keep the neighbours of other
-    identities a test set of the same size gives them. (Clustered alone, a small held-out
-    set has sparse kNN lists whose far ranks reach samples of distant identities, and the
-    grouping chosen there did not carry over to full-size test sets.) The same is done in
-    each thinned copy of the training set (:attr:`TrainConfig.edge_thinning`): a grouping
-    that only suits full-density neighbourhoods (Infomap at a long Markov time) merges the
-    identities of a set with a few samples each. The score is the mean over the graphs of
-    the mean of pairwise and BCubed F, so neither a few large identities nor the many small
-    ones decide alone. None when nothing is held out."""
+    (``held_out``, bool [N]) by :func:`sepfl.metrics.anchored`, as the mean of pairwise
+    and BCubed F, so neither a few large identities nor the many small ones decide alone:
+    the head was trained on the other identities' edges, and the held-out identities keep
+    the neighbours of other identities a test set of the same size gives them. (Clustered
+    alone, a small held-out set has sparse kNN lists whose far ranks reach samples of
+    distant identities, and the grouping chosen there did not carry over to full-size test
+    sets.) The same is done in each thinned copy, with its own kNN graph and embeddings:
+    a grouping that suits full-density neighbourhoods (a longer Markov time) merges the
+    identities of a set with a few samples each, and one chosen for all densities at once
+    cut the identities of full-size sets. None when nothing is held out."""
     if not held_out.any():
         return None
     settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
                              device=str(e.device), bf16=config.bf16, progress=False)
-    views = _calibration_views(model, graph, held_out, e, config, settings)
+    infomap = edges.infomap_available()
+    joinings = [(0.0, edges.JOIN_ABOVE)] + [(join, above) for join in CALIBRATION_JOINS
+                                            if join > 0 for above in CALIBRATION_JOIN_ABOVE]
+    chosen = []
+    for view in _calibration_views(model, graph, held_out, e, config, settings):
+        src, dst, scores, cosine, labels, _ = view
+        threshold, components_f = _best(
+            [(value, _held_out_f(view, edges.group_edges(src, dst, scores, labels.size,
+                                                         "components", threshold=value)))
+             for value in CALIBRATION_THRESHOLDS])
+        best = edges.Calibrated("components", threshold, 1.0, 0.0, edges.JOIN_ABOVE,
+                                float(np.mean(scores)) if scores.size else 0.0)
+        f = components_f
+        if infomap:
+            # one Infomap run per Markov time, each joining applied to its modules
+            modules = {markov_time: edges.infomap_modules(src, dst, scores, labels.size,
+                                                          markov_time=markov_time,
+                                                          cosine=cosine,
+                                                          full_cosine=settings.full_cosine)
+                       for markov_time in CALIBRATION_MARKOV_TIMES}
 
-    def best(grouping: str, choices: List[Dict[str, float]],
-             labels_of: Callable[[int, Dict[str, float]], np.ndarray]
-             ) -> Tuple[Dict[str, float], float]:
-        scored = [float(np.mean([_held_out_f(view, labels_of(i, choice))
-                                 for i, view in enumerate(views)])) for choice in choices]
-        chosen = int(np.argmax(scored))
-        log.info("edge head calibrated on %d held-out samples (and in %d thinned copies): "
-                 "%s at %s (mean of F_P and F_B %.4f)", int(held_out.sum()), len(views) - 1,
-                 grouping, choices[chosen], scored[chosen])
-        return choices[chosen], scored[chosen]
+            def joined(join: float, above: float, markov_time: float) -> np.ndarray:
+                found = modules[markov_time]
+                return found if join == 0 else edges.join_modules(found, src, dst, scores,
+                                                                  join, above)
 
-    def components(i: int, choice: Dict[str, float]) -> np.ndarray:
-        src, dst, scores, _, labels, _ = views[i]
-        return edges.group_edges(src, dst, scores, labels.size, "components", **choice)
+            choices = [(join, above, markov_time) for join, above in joinings
+                       for markov_time in CALIBRATION_MARKOV_TIMES]
+            (join, above, markov_time), infomap_f = _best(
+                [(choice, _held_out_f(view, joined(*choice))) for choice in choices])
+            best = best._replace(markov_time=markov_time, join=join, join_above=above)
+            if infomap_f >= components_f:
+                best, f = best._replace(grouping="infomap"), infomap_f
+        log.info("edge head calibrated on the %d held-out samples of a graph of %d: %s "
+                 "(mean of F_P and F_B %.4f)", int(view[5].sum()), labels.size,
+                 ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else value
+                           for name, value in best._asdict().items()), f)
+        chosen.append((best, f))
+    model.edge_head.set_calibration([best for best, _ in chosen])
+    return {"calibration_samples": int(held_out.sum()),
+            "calibration": [{**best._asdict(), "held_out_f": f} for best, f in chosen]}
 
-    modules: Dict[Tuple[int, float], np.ndarray] = {}
 
-    def infomap(i: int, choice: Dict[str, float]) -> np.ndarray:
-        # one Infomap run per graph and Markov time, each joining applied to its modules
-        src, dst, scores, cosine, labels, _ = views[i]
-        key = (i, choice["markov_time"])
-        if key not in modules:
-            modules[key] = edges.infomap_modules(src, dst, scores, labels.size,
-                                                 markov_time=choice["markov_time"],
-                                                 cosine=cosine,
-                                                 full_cosine=settings.full_cosine)
-        if choice["join"] == 0:
-            return modules[key]
-        return edges.join_modules(modules[key], src, dst, scores, choice["join"],
-                                  choice["join_above"])
-
-    head = model.edge_head
-    chosen, components_f = best("components",
-                                [{"threshold": value} for value in CALIBRATION_THRESHOLDS],
-                                components)
-    head.threshold.fill_(chosen["threshold"])
-    record = {**chosen, "calibration_components_f": components_f,
-              "calibration_samples": int(held_out.sum())}
-    if edges.infomap_available():
-        joinings = [(0.0, edges.JOIN_ABOVE)] + [(join, above) for join in CALIBRATION_JOINS
-                                                if join > 0 for above in CALIBRATION_JOIN_ABOVE]
-        chosen, infomap_f = best("infomap", [{"markov_time": markov_time, "join": join,
-                                              "join_above": above}
-                                             for join, above in joinings
-                                             for markov_time in CALIBRATION_MARKOV_TIMES],
-                                 infomap)
-        head.markov_time.fill_(chosen["markov_time"])
-        head.join.fill_(chosen["join"])
-        head.join_above.fill_(chosen["join_above"])
-        head.components.fill_(int(components_f > infomap_f))
-        record.update(chosen, calibration_infomap_f=infomap_f)
-    else:
-        head.components.fill_(1)
-    record["grouping"] = head.grouping
-    log.info("edge head groups by %s", head.grouping)
-    return record
+def _best(scored: List[Tuple[object, float]]) -> Tuple[object, float]:
+    """The first (choice, score) of the highest score."""
+    return scored[int(np.argmax([score for _, score in scored]))]
 
 
 def _fit_edge_head(model: PairClassifier, graph: _Graph, config: TrainConfig,
