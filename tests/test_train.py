@@ -219,6 +219,35 @@ def test_calibration_stores_per_graph_the_grouping_that_groups_its_held_out_iden
                                     calibrated.markov_time], choice, rtol=1e-6)
 
 
+@pytest.mark.parametrize("thinned_f, grouping", [(0.1, "infomap"), (0.5, "components")])
+def test_calibration_picks_components_for_every_graph_only_where_they_win_on_average(
+        toy, monkeypatch, thinned_f, grouping):
+    # components above 0.9 score 0.9 on the whole graph and thinned_f on its thinned copy;
+    # Infomap (unjoined) 0.6 on both: components win the whole graph either way, but only
+    # with 0.5 on average, and then on both graphs
+    pytest.importorskip("infomap")
+    graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
+    model = PairClassifier(toy[0].shape[1], K).eval()
+    model.edge_head = edges.EdgeHead().eval()
+    e = model.embed_graph(graph.features, graph.nbrs, bf16=False)
+    whole = len(toy[1])
+    score = {(whole, 900): 0.9, (whole, -1): 0.6, ("thinned", 900): thinned_f,
+             ("thinned", -1): 0.6}
+    monkeypatch.setattr(training.edges, "group_edges",
+                        lambda src, dst, scores, n, how, threshold: np.full(n, threshold * 1000))
+    monkeypatch.setattr(training.edges, "infomap_modules", lambda src, dst, scores, n, **kw:
+                        np.full(n, -1))
+    monkeypatch.setattr(training.edges, "join_modules", lambda modules, *args: modules - 1)
+    monkeypatch.setattr(training, "_held_out_f", lambda view, found: score.get(
+        (whole if view[4].size == whole else "thinned", int(round(found[0]))), 0.0))
+    training._calibrate(model, graph, np.isin(toy[1], [0, 5, 9]), e,
+                        small_config(edge_thinning=(0.5,), candidates=K - 1))
+    head = model.edge_head
+    assert head.components.tolist() == [int(grouping == "components")] * 2
+    assert head.threshold.tolist() == pytest.approx([0.9, 0.9])
+    assert head.join.tolist() == [0.0, 0.0]
+
+
 def test_warm_up_trains_only_the_classifier(toy):
     torch.manual_seed(0)
     x, labels = toy

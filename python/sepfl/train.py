@@ -427,71 +427,83 @@ def _held_out_f(view: Tuple[np.ndarray, ...], found: np.ndarray) -> float:
 
 def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: torch.Tensor,
                config: TrainConfig) -> Optional[Dict[str, object]]:
-    """Store in the edge head, for the whole training graph and for each thinned copy of it
-    (:attr:`TrainConfig.edge_thinning`), the grouping that clusters its held-out identities
-    best — Infomap at the Markov time of :data:`CALIBRATION_MARKOV_TIMES` with the joining
-    of :data:`CALIBRATION_JOINS` sure edges above :data:`CALIBRATION_JOIN_ABOVE`, or
-    connected components at the threshold of :data:`CALIBRATION_THRESHOLDS` — with the
-    graph's mean P over its candidate edges, by which a graph to cluster finds the one most
-    alike it (:meth:`sepfl.edges.EdgeHead.calibrated`).
+    """Store in the edge head how to group the whole training graph and each thinned copy
+    of it (:attr:`TrainConfig.edge_thinning`), each with the graph's mean P over its
+    candidate edges, by which a graph to cluster finds the one most alike it
+    (:meth:`sepfl.edges.EdgeHead.calibrated`): for each graph the Markov time of
+    :data:`CALIBRATION_MARKOV_TIMES` and the joining of :data:`CALIBRATION_JOINS` sure
+    edges above :data:`CALIBRATION_JOIN_ABOVE` with which Infomap clusters its held-out
+    identities best; for all graphs at once, whether connected components (at the threshold
+    of :data:`CALIBRATION_THRESHOLDS` best on average) group them better than Infomap on
+    average.
 
-    Every candidate edge of the whole training graph is scored from the embeddings ``e``
-    [N, 2D] and grouped, and each grouping is scored from the held-out samples
+    Every candidate edge of a graph is scored (the whole graph's from the embeddings ``e``
+    [N, 2D]) and grouped, and each grouping is scored from the held-out samples
     (``held_out``, bool [N]) by :func:`sepfl.metrics.anchored`, as the mean of pairwise
     and BCubed F, so neither a few large identities nor the many small ones decide alone:
     the head was trained on the other identities' edges, and the held-out identities keep
     the neighbours of other identities a test set of the same size gives them. (Clustered
     alone, a small held-out set has sparse kNN lists whose far ranks reach samples of
     distant identities, and the grouping chosen there did not carry over to full-size test
-    sets.) The same is done in each thinned copy, with its own kNN graph and embeddings:
-    a grouping that suits full-density neighbourhoods (a longer Markov time) merges the
-    identities of a set with a few samples each, and one chosen for all densities at once
-    cut the identities of full-size sets. None when nothing is held out."""
+    sets.) Per graph, because one Infomap setting for all densities let the sparse copies
+    pull the whole graph's away from its best; components only for all graphs, because one
+    confidently wrong edge chains two identities, more often in larger graphs and on data
+    unlike the training set's: chosen per graph, the bundled mixture's 10 % copy picked
+    components and populations at 10 % collapsed into giant clusters. None when nothing
+    is held out."""
     if not held_out.any():
         return None
     settings = ClusterConfig(k=model.k, rho=config.rho, candidates=config.candidates,
                              device=str(e.device), bf16=config.bf16, progress=False)
-    infomap = edges.infomap_available()
+    views = _calibration_views(model, graph, held_out, e, config, settings)
+    # components above each threshold, scored on each graph: [thresholds, graphs]
+    components_f = np.array([[_held_out_f(view, edges.group_edges(
+        view[0], view[1], view[2], view[4].size, "components", threshold=value))
+        for view in views] for value in CALIBRATION_THRESHOLDS])
+    threshold = CALIBRATION_THRESHOLDS[int(np.argmax(components_f.mean(1)))]
+    chosen = [edges.Calibrated("components", threshold, 1.0, 0.0, edges.JOIN_ABOVE,
+                               float(np.mean(view[2])) if view[2].size else 0.0)
+              for view in views]
+    scores = components_f.max(0)
+    if edges.infomap_available():
+        infomap = [_infomap_choice(view, settings) for view in views]
+        if np.mean([f for _, f in infomap]) >= components_f.mean(1).max():
+            chosen = [calibrated._replace(grouping="infomap", markov_time=markov_time,
+                                          join=join, join_above=above)
+                      for calibrated, ((join, above, markov_time), _) in zip(chosen, infomap)]
+            scores = np.array([f for _, f in infomap])
+    for view, calibrated, f in zip(views, chosen, scores):
+        log.info("edge head calibrated on the %d held-out samples of a graph of %d: %s "
+                 "(mean of F_P and F_B %.4f)", int(view[5].sum()), view[4].size,
+                 ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else value
+                           for name, value in calibrated._asdict().items()), f)
+    model.edge_head.set_calibration(chosen)
+    return {"calibration_samples": int(held_out.sum()),
+            "calibration": [{**calibrated._asdict(), "held_out_f": float(f)}
+                            for calibrated, f in zip(chosen, scores)]}
+
+
+def _infomap_choice(view: Tuple[np.ndarray, ...], settings: ClusterConfig
+                    ) -> Tuple[Tuple[float, float, float], float]:
+    """The (join, join_above, Markov time) of Infomap that groups one calibration graph's
+    held-out samples best, and its score: one Infomap run per Markov time, each joining of
+    :data:`CALIBRATION_JOINS` × :data:`CALIBRATION_JOIN_ABOVE` (or none) applied to its
+    modules; the first best of joinings × Markov times in that order."""
+    src, dst, scores, cosine, labels, _ = view
+    modules = {markov_time: edges.infomap_modules(src, dst, scores, labels.size,
+                                                  markov_time=markov_time, cosine=cosine,
+                                                  full_cosine=settings.full_cosine)
+               for markov_time in CALIBRATION_MARKOV_TIMES}
     joinings = [(0.0, edges.JOIN_ABOVE)] + [(join, above) for join in CALIBRATION_JOINS
                                             if join > 0 for above in CALIBRATION_JOIN_ABOVE]
-    chosen = []
-    for view in _calibration_views(model, graph, held_out, e, config, settings):
-        src, dst, scores, cosine, labels, _ = view
-        threshold, components_f = _best(
-            [(value, _held_out_f(view, edges.group_edges(src, dst, scores, labels.size,
-                                                         "components", threshold=value)))
-             for value in CALIBRATION_THRESHOLDS])
-        best = edges.Calibrated("components", threshold, 1.0, 0.0, edges.JOIN_ABOVE,
-                                float(np.mean(scores)) if scores.size else 0.0)
-        f = components_f
-        if infomap:
-            # one Infomap run per Markov time, each joining applied to its modules
-            modules = {markov_time: edges.infomap_modules(src, dst, scores, labels.size,
-                                                          markov_time=markov_time,
-                                                          cosine=cosine,
-                                                          full_cosine=settings.full_cosine)
-                       for markov_time in CALIBRATION_MARKOV_TIMES}
+    choices = [(join, above, markov_time) for join, above in joinings
+               for markov_time in CALIBRATION_MARKOV_TIMES]
 
-            def joined(join: float, above: float, markov_time: float) -> np.ndarray:
-                found = modules[markov_time]
-                return found if join == 0 else edges.join_modules(found, src, dst, scores,
-                                                                  join, above)
+    def joined(join: float, above: float, markov_time: float) -> np.ndarray:
+        found = modules[markov_time]
+        return found if join == 0 else edges.join_modules(found, src, dst, scores, join, above)
 
-            choices = [(join, above, markov_time) for join, above in joinings
-                       for markov_time in CALIBRATION_MARKOV_TIMES]
-            (join, above, markov_time), infomap_f = _best(
-                [(choice, _held_out_f(view, joined(*choice))) for choice in choices])
-            best = best._replace(markov_time=markov_time, join=join, join_above=above)
-            if infomap_f >= components_f:
-                best, f = best._replace(grouping="infomap"), infomap_f
-        log.info("edge head calibrated on the %d held-out samples of a graph of %d: %s "
-                 "(mean of F_P and F_B %.4f)", int(view[5].sum()), labels.size,
-                 ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else value
-                           for name, value in best._asdict().items()), f)
-        chosen.append((best, f))
-    model.edge_head.set_calibration([best for best, _ in chosen])
-    return {"calibration_samples": int(held_out.sum()),
-            "calibration": [{**best._asdict(), "held_out_f": f} for best, f in chosen]}
+    return _best([(choice, _held_out_f(view, joined(*choice))) for choice in choices])
 
 
 def _best(scored: List[Tuple[object, float]]) -> Tuple[object, float]:
