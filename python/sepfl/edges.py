@@ -169,11 +169,12 @@ class EdgeHead(nn.Module):
     trained with; the other buffers, [V] each, what training calibrated on
     V graphs (the whole training set and its thinned copies,
     :func:`sepfl.train._calibrate`): ``same_share``, each graph's mean P(same
-    identity) over its candidate edges, then the grouping that clustered its
-    held-out identities best — ``components`` (1 for connected components
-    above ``threshold``, 0 for Infomap at ``markov_time`` with its modules
-    joined by ``join`` edges of P above ``join_above``, :func:`join_modules`;
-    ``join`` 0: none). :meth:`calibrated` picks one for a graph to cluster.
+    identity) over its candidate edges, then how to group it — ``components``
+    (1 for connected components above ``threshold``, 0 for Infomap at
+    ``markov_time`` with its modules joined by ``join`` edges of P above
+    ``join_above``, :func:`join_modules`; ``join`` 0: none; training sets
+    ``components`` and ``threshold`` alike for every graph). :meth:`calibrated`
+    picks one for a graph to cluster.
     """
 
     def __init__(self, hidden: int = 64, views: int = 1):
