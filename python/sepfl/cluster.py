@@ -100,5 +100,6 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
         labels = group(src, dst, scores, features.shape[0], grouping, cosine)
     return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
                          dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping.threshold,
-                         grouping=grouping, timings=watch.timings, scheme=scheme, features=to_numpy(features),
-                         nbrs=to_numpy(nbrs), sims=to_numpy(sims), embeddings=to_numpy(e))
+                         grouping=grouping, timings=watch.timings, scheme=scheme,
+                         features=to_numpy(features), nbrs=to_numpy(nbrs), sims=to_numpy(sims),
+                         embeddings=to_numpy(e))

@@ -186,7 +186,7 @@ class EdgeHead(nn.Module):
         self.register_buffer("candidates", torch.tensor(20))
         self.set_calibration([Calibrated("infomap", 0.5, 1.0, 0.0, JOIN_ABOVE, 0.0)] * views)
 
-    def set_calibration(self, views: Sequence["Calibrated"]) -> None:
+    def set_calibration(self, views: Sequence[Calibrated]) -> None:
         """Store the grouping calibrated on each of V graphs (the buffers become [V])."""
         device = self.mean.device
         columns = list(zip(*views))
@@ -198,7 +198,7 @@ class EdgeHead(nn.Module):
                 self.register_buffer(name, torch.tensor(values, dtype=torch.float32,
                                                         device=device))
 
-    def calibrated(self, same_share: float) -> "Calibrated":
+    def calibrated(self, same_share: float) -> Calibrated:
         """The grouping calibrated on the graph whose ``same_share`` is nearest this one's.
 
         ``same_share`` is the mean P(same identity) over the candidate edges of

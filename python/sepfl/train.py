@@ -460,19 +460,19 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     components_f = np.array([[_held_out_f(view, edges.group_edges(
         view[0], view[1], view[2], view[4].size, "components", threshold=value))
         for view in views] for value in CALIBRATION_THRESHOLDS])
-    threshold = CALIBRATION_THRESHOLDS[int(np.argmax(components_f.mean(1)))]
-    chosen = [edges.Calibrated("components", threshold, 1.0, 0.0, edges.JOIN_ABOVE,
-                               float(np.mean(view[2])) if view[2].size else 0.0)
+    best = int(np.argmax(components_f.mean(1)))
+    chosen = [edges.Calibrated("components", CALIBRATION_THRESHOLDS[best], 1.0, 0.0,
+                               edges.JOIN_ABOVE, float(np.mean(view[2])) if view[2].size else 0.0)
               for view in views]
-    scores = components_f.max(0)
+    held_out_f = components_f[best]
     if edges.infomap_available():
         infomap = [_infomap_choice(view, settings) for view in views]
-        if np.mean([f for _, f in infomap]) >= components_f.mean(1).max():
+        if np.mean([f for _, f in infomap]) >= held_out_f.mean():
             chosen = [calibrated._replace(grouping="infomap", markov_time=markov_time,
                                           join=join, join_above=above)
                       for calibrated, ((join, above, markov_time), _) in zip(chosen, infomap)]
-            scores = np.array([f for _, f in infomap])
-    for view, calibrated, f in zip(views, chosen, scores):
+            held_out_f = np.array([f for _, f in infomap])
+    for view, calibrated, f in zip(views, chosen, held_out_f):
         log.info("edge head calibrated on the %d held-out samples of a graph of %d: %s "
                  "(mean of F_P and F_B %.4f)", int(view[5].sum()), view[4].size,
                  ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else value
@@ -480,7 +480,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     model.edge_head.set_calibration(chosen)
     return {"calibration_samples": int(held_out.sum()),
             "calibration": [{**calibrated._asdict(), "held_out_f": float(f)}
-                            for calibrated, f in zip(chosen, scores)]}
+                            for calibrated, f in zip(chosen, held_out_f)]}
 
 
 def _infomap_choice(view: Tuple[np.ndarray, ...], settings: ClusterConfig
@@ -503,12 +503,9 @@ def _infomap_choice(view: Tuple[np.ndarray, ...], settings: ClusterConfig
         found = modules[markov_time]
         return found if join == 0 else edges.join_modules(found, src, dst, scores, join, above)
 
-    return _best([(choice, _held_out_f(view, joined(*choice))) for choice in choices])
-
-
-def _best(scored: List[Tuple[object, float]]) -> Tuple[object, float]:
-    """The first (choice, score) of the highest score."""
-    return scored[int(np.argmax([score for _, score in scored]))]
+    scored = [_held_out_f(view, joined(*choice)) for choice in choices]
+    best = int(np.argmax(scored))
+    return choices[best], scored[best]
 
 
 def _fit_edge_head(model: PairClassifier, graph: _Graph, config: TrainConfig,
