@@ -448,8 +448,8 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
     with job.stage(watch, "scores"):
         scores = _pair_scores(job, model, config, scheme, e, src, dst, stats)
         # the mean score over all ranks' pairs picks the calibrated grouping
-        total = job.reduce(torch.stack([scores.double().sum(), torch.tensor(
-            float(scores.numel()), dtype=torch.float64, device=scores.device)]), "sum")
+        total = job.reduce(torch.stack([scores.double().sum(), scores.new_tensor(
+            scores.numel(), dtype=torch.float64)]), "sum")
     src = src + rows.start
     grouping = grouping_of(model, config, scheme, float(total[0] / total[1]))
     with job.stage(watch, GROUP_STAGE[scheme]):

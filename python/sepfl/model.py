@@ -479,9 +479,6 @@ class PairClassifier(nn.Module):
         return prob
 
 
-# --------------------------------------------------------------------- fast inference path
-
-
 def _one_calibration_graph(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """A head saved with one calibrated grouping (scalar buffers) as one of V = 1 graphs.
 
@@ -496,6 +493,9 @@ def _one_calibration_graph(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, 
         stored[f"edge_head.{name}"] = stored[f"edge_head.{name}"].reshape(1)
     stored["edge_head.same_share"] = torch.zeros(1)
     return stored
+
+
+# --------------------------------------------------------------------- fast inference path
 
 
 def _check_nodes(nodes: Array, features: torch.Tensor) -> torch.Tensor:

@@ -219,8 +219,9 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig, same_share: floa
     P over the candidate edges); connected components (logged) when Infomap is asked for
     but not installed."""
     calibrated = model.edge_head.calibrated(same_share)
-    log.info("candidate edges' mean P %.3f: grouping as calibrated on the training graph with "
-             "mean P %.3f", same_share, calibrated.same_share)
+    if model.edge_head.same_share.numel() > 1:  # a head of one calibration graph picks nothing
+        log.info("candidate edges' mean P %.3f: grouping as calibrated on the training graph "
+                 "with mean P %.3f", same_share, calibrated.same_share)
     grouping = config.grouping or calibrated.grouping
     if grouping == "infomap" and not edges.infomap_available():
         log.warning("the infomap package is not installed (pip install infomap): grouping "

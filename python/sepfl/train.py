@@ -464,15 +464,15 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     chosen = [edges.Calibrated("components", CALIBRATION_THRESHOLDS[best], 1.0, 0.0,
                                edges.JOIN_ABOVE, float(np.mean(view[2])) if view[2].size else 0.0)
               for view in views]
-    held_out_f = components_f[best]
+    view_f = components_f[best]
     if edges.infomap_available():
         infomap = [_infomap_choice(view, settings) for view in views]
-        if np.mean([f for _, f in infomap]) >= held_out_f.mean():
+        if np.mean([f for _, f in infomap]) >= view_f.mean():
             chosen = [calibrated._replace(grouping="infomap", markov_time=markov_time,
                                           join=join, join_above=above)
                       for calibrated, ((join, above, markov_time), _) in zip(chosen, infomap)]
-            held_out_f = np.array([f for _, f in infomap])
-    for view, calibrated, f in zip(views, chosen, held_out_f):
+            view_f = np.array([f for _, f in infomap])
+    for view, calibrated, f in zip(views, chosen, view_f):
         log.info("edge head calibrated on the %d held-out samples of a graph of %d: %s "
                  "(mean of F_P and F_B %.4f)", int(view[5].sum()), view[4].size,
                  ", ".join(f"{name} {value:.4g}" if isinstance(value, float) else value
@@ -480,7 +480,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     model.edge_head.set_calibration(chosen)
     return {"calibration_samples": int(held_out.sum()),
             "calibration": [{**calibrated._asdict(), "held_out_f": float(f)}
-                            for calibrated, f in zip(chosen, held_out_f)]}
+                            for calibrated, f in zip(chosen, view_f)]}
 
 
 def _infomap_choice(view: Tuple[np.ndarray, ...], settings: ClusterConfig
