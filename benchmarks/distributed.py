@@ -13,6 +13,7 @@ its partition is the first run's. The driver's torch threads are split evenly
 over the ranks of a run (OMP_NUM_THREADS and ``threads``).
 
     python benchmarks/distributed.py [--n 100000] [--procs 1,2] [--workdir sepfl-distributed]
+        [--distributed-features auto|all|shard]
 
 By default P is 1 and 2 on the CPU, 1 and every GPU on a CUDA machine.
 """
@@ -43,11 +44,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def worker(features: Path, out: Path, device: str, threads: int) -> None:
+def worker(features: Path, out: Path, device: str, threads: int, placement: str) -> None:
     """One rank of the torchrun job: cluster, then write ``rank_R.json`` (and, on rank 0,
     ``labels.npy``) to ``out``."""
-    estimator = SEPFL.pretrained(distributed=True, device=device, threads=threads,
-                                 progress=False)
+    estimator = SEPFL.pretrained(distributed=True, distributed_features=placement,
+                                 device=device, threads=threads, progress=False)
     x = read_features(features, mmap=True)
     start_gib = peak_rss_gib()
     start = time.perf_counter()
@@ -64,7 +65,8 @@ def worker(features: Path, out: Path, device: str, threads: int) -> None:
         peak_gib=peak_rss_gib(), gpu_gib=gpu_gib)))
 
 
-def launch(procs: int, features: Path, out: Path, device: str, threads: int) -> float:
+def launch(procs: int, features: Path, out: Path, device: str, threads: int,
+           placement: str) -> float:
     """Run ``procs`` ranks of the worker under torchrun; its wall time in seconds."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rank_*.json"):
@@ -72,7 +74,7 @@ def launch(procs: int, features: Path, out: Path, device: str, threads: int) -> 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={procs}", os.path.abspath(__file__), "--worker",
                "--features", str(features), "--out", str(out), "--device", device,
-               "--threads", str(threads)]
+               "--threads", str(threads), "--distributed-features", placement]
     print("running:", " ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -85,6 +87,10 @@ def main() -> None:
     parser.add_argument("--procs", help="process counts, e.g. 1,2 (default: 1 and 2 on the "
                                         "CPU, 1 and all GPUs on a CUDA machine)")
     parser.add_argument("--workdir", default="sepfl-distributed", help="folder for the files")
+    parser.add_argument("--distributed-features", default="auto",
+                        choices=["auto", "all", "shard"],
+                        help="where the features live (ClusterConfig.distributed_features; "
+                             "default auto)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--features", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -92,7 +98,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.features, args.out, args.device, args.threads)
+        worker(args.features, args.out, args.device, args.threads, args.distributed_features)
         return
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -106,7 +112,7 @@ def main() -> None:
         threads = max(1, torch.get_num_threads() // p)
         out = workdir / f"procs_{p}"
         load = os.getloadavg()[0]  # other jobs on the machine share its cores
-        wall = launch(p, features, out, device, threads)
+        wall = launch(p, features, out, device, threads, args.distributed_features)
         ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in range(p)]
         labels = np.load(out / "labels.npy")
         if first is None:
@@ -131,7 +137,8 @@ def main() -> None:
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
     print()
     print(header(f"distributed: sharded clustering of {args.n:,} synthetic samples, "
-                 f"{device}, P processes on this machine"))
+                 f"{device}, P processes on this machine, features "
+                 f"{args.distributed_features!r}"))
     print(f"threads per process: this process's {torch.get_num_threads()} torch threads split "
           f"over the P processes; stage cells: seconds (of which in collectives, waiting for "
           f"other ranks included); load before: the machine's 1-minute load average at "

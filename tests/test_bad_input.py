@@ -125,6 +125,8 @@ CASES = [
     ("exact not a bool", lambda p: build_knn(X, k=5, exact="yes"), TypeError, "exact"),
     ("ef_search 0", lambda p: build_knn(X, k=5, ef_search=0), ValueError, "ef_search"),
     ("knn_exact a string", lambda p: ClusterConfig(knn_exact="no"), TypeError, "knn_exact"),
+    ("distributed_features unknown", lambda p: ClusterConfig(distributed_features="some"),
+     ValueError, "distributed_features"),
     ("test set smaller than k",
      lambda p: cluster(X[:8], MODEL, ClusterConfig(k=10, **CPU)), ValueError, "k"),
     ("test set of k samples", lambda p: cluster(X[:10], MODEL, ClusterConfig(k=10, **CPU)),

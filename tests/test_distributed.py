@@ -39,6 +39,11 @@ def _rank(rank, port, features, model, settings, fail, queue):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    if fail == "tight":  # too little memory to hold every row: nothing may gather them
+        def refused(*args, **kwargs):
+            raise AssertionError("the features were all-gathered")
+        distributed._memory_share = lambda device: 1 << 20
+        distributed._Group.all_rows = refused
     if fail and rank == 1:
         def broken(*args, **kwargs):
             if fail == "hang":
@@ -135,6 +140,28 @@ def test_time_in_collectives_is_part_of_each_stage(runs):
         # the labels' broadcast
         assert set(collectives) == {"normalize", "density", "edges", "scores", "group"}
         assert all(0 < collectives[stage] <= timings[stage] for stage in collectives)
+
+
+def test_sharded_features_give_the_one_process_lists_and_partition(runs, faces):
+    single = runs[0]
+    model = SEPFL.pretrained().model_
+    # "auto" with 1 MiB of memory per rank: the [3185, 256] rows (3.3 MB) do not fit
+    ranks = _spawn(faces.features, model, dict(device="cpu", progress=False), fail="tight")
+    assert all(report[1] == "ok" for report in ranks.values()), ranks
+    for report in ranks.values():
+        rows, shapes, labels, nbrs = report[2], report[3], report[4], report[6]
+        assert shapes["features"] == (len(rows), 256)
+        # the ring search finds the single process's lists; their similarities are summed
+        # as its faiss search sums them, so the order matches too (up to exact ties)
+        expected = single.nbrs[rows.start:rows.stop]
+        assert (nbrs == expected).mean() > 0.999
+        np.testing.assert_array_equal(np.sort(nbrs, 1), np.sort(expected, 1))
+        np.testing.assert_array_equal(report[5], single.density[rows.start:rows.stop])
+        assert adjusted_rand_score(single.labels, labels) > 0.999
+        assert (labels != single.labels).sum() <= 3
+        # the shards' broadcasts and the named rows' fetch, no all-gather of features
+        assert "knn" in report[9]
+    np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
 
 
 def test_sepfl_scheme_matches_one_process(faces):

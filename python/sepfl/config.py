@@ -19,10 +19,12 @@ from typing import Any, Dict, Optional, Tuple
 
 from sepfl._validate import check_device, check_positive_int, check_probability, check_threads
 
-__all__ = ["ClusterConfig", "TrainConfig", "SCHEMES", "GROUPINGS", "setting", "help_of"]
+__all__ = ["ClusterConfig", "TrainConfig", "SCHEMES", "GROUPINGS", "DISTRIBUTED_FEATURES",
+           "setting", "help_of"]
 
 SCHEMES = ("edges", "sepfl")
 GROUPINGS = ("infomap", "components")
+DISTRIBUTED_FEATURES = ("auto", "all", "shard")
 
 
 def setting(default: Any, help: str, knn: Optional[str] = None) -> Any:
@@ -122,6 +124,13 @@ class ClusterConfig:
         False, "Shard the run over the processes of a torch.distributed job (launched by "
                "torchrun; :mod:`sepfl.distributed`): each process clusters a contiguous share of "
                "the rows and every process gets all the labels.")
+    distributed_features: str = setting(
+        "auto", 'With ``distributed``, where the normalised features live: "all" copies every '
+                "row to every process (the kNN search runs on the configured backend), "
+                '"shard" keeps each process to its own rows and the rows its lists name (an '
+                "exact brute-force kNN passes each shard to all processes in turn); "
+                '"auto" copies them where N x D float32 take at most a quarter of every '
+                "process's share of its machine's (or its GPU's) memory.")
     distributed_timeout: float = setting(
         1800.0, "Seconds a process waits on the others at a collective before it fails (a "
                 "process that died or failed makes the others stop with an error instead of "
@@ -153,6 +162,9 @@ class ClusterConfig:
         check_positive_int(self.pair_batch_size, "pair_batch_size")
         check_device(self.device)
         check_threads(self.threads)
+        if self.distributed_features not in DISTRIBUTED_FEATURES:
+            raise ValueError(f"distributed_features must be one of {DISTRIBUTED_FEATURES}, "
+                             f"got {self.distributed_features!r}")
         if not self.distributed_timeout > 0:
             raise ValueError(f"distributed_timeout must be > 0 seconds, got "
                              f"{self.distributed_timeout}")

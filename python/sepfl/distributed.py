@@ -10,16 +10,23 @@ holds only their share of the per-node arrays: kNN lists and similarities,
 density, embeddings. Stage by stage:
 
 normalize
-    each rank normalises its own rows (of a memory map, only those are read),
-    then they are all-gathered: every rank holds the normalised features,
-    float32 [N, D] (N·D·4 bytes: 5.3 GB for 5.21M x 256), which its kNN search
-    and the embeddings of its shard's neighbours read.
+    each rank normalises its own rows (of a memory map, only those are read).
+    With ``config.distributed_features`` "all" (or "auto" where they fit: N·D·4
+    bytes, 5.3 GB for 5.21M x 256, at most a quarter of each rank's share of its
+    memory) they are all-gathered: every rank holds float32 [N, D].
 knn
-    the shard's rows searched against all rows (:func:`sepfl.knn.build_knn` with ``rows``).
+    features "all": the shard's rows searched against all rows
+    (:func:`sepfl.knn.build_knn` with ``rows``, any backend). "shard": an exact
+    brute-force search that never holds more than the shard and one other: each
+    rank's shard is broadcast to all in turn, and every rank keeps the running
+    top k of its rows; the rows the lists name are then fetched from their
+    owners and the similarities recomputed as the single process's faiss search
+    does (:func:`sepfl.knn.rescore_lists`).
 density
     the shard's densities, normalised by the maxima over all ranks (one all-reduce).
 embeddings
-    the shard's rows (:meth:`PairClassifier.embed_nodes`).
+    the shard's rows (:meth:`PairClassifier.embed_nodes`), from the features of
+    the samples their lists name (features "shard": those rows only).
 edges / pairs
     "edges": the shard's candidate edges; their statistics also read the far
     end's embedding, list and similarities, and only those rows are fetched
@@ -47,6 +54,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import logging
+import math
 import os
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -62,12 +71,16 @@ from sepfl.stages import (GROUP_STAGE, ClusterResult, Stopwatch, candidates, che
 from sepfl.config import ClusterConfig
 from sepfl.device import resolve_device
 from sepfl.features import normalize_features
-from sepfl.knn import unit_knn
+from sepfl.knn import rescore_lists, unit_knn
 from sepfl.model import PairClassifier
 
 __all__ = ["DistributedError", "ShardResult", "cluster_sharded", "is_rank_zero", "shard_bounds"]
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# bytes of one block of similarities [query rows, shard rows] in the sharded kNN search
+_RING_BLOCK_BYTES = 1 << 28
+
+log = logging.getLogger(__name__)
 
 
 class DistributedError(RuntimeError):
@@ -243,11 +256,20 @@ class _Group:
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
     def reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
-        """Element-wise ``op`` ("max" or "sum") of ``values`` over the ranks (in place,
-        returned)."""
+        """Element-wise ``op`` ("max", "min" or "sum") of ``values`` over the ranks (in
+        place, returned)."""
         self._collective("all_reduce", dist.all_reduce, values,
-                         op={"max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
+                         op={"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN,
+                             "sum": dist.ReduceOp.SUM}[op])
         return values
+
+    def shard_of(self, owner: int, shard: torch.Tensor) -> torch.Tensor:
+        """Rank ``owner``'s ``shard`` [M_owner, ...] on every rank (this rank passes its
+        own, or any tensor of that row shape and dtype)."""
+        size = self.bounds[owner + 1] - self.bounds[owner]
+        rows = shard if owner == self.rank else shard.new_empty((size,) + tuple(shard.shape[1:]))
+        self._collective("broadcast of a shard", dist.broadcast, rows, src=owner)
+        return rows
 
     def fetch(self, ids: torch.Tensor, tables: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Rows ``ids`` of tables sharded like the samples.
@@ -342,6 +364,77 @@ def _outside(ids: torch.Tensor, rows: range) -> torch.Tensor:
     return torch.unique(ids)
 
 
+def _memory_share(device: torch.device) -> int:
+    """Bytes of memory one rank may count on: its GPU's, or its machine's RAM divided
+    among the ranks torchrun started there."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return ram // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def _replicate(config: ClusterConfig, n: int, dim: int, job: _Group) -> bool:
+    """Whether every rank holds all N normalised rows: ``config.distributed_features``;
+    for "auto", whether float32 [N, D] takes at most a quarter of every rank's memory
+    share (one all-reduce, so that all ranks agree)."""
+    if config.distributed_features != "auto":
+        return config.distributed_features == "all"
+    fits = float(n * dim * 4 <= _memory_share(job.device) // 4)
+    return bool(job.reduce(torch.tensor([fits], device=job.device), "min")[0] > 0)
+
+
+def _named_rows(job: _Group, x: torch.Tensor,
+                nbrs: torch.Tensor) -> Tuple[torch.Tensor, _Local]:
+    """The features of the shard (``x``, float32 [M, D]) and of the R samples outside it
+    that its lists (``nbrs``, int64 [M, k]) name, fetched from their owners: [M + R, D],
+    with their local numbering."""
+    local = _Local(job.rows, _outside(nbrs, job.rows), nbrs.new_empty(0))
+    (far,) = job.fetch(local.fetched, [x])
+    return torch.cat([x, far]), local
+
+
+def _ring_knn(job: _Group, x: torch.Tensor, k: int
+              ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, _Local]]:
+    """Exact kNN lists of the shard's unit rows ``x`` (float32 [M, D]) among all N rows,
+    holding no more than the shard and one other.
+
+    Each rank's shard is broadcast in turn; every rank scores its rows against it in
+    blocks of :data:`_RING_BLOCK_BYTES` and keeps the running top k (its own row first).
+    The rows the lists name are then fetched and the similarities recomputed by
+    :func:`sepfl.knn.rescore_lists`, as the single process's faiss search does.
+
+    Returns nbrs int64 [M, k], sims float32 [M, k], and :func:`_named_rows`'s result.
+    """
+    m, dim = x.shape
+    best = x.new_full((m, k), -math.inf)
+    nbrs = torch.full((m, k), -1, dtype=torch.int64, device=x.device)
+    widest = max(hi - lo for lo, hi in zip(job.bounds, job.bounds[1:]))
+    tile = max(1, _RING_BLOCK_BYTES // (4 * widest))
+    for owner in range(job.size):
+        lo, hi = job.bounds[owner], job.bounds[owner + 1]
+        if hi == lo:
+            continue
+        shard = job.shard_of(owner, x)
+        for start in range(0, m, tile):
+            stop = min(m, start + tile)
+            scores = x[start:stop] @ shard.T
+            if owner == job.rank:  # +inf keeps each row first, duplicates of it included
+                own = torch.arange(start, stop, device=x.device)
+                scores[own - start, own] = math.inf
+            vals, idx = scores.topk(min(k, hi - lo), dim=1)
+            vals = torch.cat([best[start:stop], vals], 1)
+            idx = torch.cat([nbrs[start:stop], idx + lo], 1)
+            best[start:stop], order = vals.topk(k, dim=1)
+            nbrs[start:stop] = idx.gather(1, order)
+    named, local = _named_rows(job, x, nbrs)
+    lists = to_numpy(local.of(nbrs)).copy()
+    sims = np.empty(lists.shape, dtype=np.float32)
+    rescore_lists(to_numpy(named), lists, sims)
+    lists = to_tensor(lists, x.device)
+    nbrs = torch.where(lists >= 0, local.ids()[lists.clamp(min=0)], lists)
+    return nbrs, to_tensor(sims, x.device), (named, local)
+
+
 def _density(sims: torch.Tensor, rho: float, job: _Group) -> torch.Tensor:
     """:func:`sepfl.ops.density` of the shard's lists (float32 [M, k]) → float32 [M],
     normalised by the maxima over every rank (one all-reduce).
@@ -419,22 +512,35 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
     n, rows, device = features.shape[0], job.rows, job.device
     watch = Stopwatch(device)
     with job.stage(watch, "normalize"):
-        x = job.all_rows(to_tensor(normalize_features(features[rows.start:rows.stop]), device))
+        x = to_tensor(normalize_features(features[rows.start:rows.stop]), device)
+        replicate = _replicate(config, n, x.shape[1], job)
+        every = job.all_rows(x) if replicate else None
+    named = None
     with job.stage(watch, "knn"):
-        if knn is None:
-            nbrs, sims = unit_knn(x, rows=rows, **config.knn_settings())
-        else:
+        if knn is not None:
             if len(knn[0]) != n:
                 raise ValueError(f"knn table has {len(knn[0])} rows, expected N = {n}")
             nbrs, sims = checked_knn(knn[0][rows.start:rows.stop], knn[1][rows.start:rows.stop],
                                      rows, n, config.k, device)
+        elif replicate:
+            nbrs, sims = unit_knn(every, rows=rows, **config.knn_settings())
+        else:
+            if job.rank == 0:
+                log.info("features sharded over %d ranks: exact brute-force kNN, each shard "
+                         "passed to every rank (the kNN backend settings do not apply)",
+                         job.size)
+            nbrs, sims, named = _ring_knn(job, x, config.k)
     with job.stage(watch, "density"):
         density = _density(sims, config.rho, job)
     model = model.to(device).eval()
     with job.stage(watch, "embeddings"):
-        e = model.embed_nodes(x, torch.arange(rows.start, rows.stop, device=device), nbrs,
-                              batch_size=config.node_batch_size, bf16=config.bf16,
-                              progress=config.progress)
+        if replicate:
+            lists, nodes = nbrs, torch.arange(rows.start, rows.stop, device=device)
+        else:
+            every, local = named or _named_rows(job, x, nbrs)
+            lists, nodes = local.of(nbrs), torch.arange(len(rows), device=device)
+        e = model.embed_nodes(every, nodes, lists, batch_size=config.node_batch_size,
+                              bf16=config.bf16, progress=config.progress)
     scheme = resolve_scheme(model, config)
     stats = cosine = None
     if scheme == "edges":
@@ -460,7 +566,7 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
     return ShardResult(labels=labels, density=to_numpy(density), src=to_numpy(src),
                        dst=to_numpy(dst), scores=to_numpy(scores), threshold=grouping.threshold,
                        grouping=grouping, timings=watch.timings, scheme=scheme,
-                       features=to_numpy(x[rows.start:rows.stop]), nbrs=to_numpy(nbrs),
+                       features=to_numpy(x), nbrs=to_numpy(nbrs),
                        sims=to_numpy(sims), embeddings=to_numpy(e), rows=rows,
                        collectives=job.collectives)
 

@@ -58,7 +58,7 @@ from sepfl.features import fingerprint, normalize_features
 from sepfl.io import read_knn, write_knn
 
 __all__ = ["build_knn", "unit_knn", "choose_backend", "resolve_exact", "estimate_recall",
-           "BACKENDS", "PRECISIONS", "APPROXIMATE_FROM"]
+           "rescore_lists", "BACKENDS", "PRECISIONS", "APPROXIMATE_FROM"]
 
 logger = logging.getLogger(__name__)
 
@@ -439,13 +439,21 @@ def _faiss_knn(x: np.ndarray, k: int, exact: bool, ef_search: int, where: torch.
                 index.search(np.ascontiguousarray(x[first:first + min(block, n - start)]), k)
             bar.update(min(block, n - start))
     del index, resources
-    _exact_sims(x, nbrs, sims, rows.start)
-    _finish_rows(nbrs, sims, rows.start)
+    rescore_lists(x, nbrs, sims, rows.start)
     if not exact:
         recall = estimate_recall(x, nbrs, first=rows.start)
         logger.info("approximate kNN (faiss HNSW, ef_search %d): estimated recall@%d %.4f on %d "
                     "sampled rows", max(ef_search, k), k, recall, min(n, _RECALL_ROWS))
     return nbrs, sims
+
+
+def rescore_lists(x: np.ndarray, nbrs: np.ndarray, sims: np.ndarray, first: int = 0) -> None:
+    """In place: the lists ``nbrs`` (int64 [M, k], -1 empty) of rows ``first..first + M - 1``
+    of unit ``x`` (float32 [N, D]), however a search found them, as every search returns
+    them: ``sims`` (float32 [M, k]) the dot products summed in one fixed order, each row
+    sorted by them with its own index first (similarity 1), empty slots -1."""
+    _exact_sims(x, nbrs, sims, first)
+    _finish_rows(nbrs, sims, first)
 
 
 def _exact_sims(x: np.ndarray, nbrs: np.ndarray, sims: np.ndarray, first: int,
