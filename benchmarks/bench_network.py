@@ -65,7 +65,7 @@ def old_path(model, x, nbrs, ids, bf16, batch=2048):
         f, nbr_feats = x[part], ops.gather(x, nbrs, part)
         with bf16_autocast(x.device, bf16):
             hidden = ops.gather_add(centre, neighbour, nbrs, part, bias, gelu=True)
-            out[lo:lo + len(part)] = model._embed_hidden(f, nbr_feats, hidden)
+            out[lo:lo + len(part)] = model.embed_hidden(f, nbr_feats, hidden)
     return out, projections, time.perf_counter() - start
 
 

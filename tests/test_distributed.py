@@ -17,13 +17,13 @@ from sklearn.metrics import adjusted_rand_score
 from sepfl import distributed
 from sepfl.cluster import cluster
 from sepfl.config import ClusterConfig
-from sepfl.datasets import make_faces
 from sepfl.estimator import SEPFL
 from sepfl.model import PairClassifier
 
 WORLD = 2
 JOIN_SECONDS = 240
 HANG_SECONDS = 120  # a hung rank: long past the 15 s timeout of the failure test
+MAKE_FACES = dict(n_ids=60, seed=5)  # 3,185 samples (the conftest's faces fixture)
 
 
 def _free_port() -> int:
@@ -82,11 +82,6 @@ def _spawn(features, model, settings, fail=None, ranks=range(WORLD)):
                 proc.kill()
                 proc.join()
     return reports
-
-
-@pytest.fixture(scope="module")
-def faces():
-    return make_faces(60, seed=5)  # 3,185 samples
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Union
 import numpy as np
 
 from sepfl._validate import Array, as_indices, as_values, check_finite, check_index_range, \
-    check_positive_int, is_tensor, to_numpy
+    check_positive_int, to_numpy
 from sepfl.features import fingerprint, l2_normalize, normalize_features
 
 __all__ = [
@@ -362,7 +362,7 @@ def write_labels(path: PathLike, labels: Array) -> None:
     """
     path = Path(path)
     suffix = _suffix(path, LABEL_SUFFIXES, "label")
-    raw = to_numpy(labels) if is_tensor(labels) else np.asarray(labels)
+    raw = to_numpy(labels)
     if raw.size == 0:
         raw = raw.astype(np.int64)  # np.asarray([]) is float64
     _encode_labels(raw, "labels")  # the same checks as reading

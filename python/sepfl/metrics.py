@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sepfl._validate import Array, as_indices, is_tensor
+from sepfl._validate import Array, as_indices, to_numpy
 
 __all__ = ["pairwise", "bcubed", "nmi", "evaluate", "anchored"]
 
@@ -47,8 +47,7 @@ class _Contingency:
 
 
 def _as_labels(x: Array, name: str) -> np.ndarray:
-    x = as_indices(x, name, 1)
-    return x.cpu().numpy() if is_tensor(x) else x
+    return to_numpy(as_indices(x, name, 1))
 
 
 def _contingency(gt: Array, pred: Array) -> _Contingency:

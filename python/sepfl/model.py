@@ -171,11 +171,13 @@ class PairClassifier(nn.Module):
         """The first channel-mix Linear, GELU and Dropout: [B, k, 2D] → [B, k, 4D]."""
         return self.channel_mix[2](self.channel_mix[1](self.channel_mix[0](tokens)))
 
-    def _embed_hidden(self, f: torch.Tensor, nbr_feats: torch.Tensor,
-                      hidden: torch.Tensor) -> torch.Tensor:
-        """§4 steps 2-6 given the first channel-mix activations ``hidden`` [B, k, 4D].
+    def embed_hidden(self, f: torch.Tensor, nbr_feats: torch.Tensor,
+                     hidden: torch.Tensor) -> torch.Tensor:
+        """§4 steps 2-6 given the first channel-mix activations ``hidden`` [B, k, 4D] (after
+        its GELU), however they were computed (e.g. by :func:`sepfl.ops.gather_add` from
+        per-sample projections).
 
-        ``f`` [B, D], ``nbr_feats`` [B, k, D] → ``e`` [B, 2D].
+        ``f`` [B, D], ``nbr_feats`` [B, k, D] → ``e`` [B, 2D]; not checked.
         """
         mixed = self.channel_mix[4](self.channel_mix[3](hidden))
         # Channels-first [B, 2D, k] from here: token_mix's input layout, and contiguous
@@ -206,7 +208,7 @@ class PairClassifier(nn.Module):
             Differentiable. In train mode the BatchNorms use this batch's statistics.
         """
         self._check_gathered(f, nbr_feats)
-        return self._embed_hidden(f, nbr_feats, self._hidden(self._tokens(f, nbr_feats)))
+        return self.embed_hidden(f, nbr_feats, self._hidden(self._tokens(f, nbr_feats)))
 
     def classify(self, e_a: torch.Tensor, e_b: torch.Tensor) -> torch.Tensor:
         """Pair logits from the two embeddings: ``classifier([e_a ‖ e_b])``.

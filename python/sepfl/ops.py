@@ -29,7 +29,7 @@ import torch
 
 from sepfl import _core
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_positive_int,
-                             check_probability, is_tensor, same_device)
+                             check_probability, is_tensor, same_device, to_numpy)
 
 try:
     from sepfl import _cuda
@@ -118,7 +118,7 @@ def _ptr(x: Optional[torch.Tensor]) -> int:
 
 
 def _to_numpy(x: Optional[Array]) -> Optional[np.ndarray]:
-    return x.numpy() if is_tensor(x) else x
+    return None if x is None else to_numpy(x)
 
 
 def _wrap(out: np.ndarray, as_tensor: bool) -> Array:
