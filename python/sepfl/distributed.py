@@ -20,13 +20,14 @@ knn
     brute-force search that never holds more than the shard and one other: each
     rank's shard is broadcast to all in turn, and every rank keeps the running
     top k of its rows; the rows the lists name are then fetched from their
-    owners and the similarities recomputed as the single process's faiss search
-    does (:func:`sepfl.knn.rescore_lists`).
+    owners, a chunk of shard rows at a time, and the similarities recomputed as
+    the single process's faiss search does (:func:`sepfl.knn.rescore_lists`).
 density
     the shard's densities, normalised by the maxima over all ranks (one all-reduce).
 embeddings
     the shard's rows (:meth:`PairClassifier.embed_nodes`), from the features of
-    the samples their lists name (features "shard": those rows only).
+    the samples their lists name (features "shard": fetched a chunk of shard
+    rows at a time, as for the kNN).
 edges / pairs
     "edges": the shard's candidate edges; their statistics also read the far
     end's embedding, list and similarities, and only those rows are fetched
@@ -79,6 +80,8 @@ __all__ = ["DistributedError", "ShardResult", "cluster_sharded", "is_rank_zero",
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # bytes of one block of similarities [query rows, shard rows] in the sharded kNN search
 _RING_BLOCK_BYTES = 1 << 28
+# features "shard": shard rows whose lists' rows are fetched at a time (at most k x as many)
+_NAMED_CHUNK = 16384
 
 log = logging.getLogger(__name__)
 
@@ -383,29 +386,37 @@ def _replicate(config: ClusterConfig, n: int, dim: int, job: _Group) -> bool:
     return bool(job.reduce(torch.tensor([fits], device=job.device), "min")[0] > 0)
 
 
-def _named_rows(job: _Group, x: torch.Tensor,
-                nbrs: torch.Tensor) -> Tuple[torch.Tensor, _Local]:
-    """The features of the shard (``x``, float32 [M, D]) and of the R samples outside it
-    that its lists (``nbrs``, int64 [M, k]) name, fetched from their owners: [M + R, D],
-    with their local numbering."""
-    local = _Local(job.rows, _outside(nbrs, job.rows), nbrs.new_empty(0))
-    (far,) = job.fetch(local.fetched, [x])
-    return torch.cat([x, far]), local
+def _named_rows(job: _Group, x: torch.Tensor, nbrs: torch.Tensor
+                ) -> Iterator[Tuple[int, int, torch.Tensor, _Local]]:
+    """The shard's rows ``x`` (float32 [M, D]) in chunks of :data:`_NAMED_CHUNK`, each
+    with the R rows outside the shard that its lists (``nbrs``, int64 [M, k]) name,
+    fetched from their owners (every rank runs as many chunks, some empty): yields
+    ``(lo, hi, rows, local)``, ``rows`` = the shard then the R fetched, [M + R, D],
+    numbered by ``local``. R is at most k x the chunk's rows, whatever N: all of the
+    shards together name nearly every sample when rows are in no particular order (any
+    sample of an identity names the others), so fetching for the whole shard at once
+    would hold about N rows."""
+    widest = max(hi - lo for lo, hi in zip(job.bounds, job.bounds[1:]))
+    for lo in range(0, max(widest, 1), _NAMED_CHUNK):
+        lo, hi = min(lo, len(x)), min(lo + _NAMED_CHUNK, len(x))
+        local = _Local(job.rows, _outside(nbrs[lo:hi], job.rows), nbrs.new_empty(0))
+        (far,) = job.fetch(local.fetched, [x])
+        yield lo, hi, torch.cat([x, far]), local
 
 
-def _ring_knn(job: _Group, x: torch.Tensor, k: int
-              ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, _Local]]:
+def _ring_knn(job: _Group, x: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Exact kNN lists of the shard's unit rows ``x`` (float32 [M, D]) among all N rows,
-    holding no more than the shard and one other.
+    holding the shard and one other at a time.
 
     Each rank's shard is broadcast in turn; every rank scores its rows against it in
     blocks of :data:`_RING_BLOCK_BYTES` and keeps the running top k (its own row first).
-    The rows the lists name are then fetched and the similarities recomputed by
-    :func:`sepfl.knn.rescore_lists`, as the single process's faiss search does.
+    The similarities are then recomputed from the rows the lists name (fetched chunk
+    by chunk, :func:`_named_rows`) by :func:`sepfl.knn.rescore_lists`, as the single
+    process's faiss search does.
 
-    Returns nbrs int64 [M, k], sims float32 [M, k], and :func:`_named_rows`'s result.
+    Returns nbrs int64 [M, k] and sims float32 [M, k].
     """
-    m, dim = x.shape
+    m = x.shape[0]
     best = x.new_full((m, k), -math.inf)
     nbrs = torch.full((m, k), -1, dtype=torch.int64, device=x.device)
     widest = max(hi - lo for lo, hi in zip(job.bounds, job.bounds[1:]))
@@ -426,13 +437,27 @@ def _ring_knn(job: _Group, x: torch.Tensor, k: int
             idx = torch.cat([nbrs[start:stop], idx + lo], 1)
             best[start:stop], order = vals.topk(k, dim=1)
             nbrs[start:stop] = idx.gather(1, order)
-    named, local = _named_rows(job, x, nbrs)
-    lists = to_numpy(local.of(nbrs)).copy()
-    sims = np.empty(lists.shape, dtype=np.float32)
-    rescore_lists(to_numpy(named), lists, sims)
-    lists = to_tensor(lists, x.device)
-    nbrs = torch.where(lists >= 0, local.ids()[lists.clamp(min=0)], lists)
-    return nbrs, to_tensor(sims, x.device), (named, local)
+    sims = np.empty((m, k), dtype=np.float32)
+    for lo, hi, rows, local in _named_rows(job, x, nbrs):
+        lists = to_numpy(local.of(nbrs[lo:hi])).copy()
+        rescore_lists(to_numpy(rows), lists, sims[lo:hi], first=lo)
+        lists = to_tensor(lists, x.device)
+        nbrs[lo:hi] = torch.where(lists >= 0, local.ids()[lists.clamp(min=0)], lists)
+    return nbrs, to_tensor(sims, x.device)
+
+
+def _embed_shard(job: _Group, model: PairClassifier, config: ClusterConfig, x: torch.Tensor,
+                 nbrs: torch.Tensor) -> torch.Tensor:
+    """Features "shard": ``e`` float32 [M, 2D] of the shard's rows, from the rows their
+    lists name, fetched chunk by chunk (:func:`_named_rows`)."""
+    e = x.new_empty((x.shape[0], 2 * x.shape[1]))
+    for lo, hi, rows, local in _named_rows(job, x, nbrs):
+        if hi > lo:
+            e[lo:hi] = model.embed_nodes(rows, torch.arange(lo, hi, device=x.device),
+                                         local.of(nbrs[lo:hi]),
+                                         batch_size=config.node_batch_size, bf16=config.bf16,
+                                         progress=config.progress)
+    return e
 
 
 def _density(sims: torch.Tensor, rho: float, job: _Group) -> torch.Tensor:
@@ -515,7 +540,6 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
         x = to_tensor(normalize_features(features[rows.start:rows.stop]), device)
         replicate = _replicate(config, n, x.shape[1], job)
         every = job.all_rows(x) if replicate else None
-    named = None
     with job.stage(watch, "knn"):
         if knn is not None:
             if len(knn[0]) != n:
@@ -529,18 +553,17 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
                 log.info("features sharded over %d ranks: exact brute-force kNN, each shard "
                          "passed to every rank (the kNN backend settings do not apply)",
                          job.size)
-            nbrs, sims, named = _ring_knn(job, x, config.k)
+            nbrs, sims = _ring_knn(job, x, config.k)
     with job.stage(watch, "density"):
         density = _density(sims, config.rho, job)
     model = model.to(device).eval()
     with job.stage(watch, "embeddings"):
         if replicate:
-            lists, nodes = nbrs, torch.arange(rows.start, rows.stop, device=device)
+            e = model.embed_nodes(every, torch.arange(rows.start, rows.stop, device=device),
+                                  nbrs, batch_size=config.node_batch_size, bf16=config.bf16,
+                                  progress=config.progress)
         else:
-            every, local = named or _named_rows(job, x, nbrs)
-            lists, nodes = local.of(nbrs), torch.arange(len(rows), device=device)
-        e = model.embed_nodes(every, nodes, lists, batch_size=config.node_batch_size,
-                              bf16=config.bf16, progress=config.progress)
+            e = _embed_shard(job, model, config, x, nbrs)
     scheme = resolve_scheme(model, config)
     stats = cosine = None
     if scheme == "edges":
