@@ -45,7 +45,7 @@ def _rank(rank, port, features, model, settings, fail, queue):
         distributed._memory_share = lambda device: 1 << 20
         distributed._NAMED_CHUNK = 500  # several rounds of fetches per shard
         distributed._Group.all_rows = refused
-    if fail and rank == 1:
+    if fail in ("raise", "hang") and rank == 1:
         def broken(*args, **kwargs):
             if fail == "hang":
                 time.sleep(HANG_SECONDS)

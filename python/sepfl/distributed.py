@@ -212,6 +212,7 @@ class _Group:
     def __init__(self, n: int, device: torch.device):
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.bounds = shard_bounds(n, self.size)
+        self.shard_sizes = [hi - lo for lo, hi in zip(self.bounds, self.bounds[1:])]
         self.rows = range(self.bounds[self.rank], self.bounds[self.rank + 1])
         self.device = device
         self.collectives: Dict[str, float] = {}
@@ -251,12 +252,11 @@ class _Group:
 
     def all_rows(self, shard: torch.Tensor) -> torch.Tensor:
         """Every rank's shard [M_r, ...] stacked in rank order: [N, ...]."""
-        sizes = [hi - lo for lo, hi in zip(self.bounds, self.bounds[1:])]
-        padded = shard.new_zeros((max(sizes),) + tuple(shard.shape[1:]))
+        padded = shard.new_zeros((max(self.shard_sizes),) + tuple(shard.shape[1:]))
         padded[:shard.shape[0]] = shard
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         self._collective("all_gather of rows", dist.all_gather, parts, padded)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+        return torch.cat([part[:size] for part, size in zip(parts, self.shard_sizes)])
 
     def reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
         """Element-wise ``op`` ("max", "min" or "sum") of ``values`` over the ranks (in
@@ -269,8 +269,8 @@ class _Group:
     def shard_of(self, owner: int, shard: torch.Tensor) -> torch.Tensor:
         """Rank ``owner``'s ``shard`` [M_owner, ...] on every rank (this rank passes its
         own, or any tensor of that row shape and dtype)."""
-        size = self.bounds[owner + 1] - self.bounds[owner]
-        rows = shard if owner == self.rank else shard.new_empty((size,) + tuple(shard.shape[1:]))
+        rows = shard if owner == self.rank else \
+            shard.new_empty((self.shard_sizes[owner],) + tuple(shard.shape[1:]))
         self._collective("broadcast of a shard", dist.broadcast, rows, src=owner)
         return rows
 
@@ -396,8 +396,7 @@ def _named_rows(job: _Group, x: torch.Tensor, nbrs: torch.Tensor
     shards together name nearly every sample when rows are in no particular order (any
     sample of an identity names the others), so fetching for the whole shard at once
     would hold about N rows."""
-    widest = max(hi - lo for lo, hi in zip(job.bounds, job.bounds[1:]))
-    for lo in range(0, max(widest, 1), _NAMED_CHUNK):
+    for lo in range(0, max(job.shard_sizes), _NAMED_CHUNK):
         lo, hi = min(lo, len(x)), min(lo + _NAMED_CHUNK, len(x))
         local = _Local(job.rows, _outside(nbrs[lo:hi], job.rows), nbrs.new_empty(0))
         (far,) = job.fetch(local.fetched, [x])
@@ -419,8 +418,7 @@ def _ring_knn(job: _Group, x: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch
     m = x.shape[0]
     best = x.new_full((m, k), -math.inf)
     nbrs = torch.full((m, k), -1, dtype=torch.int64, device=x.device)
-    widest = max(hi - lo for lo, hi in zip(job.bounds, job.bounds[1:]))
-    tile = max(1, _RING_BLOCK_BYTES // (4 * widest))
+    tile = max(1, _RING_BLOCK_BYTES // (4 * max(job.shard_sizes)))
     for owner in range(job.size):
         lo, hi = job.bounds[owner], job.bounds[owner + 1]
         if hi == lo:
