@@ -43,8 +43,15 @@ def _rank(rank, port, features, model, settings, fail, queue):
         def refused(*args, **kwargs):
             raise AssertionError("the features were all-gathered")
         distributed._memory_share = lambda device: 1 << 20
+        def bounded(e, *args):
+            assert e.shape[0] <= distributed._EDGE_CHUNK * 41, "an edge chunk held too many rows"
+            return statistics(e, *args)
+        statistics = distributed.edges.edge_statistics
+        distributed._memory_share = lambda device: 1 << 20
         distributed._NAMED_CHUNK = 500  # several rounds of fetches per shard
+        distributed._EDGE_CHUNK = 50    # at most 50 x (1 + 40 candidates) held rows
         distributed._Group.all_rows = refused
+        distributed.edges.edge_statistics = bounded
     if fail in ("raise", "hang") and rank == 1:
         def broken(*args, **kwargs):
             if fail == "hang":
@@ -59,7 +66,7 @@ def _rank(rank, port, features, model, settings, fail, queue):
     shapes = {name: getattr(result, name).shape
               for name in ("features", "nbrs", "sims", "density", "embeddings")}
     queue.put((rank, "ok", result.rows, shapes, result.labels, result.density, result.nbrs,
-               result.src, result.timings, result.collectives))
+               result.src, result.timings, result.collectives, result.dst, result.scores))
 
 
 def _spawn(features, model, settings, fail=None, ranks=range(WORLD)):
@@ -98,6 +105,24 @@ def runs(faces):
     return single, _spawn(faces.features, model, settings)
 
 
+def _assert_scores_match(single, ranks):
+    """Each rank's candidate edges and scores are the single process's edges from its rows,
+    the scores up to an embedding's last bits, except where an end's kNN list differs
+    from the single process's (by exact ties: another order, or another last entry)."""
+    n = len(single.labels)
+    differ = (np.concatenate([ranks[r][6] for r in range(WORLD)]) != single.nbrs).any(1)
+    for report in ranks.values():
+        rows = report[2]
+        mine = (single.src >= rows.start) & (single.src < rows.stop)
+        exact = mine & ~differ[single.src] & ~differ[single.dst]
+        expected = single.src[exact] * n + single.dst[exact]
+        found = report[7] * n + report[10]
+        common, at_expected, at_found = np.intersect1d(expected, found, return_indices=True)
+        assert len(common) == len(expected) and len(found) == mine.sum()
+        np.testing.assert_allclose(report[11][at_found], single.scores[exact][at_expected],
+                                   atol=1e-4)
+
+
 def test_same_partition_as_one_process(runs):
     single, ranks = runs
     assert all(report[1] == "ok" for report in ranks.values()), ranks
@@ -108,6 +133,7 @@ def test_same_partition_as_one_process(runs):
         assert adjusted_rand_score(single.labels, labels) > 0.999
         assert (labels != single.labels).sum() <= 3
     np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
+    _assert_scores_match(single, ranks)
 
 
 def test_each_rank_holds_its_shard(runs, faces):
@@ -158,6 +184,8 @@ def test_sharded_features_give_the_one_process_lists_and_partition(runs, faces):
         # the shards' broadcasts and the named rows' fetch, no all-gather of features
         assert "knn" in report[9]
     np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
+    # the edges' statistics, fetched in chunks of 50 source rows, are the single process's
+    _assert_scores_match(single, ranks)
 
 
 def test_sepfl_scheme_matches_one_process(faces):

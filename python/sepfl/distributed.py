@@ -82,6 +82,8 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _RING_BLOCK_BYTES = 1 << 28
 # features "shard": shard rows whose lists' rows are fetched at a time (at most k x as many)
 _NAMED_CHUNK = 16384
+# scheme "edges": shard rows whose candidate edges' statistics are computed at a time
+_EDGE_CHUNK = 2048
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +333,10 @@ class _Group:
 
 
 class _Local:
-    """A rank's numbering of the samples it touches: its shard rows 0..M-1, then the
-    ``fetched`` samples (rows fetched from their owners), then ``extra`` ones (named
-    in a kNN list only). ``fetched`` and ``extra``: sorted, distinct, outside the shard."""
+    """A rank's numbering of the samples it touches: the shard ``rows`` 0..M-1, then the
+    ``fetched`` samples (rows it holds beside the shard's), then ``extra`` ones (named in
+    a kNN list only). ``fetched`` and ``extra``: sorted, distinct, outside ``rows``
+    (which is empty where a stage holds only some of the shard's rows)."""
 
     def __init__(self, rows: range, fetched: torch.Tensor, extra: torch.Tensor):
         self.rows, self.fetched, self.extra = rows, fetched, extra
@@ -484,23 +487,41 @@ def _edge_statistics(job: _Group, e: torch.Tensor, nbrs: torch.Tensor, sims: tor
                      src: torch.Tensor, dst: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
     """:func:`sepfl.edges.edge_statistics` [E, 13] of the shard's candidate edges.
 
-    ``src`` are shard rows (0..M-1), ``dst`` samples. The far ends outside the
-    shard send their embedding, list and similarities; the lists are renumbered
-    locally, with the entries of the shard's lists numbered too (the shared
-    entries of an edge are in its source's list; an entry of a fetched list
-    named by no shard list can share nothing and becomes -1). Memory: the
-    fetched rows, and a local kNN table of every sample named here (rows past
-    the shard and the fetched ones empty).
+    ``src`` are shard rows (0..M-1, ascending, as :func:`sepfl.edges.candidate_edges`
+    gives them), ``dst`` samples. The edges go :data:`_EDGE_CHUNK` source rows at a
+    time (every rank runs as many chunks, some empty). A chunk's ends are its "held"
+    samples: their embedding, list and similarities come from the shard or from
+    their owners. The samples the sources' lists name are numbered after them
+    (the shared entries of an edge are in its source's list; an entry of a held
+    list that no source names can share nothing and becomes -1). Memory: per
+    chunk, the held rows (at most 1 + candidates per source row) and a local kNN
+    table of them and of the named samples, whatever N.
     """
-    rows = job.rows
-    fetched = _outside(dst, rows)
-    named = _outside(nbrs, rows)
-    local = _Local(rows, fetched, named[~torch.isin(named, fetched)])
-    far_e, far_nbrs, far_sims = job.fetch(fetched, [e, nbrs, sims])
-    table = torch.full((len(local), nbrs.shape[1]), -1, dtype=torch.int64, device=nbrs.device)
-    table[:len(rows) + len(fetched)] = local.of(torch.cat([nbrs, far_nbrs]))
-    return edges.edge_statistics(torch.cat([e, far_e]), table, torch.cat([sims, far_sims]),
-                                 src, local.of(dst), rank)
+    out = torch.empty((src.shape[0], edges.NUM_STATISTICS), dtype=torch.float32,
+                      device=e.device)
+    first = torch.arange(0, max(job.shard_sizes) + _EDGE_CHUNK, _EDGE_CHUNK, device=src.device)
+    cuts = torch.searchsorted(src, first).tolist()
+    for lo, hi in zip(cuts, cuts[1:]):
+        ends = slice(lo, hi)
+        sources = src[ends] + job.rows.start
+        held = torch.unique(torch.cat([sources, dst[ends]]))
+        named = torch.unique(nbrs[src[ends]])
+        named = named[(named >= 0) & ~torch.isin(named, held)]
+        local = _Local(range(0), held, named)
+        mine = (held >= job.rows.start) & (held < job.rows.stop)
+        own = held[mine] - job.rows.start
+        far = job.fetch(held[~mine], [e, nbrs, sims])
+        rows = []
+        for table, far_rows in zip((e, nbrs, sims), far):
+            part = table.new_empty((len(held),) + tuple(table.shape[1:]))
+            part[mine], part[~mine] = table[own], far_rows
+            rows.append(part)
+        table = torch.full((len(local), nbrs.shape[1]), -1, dtype=torch.int64,
+                           device=nbrs.device)
+        table[:len(held)] = local.of(rows[1])
+        out[ends] = edges.edge_statistics(rows[0], table, rows[2], local.of(sources),
+                                          local.of(dst[ends]), rank[ends])
+    return out
 
 
 def _select_pairs(job: _Group, nbrs: torch.Tensor, density: torch.Tensor,
