@@ -6,7 +6,8 @@ its message must contain. A command-line row runs ``sepfl.cli.main`` in this
 process and must end with exit code 2, one line on stderr, no traceback and no
 output file; its message is then checked like an exception's. (Direct calls of
 the native module are in test_native_crash.py, each in a child process; the
-ops' own table is in test_ops.py.)
+ops' per-backend bad-index table, which checks that every backend names a bad
+index in the same words, is in test_ops.py.)
 """
 import contextlib
 import io as text_io
@@ -40,6 +41,9 @@ CPU = dict(device="cpu", progress=False)
 TOY_X, TOY_NBRS = toy_graph(20, 4, 3, seed=0)
 # a raw .bin of at least 1,000 rows, so that counts print with thousands separators
 BIG = np.tile(X, (math.ceil(1000 / len(X)), 1))
+# a three-node graph and its features for the ops rows
+NBRS = np.array([[0, 1], [1, 0], [2, 1]])
+FEATS = np.ones((3, 4), dtype=np.float32)
 
 
 def with_value(value, row=2, column=slice(None)):
@@ -79,6 +83,46 @@ def files(tmp_path):
     for layout in ("sepfl", "learn-to-cluster"):
         io.write_knn(tmp_path / f"stale-{layout}.npz", *build_knn(shuffled, k=10, progress=False),
                      layout=layout, features=shuffled if layout == "sepfl" else None)
+    # feature files
+    np.arange(12, dtype=np.float32).tofile(tmp_path / "headless.bin")  # 48 bytes, no sidecar
+    io.write_features(tmp_path / "f.bin", np.zeros((2, 4), np.float32))
+    io.write_features(tmp_path / "shrunk.bin", np.zeros((2, 4), np.float32))
+    np.zeros(4, np.float32).tofile(tmp_path / "shrunk.bin")  # shrank behind the sidecar's back
+    np.save(tmp_path / "f.npy", np.zeros((2, 4), np.float32))
+    (tmp_path / "f.txt").write_text("1 2\n")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    with open(tmp_path / "zip.npy", "wb") as f:
+        np.savez(f, features=X)
+    np.save(tmp_path / "ints.npy", X.astype(np.int32))
+    np.save(tmp_path / "flat.npy", X[0])
+    np.savez(tmp_path / "two.npz", a=np.zeros((1, 1)), b=np.zeros((1, 1)))
+    io.write_features(tmp_path / "nan-row.npy", with_value(np.nan))
+    io.write_features(tmp_path / "zero-row.npy", with_value(0.0))
+    # label files
+    (tmp_path / "gap.meta").write_text("1\n\n2\n")
+    (tmp_path / "wide.csv").write_text("img1.jpg,4\n")
+    np.save(tmp_path / "floats.npy", np.array([1.0, 2.0]))
+    np.save(tmp_path / "m.npy", np.zeros((2, 2), np.int64))
+    # kNN files
+    np.savez(tmp_path / "k-2d.npz", data=np.zeros((2, 3)))
+    np.savez(tmp_path / "k-index-5.npz", data=np.array([[[0, 5]], [[0.0, 0.1]]]).reshape(1, 2, 2))
+    np.savez(tmp_path / "k-index-half.npz", data=np.array([[[0, 0.5], [0, 0]], [[1, 0], [0, 0]]]))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    np.savez(tmp_path / "bad-index.npz", sepfl_knn=1, nbrs=np.array([[0, 7]]),
+             sims=np.ones((1, 2)), fingerprint="", meta="{}")
+    np.savez(tmp_path / "nometa.npz", sepfl_knn=1, nbrs=np.zeros((1, 1)), sims=np.ones((1, 1)))
+    # a data set of 6 samples with 3 labels, a 2-row graph and one of other features
+    io.write_features(tmp_path / "part.bin", X[:6])
+    io.write_labels(tmp_path / "part.meta", Y[:3])
+    io.write_knn(tmp_path / "short.npz", np.array([[0, 1], [1, 0]]), np.ones((2, 2), np.float32))
+    io.write_knn(tmp_path / "g.npz", np.stack([np.arange(6), (np.arange(6) + 1) % 6], axis=1),
+                 np.ones((6, 2), np.float32), features=X[6:12])
+    # an estimator's checkpoint and an empty one
+    fitted = SEPFL(k=10, **CPU)
+    fitted.model_ = MODEL
+    fitted.save(tmp_path / "sepfl.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
     return tmp_path
 
 
@@ -216,6 +260,75 @@ CASES = [
     ("labels / features count mismatch",
      lambda p: io.read_dataset(p / "x.npy", p / "short.meta"), ValueError, "short.meta"),
     ("unknown suffix", lambda p: io.read_features(p / "y.meta"), ValueError, "y.meta"),
+    (".bin without sidecar or dim", lambda p: io.read_features(p / "headless.bin"), ValueError,
+     r"headless\.bin: a \.bin file has no header; give its feature width \(--dim"),
+    (".bin of another dim", lambda p: io.read_features(p / "headless.bin", dim=5), ValueError,
+     r"headless\.bin: 48 bytes is not a whole number of float32 rows of dim 5"),
+    (".bin dim other than its sidecar's", lambda p: io.read_features(p / "f.bin", dim=2),
+     ValueError, r"dim 2 \(--dim\) disagrees with f\.bin\.json, which says dim=4"),
+    (".bin shorter than its sidecar says", lambda p: io.read_features(p / "shrunk.bin"),
+     ValueError, "holds 1 rows of dim 4 but shrunk.bin.json says 2"),
+    (".npy of another dim", lambda p: io.read_features(p / "f.npy", dim=3), ValueError,
+     r"f\.npy: holds features of dim 4, not 3 \(--dim\)"),
+    ("unknown feature format", lambda p: io.read_features(p / "f.txt"), ValueError,
+     r"unknown feature format '\.txt'"),
+    ("junk .npy", lambda p: io.read_features(p / "junk.npy"), ValueError,
+     r"junk\.npy: not a readable \.npy file"),
+    ("corrupt .npz features", lambda p: io.read_features(p / "bad.npz"), ValueError,
+     r"bad\.npz: not a readable \.npz file"),
+    (".npz archive named .npy", lambda p: io.read_features(p / "zip.npy"), ValueError,
+     r"zip\.npy: an \.npz archive, not a single \.npy"),
+    ("integer features file", lambda p: io.read_features(p / "ints.npy"), TypeError,
+     r"ints\.npy: features must be floating point"),
+    ("1-d features file", lambda p: io.read_features(p / "flat.npy"), ValueError,
+     r"flat\.npy: features must be 2-D"),
+    (".npz of two unnamed arrays", lambda p: io.read_features(p / "two.npz"), ValueError,
+     r"expected an array named 'features' or a single array"),
+    ("labels with an empty line", lambda p: io.read_labels(p / "gap.meta"), ValueError,
+     r"gap\.meta: line 2 is empty"),
+    ("labels of several columns", lambda p: io.read_labels(p / "wide.csv"), ValueError,
+     r"wide\.csv: line 1 has several columns"),
+    ("float labels file", lambda p: io.read_labels(p / "floats.npy"), TypeError,
+     r"floats\.npy: labels must be integers or strings"),
+    ("2-d labels file", lambda p: io.read_labels(p / "m.npy"), ValueError,
+     r"m\.npy: labels must be 1-D"),
+    ("missing labels file", lambda p: io.read_labels(p / "nope.meta"), FileNotFoundError,
+     "nope.meta"),
+    ("labels written as .json", lambda p: io.write_labels(p / "l.json", [1]), ValueError,
+     r"unknown label format '\.json'"),
+    ("learn-to-cluster kNN of 2 dimensions", lambda p: io.read_knn(p / "k-2d.npz"), ValueError,
+     r"must have shape \(N, 2, k\)"),
+    ("learn-to-cluster kNN index beyond N", lambda p: io.read_knn(p / "k-index-5.npz"),
+     ValueError, r"integers in \[0, 1\) or -1"),
+    ("learn-to-cluster kNN fractional index", lambda p: io.read_knn(p / "k-index-half.npz"),
+     ValueError, r"integers in \[0, 2\) or -1"),
+    (".npz that is no kNN file", lambda p: io.read_knn(p / "other.npz"), ValueError,
+     r"other\.npz: not a kNN file"),
+    (".npy as kNN file", lambda p: io.read_knn(p / "plain.npy"), ValueError,
+     r"plain\.npy: not a readable \.npz file"),
+    ("sepfl kNN index beyond N", lambda p: io.read_knn(p / "bad-index.npz"), ValueError,
+     r"bad-index\.npz: corrupt sepfl kNN file"),
+    ("sepfl kNN file without meta", lambda p: io.read_knn(p / "nometa.npz"), ValueError,
+     r"nometa\.npz: corrupt sepfl kNN file"),
+    ("missing kNN file", lambda p: io.read_knn(p / "gone.npz"), FileNotFoundError, "gone.npz"),
+    ("data set of fewer labels", lambda p: io.read_dataset(p / "part.bin", p / "part.meta"),
+     ValueError, r"part\.meta has 3 labels but .*part\.bin has 6"),
+    ("data set of a shorter kNN graph",
+     lambda p: io.read_dataset(p / "part.bin", knn_path=p / "short.npz"), ValueError,
+     r"short\.npz: the kNN graph has 2 rows but the features have 6"),
+    ("data set of a kNN graph of other features",
+     lambda p: io.read_dataset(p / "part.bin", knn_path=p / "g.npz"), ValueError,
+     r"g\.npz: the kNN graph was built from other features .*part\.bin"),
+    ("data set of a NaN row", lambda p: io.read_dataset(p / "nan-row.npy"), ValueError,
+     r"nan-row\.npy: .*rows \[2\] .* hold NaN or inf"),
+    ("data set of a zero row", lambda p: io.read_dataset(p / "zero-row.npy"), ValueError,
+     r"zero-row\.npy: .*rows \[2\] .* are all zero"),
+    ("learn-to-cluster graph of other features",
+     lambda p: io.verify_knn(io.read_knn(p / "stale-learn-to-cluster.npz"), X), ValueError,
+     "built from other features: .* sampled rows"),
+    ("sepfl graph of other features",
+     lambda p: io.verify_knn(io.read_knn(p / "stale-sepfl.npz"), X), ValueError,
+     "fingerprint differs"),
     # checkpoints
     ("truncated checkpoint", lambda p: load_checkpoint(p / "trunc.pt"), ValueError, "trunc.pt"),
     ("checkpoint cut in half", lambda p: load_checkpoint(p / "cut.pt"), ValueError,
@@ -236,6 +349,20 @@ CASES = [
     ("checkpoint for another D", lambda p: SEPFL.load(p / "model_d8.pt", **CPU).predict(X),
      ValueError, "D = 16"),
     ("predict before fit", lambda p: SEPFL().predict(X), NotFittedError, "fit"),
+    ("predict before fit, with settings", lambda p: SEPFL(k=10, ranks=5, **CPU).predict(X),
+     NotFittedError, "call fit"),
+    ("save before fit", lambda p: SEPFL(k=10, ranks=5, **CPU).save(p / "never.pt"),
+     NotFittedError, "not trained"),
+    ("saved model given features of another D",
+     lambda p: SEPFL.load(p / "sepfl.pt").predict(X[:, :8]), ValueError, "D = 8"),
+    ("saved model of k = 10 loaded for k = 12",
+     lambda p: SEPFL.load(p / "sepfl.pt", cluster_config=ClusterConfig(k=12, device="cpu"))
+     .predict(X), ValueError, "k = 10"),
+    ("estimator from a checkpoint cut in half", lambda p: SEPFL.load(p / "cut.pt"), ValueError,
+     "checkpoint"),
+    ("estimator from junk", lambda p: SEPFL.load(p / "junk.pt"), ValueError, "checkpoint"),
+    ("estimator from an empty file", lambda p: SEPFL.load(p / "empty.pt"), ValueError,
+     "checkpoint"),
     ("training labels with one identity",
      lambda p: SEPFL(k=10, ranks=5, **CPU).fit(X, np.zeros(len(X), np.int64)), ValueError,
      "identit"),
@@ -266,6 +393,12 @@ CASES = [
     ("join below 0", lambda p: ClusterConfig(join=-1.0), ValueError, "join"),
     ("join_above above 1", lambda p: ClusterConfig(join_above=1.5), ValueError, "join_above"),
     ("unknown setting", lambda p: SEPFL(n_clusters=4), TypeError, "n_clusters"),
+    ("unknown setting, named", lambda p: SEPFL(n_clusters=3), TypeError,
+     "unknown SEPFL parameter"),
+    ("threshold above 1 checked before the data",
+     lambda p: SEPFL(threshold=2.0).fit(np.zeros((4, 2), np.float32), np.arange(4)), ValueError,
+     "threshold"),
+    ("zero threads", lambda p: SEPFL(threads=0).cluster_config, ValueError, "threads"),
     ("zero epochs", lambda p: TrainConfig(epochs=0), ValueError, "epochs"),
     ("negative batch size", lambda p: TrainConfig(batch_size=-1), ValueError, "batch_size"),
     ("zero learning rate", lambda p: TrainConfig(lr=0.0), ValueError, "lr"),
@@ -297,6 +430,89 @@ CASES = [
      TypeError, "integer"),
     ("faiss's -1 beyond the graph",
      lambda p: ops.select_pairs(np.array([[0, -7]]), np.ones(1, np.float32)), IndexError, "-7"),
+    ("density of integer sims", lambda p: ops.density(np.ones((3, 2), dtype=np.int64)),
+     TypeError, "sims must hold floating"),
+    ("density of 1-d sims", lambda p: ops.density(np.ones(3, dtype=np.float32)), ValueError,
+     "sims must have 2 dim"),
+    ("density of NaN sims", lambda p: ops.density(np.array([[1.0, np.nan]], dtype=np.float32)),
+     ValueError, "NaN"),
+    ("density rho above 1", lambda p: ops.density(np.ones((2, 2), np.float32), rho=1.5),
+     ValueError, r"rho must be in \[0, 1\]"),
+    ("density rho NaN", lambda p: ops.density(np.ones((2, 2), np.float32), rho=float("nan")),
+     ValueError, "rho"),
+    ("density of a string", lambda p: ops.density("sims"), TypeError, "sims must hold floating"),
+    ("select_pairs of float nbrs",
+     lambda p: ops.select_pairs(NBRS.astype(np.float32), np.ones(3, np.float32)), TypeError,
+     "nbrs must hold integer"),
+    ("select_pairs density of another length",
+     lambda p: ops.select_pairs(NBRS, np.ones(4, np.float32)), ValueError,
+     "density must have shape"),
+    ("select_pairs index beyond N",
+     lambda p: ops.select_pairs(np.array([[0, 5], [1, 0]]), np.array([0, 1], np.float32)),
+     IndexError, "index 5 outside"),
+    ("select_pairs index below -1",
+     lambda p: ops.select_pairs(np.array([[0, -2], [1, 0]]), np.array([1, 0], np.float32)),
+     IndexError, "index -2"),
+    ("select_pairs NaN density",
+     lambda p: ops.select_pairs(NBRS, np.array([0, np.nan, 1], np.float32)), ValueError,
+     "density holds"),
+    ("select_pairs max_per_node 0",
+     lambda p: ops.select_pairs(NBRS, np.ones(3, np.float32), max_per_node=0), ValueError,
+     "max_per_node must be >= 1"),
+    ("select_pairs of bool nbrs",
+     lambda p: ops.select_pairs(NBRS.astype(bool), np.ones(3, np.float32)), TypeError,
+     "nbrs must hold integer"),
+    ("train_pairs labels of another length",
+     lambda p: ops.train_pairs(NBRS, np.zeros(2, np.int64), 1), ValueError,
+     "labels must have shape"),
+    ("train_pairs index beyond N",
+     lambda p: ops.train_pairs(np.array([[0, 7], [1, 0]]), np.zeros(2, np.int64), 1),
+     IndexError, "index 7"),
+    ("train_pairs ranks reaching k",
+     lambda p: ops.train_pairs(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), 2),
+     ValueError, "ranks must be < k"),
+    ("balanced_sample of one class", lambda p: ops.balanced_sample(np.zeros(5, dtype=np.int64), 2),
+     ValueError, "0 positive"),
+    ("gather node id beyond N", lambda p: ops.gather(FEATS, NBRS, np.array([3])), IndexError,
+     "node_ids"),
+    ("gather node id -1", lambda p: ops.gather(FEATS, NBRS, np.array([-1])), IndexError,
+     "node_ids"),
+    ("gather index beyond N",
+     lambda p: ops.gather(FEATS, np.array([[0, 9], [1, 0], [2, 1]]), np.array([0])), IndexError,
+     "index 9"),
+    ("gather nbrs of another N", lambda p: ops.gather(FEATS[:2], NBRS, np.array([0])),
+     ValueError, "nbrs must have shape"),
+    ("gather_add bproj of another width",
+     lambda p: ops.gather_add(FEATS, FEATS[:, :3], NBRS, np.array([0])), ValueError,
+     "bproj must have shape"),
+    ("gather_add bias of another width",
+     lambda p: ops.gather_add(FEATS, FEATS, NBRS, np.array([0]), bias=np.ones(2, np.float32)),
+     ValueError, "bias must have shape"),
+    ("aggregate weights of another width",
+     lambda p: ops.aggregate(np.ones((2, 2), np.float32), FEATS, NBRS, np.array([0])),
+     ValueError, "weights must have shape"),
+    ("shared_neighbours ends of two lengths",
+     lambda p: ops.shared_neighbours(NBRS, np.array([0, 1]), np.array([1])), ValueError,
+     "dst must have shape"),
+    ("shared_neighbours endpoint beyond N",
+     lambda p: ops.shared_neighbours(NBRS, np.array([0]), np.array([3])), IndexError,
+     "endpoint 3 outside"),
+    ("shared_neighbours index beyond N",
+     lambda p: ops.shared_neighbours(np.array([[0, 4], [1, 0], [2, 1]]), np.array([0]),
+                                     np.array([1])), IndexError, "index 4 outside"),
+    ("link ends of two lengths", lambda p: ops.link(np.array([0, 1]), np.array([1]), None, 0.5, 2),
+     ValueError, "dst must have shape"),
+    ("link threshold above 1", lambda p: ops.link(np.array([0]), np.array([1]), None, 1.5, 2),
+     ValueError, "threshold"),
+    ("link endpoint beyond N", lambda p: ops.link(np.array([0]), np.array([2]), None, 0.5, 2),
+     IndexError, "outside"),
+    ("link endpoint -1", lambda p: ops.link(np.array([0]), np.array([-1]), None, 0.5, 2),
+     IndexError, "outside"),
+    ("link NaN score",
+     lambda p: ops.link(np.array([0]), np.array([1]), np.array([np.nan], np.float32), 0.5, 2),
+     ValueError, "scores holds"),
+    ("link num_nodes -1", lambda p: ops.link(np.array([0]), np.array([1]), None, 0.5, -1),
+     ValueError, "num_nodes"),
     # the command line
     ("sepfl: missing features file", cli("cluster", "missing.npy", "--out", "{p}/out.npy"),
      CliError, "missing.npy"),

@@ -103,11 +103,6 @@ def test_train_pairs_matches_oracle(device, data):
         np.testing.assert_array_equal(get(g), w)
 
 
-def test_train_pairs_rejects_ranks_reaching_k():
-    with pytest.raises(ValueError, match="ranks must be < k"):
-        ops.train_pairs(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), 2)
-
-
 def test_balanced_sample_is_balanced_and_seeded():
     target = np.array([1, 0, 0, 0, 1, 0, 0, 1, 0, 0])
     index = ops.balanced_sample(target, n_per_class=10, seed=3)
@@ -115,11 +110,6 @@ def test_balanced_sample_is_balanced_and_seeded():
     assert (target[index] == 1).sum() == 3 and (target[index] == 0).sum() == 3
     np.testing.assert_array_equal(index, ops.balanced_sample(target, 10, seed=3))
     assert len(ops.balanced_sample(target, 2, seed=0)) == 4
-
-
-def test_balanced_sample_needs_both_classes():
-    with pytest.raises(ValueError, match="0 positive"):
-        ops.balanced_sample(np.zeros(5, dtype=np.int64), 2)
 
 
 @st.composite
@@ -260,47 +250,10 @@ def test_torch_in_torch_out():
 
 
 # --- bad input --------------------------------------------------------------
+# The bad-input table of the ops is in test_bad_input.py; here only what must read the
+# same on every backend.
 
-NBRS = np.array([[0, 1], [1, 0], [2, 1]])
 FEATS = np.ones((3, 4), dtype=np.float32)
-
-
-@pytest.mark.parametrize("call, error, match", [
-    (lambda: ops.density(np.ones((3, 2), dtype=np.int64)), TypeError, "sims must hold floating"),
-    (lambda: ops.density(np.ones(3, dtype=np.float32)), ValueError, "sims must have 2 dim"),
-    (lambda: ops.density(np.array([[1.0, np.nan]], dtype=np.float32)), ValueError, "NaN"),
-    (lambda: ops.density(np.ones((2, 2), np.float32), rho=1.5), ValueError, r"rho must be in \[0, 1\]"),
-    (lambda: ops.density(np.ones((2, 2), np.float32), rho=float("nan")), ValueError, "rho"),
-    (lambda: ops.density("sims"), TypeError, "sims must hold floating"),
-    (lambda: ops.select_pairs(NBRS.astype(np.float32), np.ones(3, np.float32)), TypeError, "nbrs must hold integer"),
-    (lambda: ops.select_pairs(NBRS, np.ones(4, np.float32)), ValueError, "density must have shape"),
-    (lambda: ops.select_pairs(np.array([[0, 5], [1, 0]]), np.array([0, 1], np.float32)), IndexError, "index 5 outside"),
-    (lambda: ops.select_pairs(np.array([[0, -2], [1, 0]]), np.array([1, 0], np.float32)), IndexError, "index -2"),
-    (lambda: ops.select_pairs(NBRS, np.array([0, np.nan, 1], np.float32)), ValueError, "density holds"),
-    (lambda: ops.select_pairs(NBRS, np.ones(3, np.float32), max_per_node=0), ValueError, "max_per_node must be >= 1"),
-    (lambda: ops.select_pairs(NBRS.astype(bool), np.ones(3, np.float32)), TypeError, "nbrs must hold integer"),
-    (lambda: ops.train_pairs(NBRS, np.zeros(2, np.int64), 1), ValueError, "labels must have shape"),
-    (lambda: ops.train_pairs(np.array([[0, 7], [1, 0]]), np.zeros(2, np.int64), 1), IndexError, "index 7"),
-    (lambda: ops.gather(FEATS, NBRS, np.array([3])), IndexError, "node_ids"),
-    (lambda: ops.gather(FEATS, NBRS, np.array([-1])), IndexError, "node_ids"),
-    (lambda: ops.gather(FEATS, np.array([[0, 9], [1, 0], [2, 1]]), np.array([0])), IndexError, "index 9"),
-    (lambda: ops.gather(FEATS[:2], NBRS, np.array([0])), ValueError, "nbrs must have shape"),
-    (lambda: ops.gather_add(FEATS, FEATS[:, :3], NBRS, np.array([0])), ValueError, "bproj must have shape"),
-    (lambda: ops.gather_add(FEATS, FEATS, NBRS, np.array([0]), bias=np.ones(2, np.float32)), ValueError, "bias must have shape"),
-    (lambda: ops.aggregate(np.ones((2, 2), np.float32), FEATS, NBRS, np.array([0])), ValueError, "weights must have shape"),
-    (lambda: ops.shared_neighbours(NBRS, np.array([0, 1]), np.array([1])), ValueError, "dst must have shape"),
-    (lambda: ops.shared_neighbours(NBRS, np.array([0]), np.array([3])), IndexError, "endpoint 3 outside"),
-    (lambda: ops.shared_neighbours(np.array([[0, 4], [1, 0], [2, 1]]), np.array([0]), np.array([1])), IndexError, "index 4 outside"),
-    (lambda: ops.link(np.array([0, 1]), np.array([1]), None, 0.5, 2), ValueError, "dst must have shape"),
-    (lambda: ops.link(np.array([0]), np.array([1]), None, 1.5, 2), ValueError, "threshold"),
-    (lambda: ops.link(np.array([0]), np.array([2]), None, 0.5, 2), IndexError, "outside"),
-    (lambda: ops.link(np.array([0]), np.array([-1]), None, 0.5, 2), IndexError, "outside"),
-    (lambda: ops.link(np.array([0]), np.array([1]), np.array([np.nan], np.float32), 0.5, 2), ValueError, "scores holds"),
-    (lambda: ops.link(np.array([0]), np.array([1]), None, 0.5, -1), ValueError, "num_nodes"),
-])
-def test_bad_input_raises(call, error, match):
-    with pytest.raises(error, match=match):
-        call()
 
 
 # One message per bad index on every backend: the first bad entry in input order.
