@@ -6,7 +6,10 @@ and once fed as ``--batches`` equal batches (``predict`` on the first, ``add``
 for each other). Printed: F_P / F_B of both, of the incremental regrouping
 before the never-split labelling (``result_.groups``), whether any old cluster
 was split (it must not be), and per add its time as a share of the one-shot
-time, with what it re-embedded and re-scored.
+time, with what it re-embedded and re-scored. ``--seed`` draws another
+population of the same generator; ``--checkpoint`` uses a trained model instead
+of the bundled weights; ``--merge-threshold`` sets ``ClusterConfig.merge_threshold``
+(0 lets the labels follow the regrouping, as before that setting existed).
 
     python benchmarks/incremental.py --ids 300 --threads 1
 """
@@ -40,16 +43,23 @@ def main() -> None:
     parser.add_argument("--scheme", default="edges", choices=["edges", "sepfl"])
     parser.add_argument("--refresh", type=float, default=None,
                         help="ClusterConfig.refresh (default: its default)")
+    parser.add_argument("--merge-threshold", type=float, default=None,
+                        help="ClusterConfig.merge_threshold (default: its default)")
+    parser.add_argument("--seed", type=int, default=0, help="make_splits' seed (default 0)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a model saved by sepfl train / SEPFL.save (default: bundled)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    data = make_splits(1, args.ids, seed=0).test
+    data = make_splits(1, args.ids, seed=args.seed).test
     order = np.random.default_rng(0).permutation(len(data.labels))
     x, y = data.features[order], data.labels[order]
     params = dict(scheme=args.scheme, threads=args.threads, progress=False)
-    if args.refresh is not None:
-        params["refresh"] = args.refresh
-    estimator = SEPFL.pretrained(**params)
+    for name in ("refresh", "merge_threshold"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    estimator = (SEPFL.load(args.checkpoint, **params) if args.checkpoint
+                 else SEPFL.pretrained(**params))
 
     start = time.perf_counter()
     one_shot = estimator.predict(x)
@@ -76,7 +86,9 @@ def main() -> None:
 
     print(header(f"incremental clustering, {len(y):,} samples of {args.ids} identities, "
                  f"{args.batches} batches, scheme {args.scheme}, refresh "
-                 f"{estimator.cluster_config.refresh}"))
+                 f"{estimator.cluster_config.refresh}, merge threshold "
+                 f"{estimator.cluster_config.merge_threshold}, seed {args.seed}, "
+                 f"{args.checkpoint or 'bundled weights'}"))
     print(table(["run", "F_P", "F_B", "seconds", "old clusters kept whole"],
                 [["one shot", f"{one['pairwise_f']:.4f}", f"{one['bcubed_f']:.4f}",
                   f"{t_one:.1f}", ""],

@@ -169,6 +169,23 @@ def test_batches_never_split_old_clusters_and_report_merges(faces):
         previous = labels
 
 
+@pytest.mark.parametrize("scheme", ["edges", "sepfl"])
+def test_merges_follow_the_pairs_above_the_merge_threshold(faces, scheme):
+    """At a merge threshold no pair reaches, nothing merges and every new sample starts its
+    own cluster; at the grouping's own threshold, the labels follow the regrouping."""
+    x = faces.features
+    lone = pretrained(scheme=scheme, merge_threshold=1.0)
+    before = lone.predict(x[:900])
+    labels = lone.add(x[900:])
+    assert lone.result_.merged == {}
+    np.testing.assert_array_equal(labels[:900], before)
+    assert len(np.unique(labels[900:])) == len(x) - 900 and labels[900:].min() > before.max()
+    same = pretrained(scheme=scheme, merge_threshold=0.0)
+    before = same.predict(x[:900])
+    labels = same.add(x[900:])
+    np.testing.assert_array_equal(labels, stable_labels(before, same.result_.groups)[0])
+
+
 @pytest.mark.slow
 def test_refresh_zero_regroups_like_a_one_shot_run(faces):
     """Re-embedding every changed list, the regrouping is the one-shot clustering's."""

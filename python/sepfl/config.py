@@ -98,6 +98,11 @@ class ClusterConfig:
         1.0, "Incremental clustering (:mod:`sepfl.incremental`): an old sample is re-embedded "
              "once ``refresh * (k - 1)`` entries (at least one) have entered its kNN list since "
              "it was last embedded; 0 re-embeds every sample whose list changed.")
+    merge_threshold: float = setting(
+        0.9, "Incremental clustering: the never-split labels follow a grouping of the pairs "
+             "above this P(same identity) (or above ``threshold`` when that is higher): a merge "
+             "of old clusters is for good, so it takes surer evidence than one shot. The "
+             "regrouping (``result_.groups``) keeps ``threshold``.")
     device: Optional[str] = setting(
         None, '"cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl\'s CUDA module and one '
               "are present.")
@@ -155,6 +160,7 @@ class ClusterConfig:
             check_probability(self.join_above, "join_above")
         check_positive_int(self.max_per_node, "max_per_node")
         check_probability(self.refresh, "refresh")
+        check_probability(self.merge_threshold, "merge_threshold")
         if self.knn_exact is not None and not isinstance(self.knn_exact, bool):
             raise TypeError(f"knn_exact must be True, False or None, got {self.knn_exact!r}")
         check_positive_int(self.knn_ef_search, "knn_ef_search")
