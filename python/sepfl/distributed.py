@@ -333,34 +333,30 @@ class _Group:
 
 
 class _Local:
-    """A rank's numbering of the samples it touches: the shard ``rows`` 0..M-1, then the
-    ``fetched`` samples (rows it holds beside the shard's), then ``extra`` ones (named in
-    a kNN list only). ``fetched`` and ``extra``: sorted, distinct, outside ``rows``
-    (which is empty where a stage holds only some of the shard's rows)."""
+    """A rank's numbering of the samples it touches: its shard rows 0..M-1, then the
+    ``fetched`` samples (sorted, distinct, outside the shard: rows fetched from their
+    owners)."""
 
-    def __init__(self, rows: range, fetched: torch.Tensor, extra: torch.Tensor):
-        self.rows, self.fetched, self.extra = rows, fetched, extra
+    def __init__(self, rows: range, fetched: torch.Tensor):
+        self.rows, self.fetched = rows, fetched
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.fetched) + len(self.extra)
+        return len(self.rows) + len(self.fetched)
 
     def ids(self) -> torch.Tensor:
         """The sample of each local index, int64 [len(self)]."""
         shard = torch.arange(self.rows.start, self.rows.stop, device=self.fetched.device)
-        return torch.cat([shard, self.fetched, self.extra])
+        return torch.cat([shard, self.fetched])
 
     def of(self, ids: torch.Tensor) -> torch.Tensor:
         """Local indices of samples ``ids`` (int64, any shape); -1 for -1 and for samples
         not numbered here."""
         inside = (ids >= self.rows.start) & (ids < self.rows.stop)
         out = torch.where(inside, ids - self.rows.start, torch.full_like(ids, -1))
-        base = len(self.rows)
-        for table in (self.fetched, self.extra):
-            if len(table):
-                at = torch.searchsorted(table, ids).clamp_(max=len(table) - 1)
-                hit = ~inside & (table[at] == ids)
-                out = torch.where(hit, base + at, out)
-            base += len(table)
+        if len(self.fetched):
+            at = torch.searchsorted(self.fetched, ids).clamp_(max=len(self.fetched) - 1)
+            hit = ~inside & (self.fetched[at] == ids)
+            out = torch.where(hit, len(self.rows) + at, out)
         return out
 
 
@@ -401,7 +397,7 @@ def _named_rows(job: _Group, x: torch.Tensor, nbrs: torch.Tensor
     would hold about N rows."""
     for lo in range(0, max(job.shard_sizes), _NAMED_CHUNK):
         lo, hi = min(lo, len(x)), min(lo + _NAMED_CHUNK, len(x))
-        local = _Local(job.rows, _outside(nbrs[lo:hi], job.rows), nbrs.new_empty(0))
+        local = _Local(job.rows, _outside(nbrs[lo:hi], job.rows))
         (far,) = job.fetch(local.fetched, [x])
         yield lo, hi, torch.cat([x, far]), local
 
@@ -490,37 +486,40 @@ def _edge_statistics(job: _Group, e: torch.Tensor, nbrs: torch.Tensor, sims: tor
     ``src`` are shard rows (0..M-1, ascending, as :func:`sepfl.edges.candidate_edges`
     gives them), ``dst`` samples. The edges go :data:`_EDGE_CHUNK` source rows at a
     time (every rank runs as many chunks, some empty). A chunk's ends are its "held"
-    samples: their embedding, list and similarities come from the shard or from
-    their owners. The samples the sources' lists name are numbered after them
-    (the shared entries of an edge are in its source's list; an entry of a held
-    list that no source names can share nothing and becomes -1). Memory: per
-    chunk, the held rows (at most 1 + candidates per source row) and a local kNN
-    table of them and of the named samples, whatever N.
+    samples, numbered first: their embedding, list and similarities come from the
+    shard or from their owners. The samples the sources' lists name are numbered
+    after them (the shared entries of an edge are in its source's list; an entry of
+    a held list that no source names can share nothing and becomes -1), through a
+    sample → number table of N entries reset after each chunk. Memory: per chunk,
+    the held rows (at most 1 + candidates per source row) and a kNN table of them
+    and of the named samples, whatever N; and the N-entry table.
     """
     out = torch.empty((src.shape[0], edges.NUM_STATISTICS), dtype=torch.float32,
                       device=e.device)
+    number = torch.full((job.bounds[-1],), -1, dtype=torch.int64, device=nbrs.device)
     first = torch.arange(0, max(job.shard_sizes) + _EDGE_CHUNK, _EDGE_CHUNK, device=src.device)
     cuts = torch.searchsorted(src, first).tolist()
     for lo, hi in zip(cuts, cuts[1:]):
         ends = slice(lo, hi)
         sources = src[ends] + job.rows.start
         held = torch.unique(torch.cat([sources, dst[ends]]))
-        named = torch.unique(nbrs[src[ends]])
+        named = torch.unique(nbrs[torch.unique_consecutive(src[ends])])
         named = named[(named >= 0) & ~torch.isin(named, held)]
-        local = _Local(range(0), held, named)
         mine = (held >= job.rows.start) & (held < job.rows.stop)
-        own = held[mine] - job.rows.start
         far = job.fetch(held[~mine], [e, nbrs, sims])
         rows = []
         for table, far_rows in zip((e, nbrs, sims), far):
             part = table.new_empty((len(held),) + tuple(table.shape[1:]))
-            part[mine], part[~mine] = table[own], far_rows
+            part[mine], part[~mine] = table[held[mine] - job.rows.start], far_rows
             rows.append(part)
-        table = torch.full((len(local), nbrs.shape[1]), -1, dtype=torch.int64,
+        numbered = torch.cat([held, named])
+        number[numbered] = torch.arange(len(numbered), device=number.device)
+        table = torch.full((len(numbered), nbrs.shape[1]), -1, dtype=torch.int64,
                            device=nbrs.device)
-        table[:len(held)] = local.of(rows[1])
-        out[ends] = edges.edge_statistics(rows[0], table, rows[2], local.of(sources),
-                                          local.of(dst[ends]), rank[ends])
+        table[:len(held)] = torch.where(rows[1] >= 0, number[rows[1].clamp(min=0)], -1)
+        out[ends] = edges.edge_statistics(rows[0], table, rows[2], number[sources],
+                                          number[dst[ends]], rank[ends])
+        number[numbered] = -1
     return out
 
 
@@ -531,7 +530,7 @@ def _select_pairs(job: _Group, nbrs: torch.Tensor, density: torch.Tensor,
     The densities of the lists' entries outside the shard are fetched.
     """
     rows = job.rows
-    local = _Local(rows, _outside(nbrs, rows), nbrs.new_empty(0))
+    local = _Local(rows, _outside(nbrs, rows))
     (far_density,) = job.fetch(local.fetched, [density])
     table = torch.full((len(local), nbrs.shape[1]), -1, dtype=torch.int64, device=nbrs.device)
     table[:len(rows)] = local.of(nbrs)
@@ -546,7 +545,7 @@ def _pair_scores(job: _Group, model: PairClassifier, config: ClusterConfig, sche
     ``dst``); for "sepfl" the partners' embeddings outside the shard are fetched."""
     if scheme == "edges":
         return pair_scores(model, config, scheme, e, src, dst, stats)
-    local = _Local(job.rows, _outside(dst, job.rows), dst.new_empty(0))
+    local = _Local(job.rows, _outside(dst, job.rows))
     (far_e,) = job.fetch(local.fetched, [e])
     return pair_scores(model, config, scheme, torch.cat([e, far_e]), src, local.of(dst), None)
 
