@@ -94,8 +94,8 @@ def main() -> None:
                   f"{t_one:.1f}", ""],
                  ["incremental", f"{inc['pairwise_f']:.4f}", f"{inc['bcubed_f']:.4f}", "",
                   "yes" if whole else "NO"],
-                 ["incremental regrouping (may split)", f"{raw['pairwise_f']:.4f}",
-                  f"{raw['bcubed_f']:.4f}", "", ""]]))
+                 ["incremental regrouping, which the labels follow (may split)",
+                  f"{raw['pairwise_f']:.4f}", f"{raw['bcubed_f']:.4f}", "", ""]]))
     print()
     print(table(["step", "samples", "seconds", "of one-shot", "re-embedded", "re-scored pairs",
                  "merged", "stages s"], rows))

@@ -172,7 +172,7 @@ def test_batches_never_split_old_clusters_and_report_merges(faces):
 @pytest.mark.parametrize("scheme", ["edges", "sepfl"])
 def test_merges_follow_the_pairs_above_the_merge_threshold(faces, scheme):
     """At a merge threshold no pair reaches, nothing merges and every new sample starts its
-    own cluster; at the grouping's own threshold, the labels follow the regrouping."""
+    own cluster; else the labels follow the regrouping above the merge threshold."""
     x = faces.features
     lone = pretrained(scheme=scheme, merge_threshold=1.0)
     before = lone.predict(x[:900])
@@ -180,18 +180,21 @@ def test_merges_follow_the_pairs_above_the_merge_threshold(faces, scheme):
     assert lone.result_.merged == {}
     np.testing.assert_array_equal(labels[:900], before)
     assert len(np.unique(labels[900:])) == len(x) - 900 and labels[900:].min() > before.max()
-    same = pretrained(scheme=scheme, merge_threshold=0.0)
-    before = same.predict(x[:900])
-    labels = same.add(x[900:])
-    np.testing.assert_array_equal(labels, stable_labels(before, same.result_.groups)[0])
+    for merge_threshold in (0.0, 0.9):
+        est = pretrained(scheme=scheme, merge_threshold=merge_threshold)
+        before = est.predict(x[:900])
+        labels = est.add(x[900:])
+        np.testing.assert_array_equal(labels, stable_labels(before, est.result_.groups)[0])
+        assert est.result_.grouping.threshold == max(0.5, merge_threshold)
 
 
 @pytest.mark.slow
 def test_refresh_zero_regroups_like_a_one_shot_run(faces):
-    """Re-embedding every changed list, the regrouping is the one-shot clustering's."""
+    """Re-embedding every changed list and merging as one shot does, the regrouping is the
+    one-shot clustering's."""
     x = faces.features
     one_shot = pretrained(scheme="sepfl").predict(x)
-    est = pretrained(scheme="sepfl", refresh=0.0)
+    est = pretrained(scheme="sepfl", refresh=0.0, merge_threshold=0.0)
     est.predict(x[:900])
     est.add(x[900:])
     assert np.array_equal(est.result_.groups, one_shot)

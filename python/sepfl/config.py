@@ -99,10 +99,10 @@ class ClusterConfig:
              "once ``refresh * (k - 1)`` entries (at least one) have entered its kNN list since "
              "it was last embedded; 0 re-embeds every sample whose list changed.")
     merge_threshold: float = setting(
-        0.9, "Incremental clustering: the never-split labels follow a grouping of the pairs "
-             "above this P(same identity) (or above ``threshold`` when that is higher): a merge "
-             "of old clusters is for good, so it takes surer evidence than one shot. The "
-             "regrouping (``result_.groups``) keeps ``threshold``.")
+        0.9, "Incremental clustering: each add regroups the pairs above this P(same identity) "
+             "(or above ``threshold`` when that is higher), and the never-split labels follow "
+             "that grouping: a merge of old clusters is for good, so it takes surer evidence "
+             "than one shot; 0 regroups as one shot does.")
     device: Optional[str] = setting(
         None, '"cpu", "cuda" or "cuda:N"; None picks a GPU when sepfl\'s CUDA module and one '
               "are present.")

@@ -24,11 +24,12 @@ becomes, for M new samples joining N old ones:
   changed sample (new ones included) are re-scored. ``"sepfl"``: the pairs are chosen again from the exact
   density (cheap); a pair's score reads the two embeddings only, so the
   pairs that are new or touch a re-embedded sample are re-scored.
-* **grouping**: Infomap (or union-find) over all pairs again.
+* **grouping**: Infomap (or union-find) over all pairs again (see **labels**).
 * **labels** (:func:`stable_labels`): old clusters are never split, so a merge
-  is for good and needs surer evidence than one shot: the labels follow a
-  second grouping, of the pairs above ``merge_threshold`` only. Each old
-  cluster follows the group holding most of its members; old clusters
+  is for good and needs surer evidence than one shot: the grouping above
+  reads the pairs above ``merge_threshold`` only (above the usual threshold
+  when that is higher). Each old cluster follows the group holding most of
+  its members; old clusters
   following the same group merge into the smallest id (reported in
   ``merged``); a new sample takes the id of the old clusters its group holds,
   or a new id. Ids are stable across adds, so they are not renumbered 0..C-1
@@ -126,9 +127,9 @@ class AddResult(ClusterResult):
     merged : dict of int to int
         Old cluster id → the id it merged into, for each old cluster that merged.
     groups : int64 ndarray [N + M]
-        The regrouping of all samples at ``threshold`` (0..G-1 by smallest member):
-        what a relabelling run would report, splits included. The labels follow
-        the surer grouping at ``merge_threshold`` (:func:`add`).
+        The regrouping of all samples that the labels follow, over the pairs above
+        ``merge_threshold`` (0..G-1 by smallest member), splits included; with
+        ``merge_threshold`` 0, what a relabelling run would report.
     reembedded : int64 ndarray [R]
         Samples whose embedding was computed in this add (the new ones included).
     rescored : int64 ndarray [S]
@@ -311,10 +312,10 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
                                                  batch_size=config.pair_batch_size,
                                                  bf16=config.bf16)
     grouping = grouping_of(model, config, scheme, float(scores.mean()))
+    grouping = grouping._replace(threshold=max(grouping.threshold, config.merge_threshold))
     with watch.stage("group"):
         groups = group(src, dst, scores, total, grouping, cosine)
-        surer = grouping._replace(threshold=max(grouping.threshold, config.merge_threshold))
-        labels, merged = stable_labels(state.labels, group(src, dst, scores, total, surer, cosine))
+        labels, merged = stable_labels(state.labels, groups)
     state = State(scheme=scheme, features=features.numpy(), nbrs=nbrs.numpy(),
                   sims=sims.numpy(), embeddings=e.numpy(), drift=drift.numpy(),
                   src=src.numpy(), dst=dst.numpy(), scores=scores.numpy(), labels=labels)
