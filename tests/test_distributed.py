@@ -44,12 +44,13 @@ def _rank(rank, port, features, model, settings, fail, queue):
             raise AssertionError("the features were all-gathered")
         distributed._memory_share = lambda device: 1 << 20
         def bounded(e, *args):
-            assert e.shape[0] <= distributed._EDGE_CHUNK * 41, "an edge chunk held too many rows"
+            assert e.shape[0] <= 50 * 41, "an edge chunk held too many rows"
             return statistics(e, *args)
         statistics = distributed.edges.edge_statistics
         distributed._memory_share = lambda device: 1 << 20
         distributed._NAMED_CHUNK = 500  # several rounds of fetches per shard
-        distributed._EDGE_CHUNK = 50    # at most 50 x (1 + 40 candidates) held rows
+        # room for 50 x (1 + 40 candidates) held rows (D = 256, k = 80): 50 source rows a chunk
+        distributed._EDGE_BYTES = 50 * 41 * (8 * 512 + 20 * 80)
         distributed._Group.all_rows = refused
         distributed.edges.edge_statistics = bounded
     if fail in ("raise", "hang") and rank == 1:

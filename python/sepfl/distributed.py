@@ -82,8 +82,8 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _RING_BLOCK_BYTES = 1 << 28
 # features "shard": shard rows whose lists' rows are fetched at a time (at most k x as many)
 _NAMED_CHUNK = 16384
-# scheme "edges": shard rows whose candidate edges' statistics are computed at a time
-_EDGE_CHUNK = 2048
+# scheme "edges": bytes of the rows one chunk of the edges stage may hold
+_EDGE_BYTES = 1 << 30
 
 log = logging.getLogger(__name__)
 
@@ -479,25 +479,39 @@ def _density(sims: torch.Tensor, rho: float, job: _Group) -> torch.Tensor:
     return 0.5 * (sums / top[0] + counts / top[1])
 
 
+def _edge_chunk(n: int, width: int, k: int, per_row: int) -> int:
+    """Source rows per chunk of the edges stage, for N samples with embeddings of
+    ``width`` floats, kNN lists of k and at most ``per_row`` edges per source: all of
+    them where N held rows fit in :data:`_EDGE_BYTES`, else as many as keep a chunk's
+    held rows (at most 1 + ``per_row`` per source) within it. A held row: its embedding
+    and the unit copy :func:`sepfl.edges.edge_statistics` makes (8 bytes per float),
+    its list, similarities and renumbered list (20 bytes per entry)."""
+    fit = max(1, _EDGE_BYTES // (8 * width + 20 * k))
+    return n if n <= fit else max(1, fit // (1 + per_row))
+
+
 def _edge_statistics(job: _Group, e: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
-                     src: torch.Tensor, dst: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+                     src: torch.Tensor, dst: torch.Tensor, rank: torch.Tensor,
+                     per_row: int) -> torch.Tensor:
     """:func:`sepfl.edges.edge_statistics` [E, 13] of the shard's candidate edges.
 
     ``src`` are shard rows (0..M-1, ascending, as :func:`sepfl.edges.candidate_edges`
-    gives them), ``dst`` samples. The edges go :data:`_EDGE_CHUNK` source rows at a
-    time (every rank runs as many chunks, some empty). A chunk's ends are its "held"
-    samples, numbered first: their embedding, list and similarities come from the
-    shard or from their owners. The samples the sources' lists name are numbered
-    after them (the shared entries of an edge are in its source's list; an entry of
-    a held list that no source names can share nothing and becomes -1), through a
-    sample → number table of N entries reset after each chunk. Memory: per chunk,
-    the held rows (at most 1 + candidates per source row) and a kNN table of them
-    and of the named samples, whatever N; and the N-entry table.
+    gives them, at most ``per_row`` edges each), ``dst`` samples. The edges go
+    :func:`_edge_chunk` source rows at a time (every rank runs as many chunks, some
+    empty). A chunk's ends are its "held" samples, numbered first: their embedding,
+    list and similarities come from the shard or from their owners. The samples the
+    sources' lists name are numbered after them (the shared entries of an edge are in
+    its source's list; an entry of a held list that no source names can share nothing
+    and becomes -1), through a sample → number table of N entries reset after each
+    chunk. Memory: per chunk, the held rows (within :data:`_EDGE_BYTES` unless N rows
+    fit in it) and a list row of each named sample (at most k per source); and the
+    N-entry table.
     """
     out = torch.empty((src.shape[0], edges.NUM_STATISTICS), dtype=torch.float32,
                       device=e.device)
     number = torch.full((job.bounds[-1],), -1, dtype=torch.int64, device=nbrs.device)
-    first = torch.arange(0, max(job.shard_sizes) + _EDGE_CHUNK, _EDGE_CHUNK, device=src.device)
+    per_chunk = _edge_chunk(job.bounds[-1], e.shape[1], nbrs.shape[1], per_row)
+    first = torch.arange(0, max(job.shard_sizes) + per_chunk, per_chunk, device=src.device)
     cuts = torch.searchsorted(src, first).tolist()
     for lo, hi in zip(cuts, cuts[1:]):
         ends = slice(lo, hi)
@@ -586,8 +600,9 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
     stats = cosine = None
     if scheme == "edges":
         with job.stage(watch, "edges"):
-            src, dst, rank = edges.candidate_edges(nbrs, candidates(model, config))
-            stats = _edge_statistics(job, e, nbrs, sims, src, dst, rank)
+            per_row = candidates(model, config)
+            src, dst, rank = edges.candidate_edges(nbrs, per_row)
+            stats = _edge_statistics(job, e, nbrs, sims, src, dst, rank, per_row)
             cosine = sims[src, rank]
     else:
         with job.stage(watch, "pairs"):
