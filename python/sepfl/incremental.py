@@ -39,7 +39,8 @@ Where the result differs from clustering everything at once: the embeddings
 of old samples whose lists drifted less than ``refresh`` (and so the scores of
 the edges that read them); the ``"sepfl"`` pairs are exact, chosen from the
 density normalised by today's maximum. And old clusters are kept whole where
-a one-shot run could split them.
+a one-shot run could split them, and merge only over pairs above
+``merge_threshold`` where a one-shot run reads every pair above ``threshold``.
 """
 from __future__ import annotations
 
