@@ -172,9 +172,10 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
     x = torch.cat([features, new])
     out_nbrs = torch.empty((m, k), dtype=torch.int64)
     out_sims = torch.empty((m, k), dtype=torch.float32)
-    # each old row's best new candidates so far, ranks 1..k-1 only
-    best_sims = torch.full((n, k - 1), -math.inf)
-    best_nbrs = torch.full((n, k - 1), -1, dtype=torch.int64)
+    # (old row, new sample, similarity) of every new sample at least as close to an old
+    # row as its list's last entry: the only ones that can enter it (~k M / N per row)
+    floor = sims[:, k - 1]
+    entries = []
     for start in range(0, m, _KNN_BLOCK):
         stop = min(start + _KNN_BLOCK, m)
         scores = x[n + start:n + stop] @ x.T
@@ -183,9 +184,9 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
         vals, idx = scores.topk(k, dim=1)
         vals[:, 0] = 1.0
         out_nbrs[start:stop], out_sims[start:stop] = idx, vals.clamp_(-1.0, 1.0)
-        vals, idx = scores[:, :n].topk(min(k - 1, stop - start), dim=0)
-        best_sims, order = torch.cat([best_sims, vals.T], 1).topk(k - 1, dim=1)
-        best_nbrs = torch.cat([best_nbrs, idx.T + n + start], 1).gather(1, order)
+        new_at, old_at = torch.nonzero(scores[:, :n] >= floor, as_tuple=True)
+        entries.append((old_at, new_at + n + start, scores[new_at, old_at]))
+    best_nbrs, best_sims = _best_per_row(*(torch.cat(part) for part in zip(*entries)), n, k - 1)
     merged_sims, order = torch.cat([sims[:, 1:], best_sims.clamp(-1.0, 1.0)], 1).topk(k - 1,
                                                                                      dim=1)
     entered = (order >= k - 1).sum(1)
@@ -193,6 +194,25 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
     all_nbrs = torch.cat([torch.cat([nbrs[:, :1], merged_nbrs], 1), out_nbrs])
     all_sims = torch.cat([torch.cat([sims[:, :1], merged_sims], 1), out_sims])
     return all_nbrs, all_sims, torch.cat([entered, torch.full((m,), k - 1)])
+
+
+def _best_per_row(rows: torch.Tensor, ids: torch.Tensor, sims: torch.Tensor, n: int,
+                  width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``width`` most similar of entries (``rows``, ``ids``, ``sims``: int64 / int64
+    / float32 [C]) per row of n: int64 / float32 [n, width], by decreasing similarity,
+    padded with -1 / -inf."""
+    order = torch.argsort(sims, descending=True, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, ids, sims = rows[order], ids[order], sims[order]
+    counts = torch.bincount(rows, minlength=n)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(rows.shape[0]) - first[rows]
+    keep = rank < width
+    best_ids = torch.full((n, width), -1, dtype=torch.int64)
+    best_sims = torch.full((n, width), -math.inf)
+    best_ids[rows[keep], rank[keep]] = ids[keep]
+    best_sims[rows[keep], rank[keep]] = sims[keep]
+    return best_ids, best_sims
 
 
 def stable_labels(old: np.ndarray, groups: np.ndarray) -> Tuple[np.ndarray, Dict[int, int]]:
