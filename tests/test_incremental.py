@@ -169,6 +169,13 @@ def test_batches_never_split_old_clusters_and_report_merges(faces):
         previous = labels
 
 
+def test_adding_no_samples_keeps_the_labels(faces):
+    est = pretrained()
+    before = est.predict(faces.features[:300])
+    np.testing.assert_array_equal(est.add(faces.features[:0]), before)
+    assert est.result_.merged == {}
+
+
 @pytest.mark.parametrize("scheme", ["edges", "sepfl"])
 def test_merges_follow_the_pairs_above_the_merge_threshold(faces, scheme):
     """At a merge threshold no pair reaches, nothing merges and every new sample starts its

@@ -175,7 +175,8 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
     # (old row, new sample, similarity) of every new sample at least as close to an old
     # row as its list's last entry: the only ones that can enter it (~k M / N per row)
     floor = sims[:, k - 1]
-    entries = []
+    none = torch.empty(0, dtype=torch.int64)
+    entries = [(none, none, torch.empty(0))]  # so that adding no samples merges nothing
     for start in range(0, m, _KNN_BLOCK):
         stop = min(start + _KNN_BLOCK, m)
         scores = x[n + start:n + stop] @ x.T
