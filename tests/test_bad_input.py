@@ -26,10 +26,11 @@ from sepfl.cli import main
 from sepfl.cluster import cluster
 from sepfl.config import ClusterConfig, TrainConfig
 from sepfl.datasets import make_faces
+from sepfl.edges import EdgeHead
 from sepfl.estimator import NotFittedError
 from sepfl.knn import build_knn
 from sepfl.model import PairClassifier
-from sepfl.train import train
+from sepfl.train import calibrate, train
 
 from samples import toy_graph, unit_rows
 
@@ -51,6 +52,12 @@ def with_value(value, row=2, column=slice(None)):
     bad = X.copy()
     bad[row, column] = value
     return bad
+
+
+def with_head(model):
+    """``model`` with an untrained edge head."""
+    model.edge_head = EdgeHead()
+    return model.eval()
 
 
 def train_config(**overrides):
@@ -383,6 +390,11 @@ CASES = [
      ValueError, "shape"),
     ("train on float labels", lambda p: train(X, Y.astype(np.float32), train_config(), k=8),
      TypeError, "integer"),
+    ("calibrate a model without an edge head",
+     lambda p: calibrate(MODEL, X, Y, train_config()), ValueError, "no edge head"),
+    ("calibrate holding out no identity",
+     lambda p: calibrate(with_head(PairClassifier(16, 10)), X, Y,
+                         train_config(calibration_share=0.0)), ValueError, "holds none out"),
     # settings
     ("threshold above 1", lambda p: SEPFL(threshold=1.2).fit(X, Y), ValueError, "threshold"),
     ("config threshold above 1", lambda p: ClusterConfig(threshold=1.5), ValueError, "threshold"),

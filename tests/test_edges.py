@@ -1,4 +1,5 @@
 """The edges scheme (sepfl.edges): candidates, statistics, the head, grouping, training."""
+import copy
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
 from sepfl.stages import edge_grouping
 from sepfl.train import (CALIBRATION_JOIN_ABOVE, CALIBRATION_JOINS, CALIBRATION_MARKOV_TIMES,
-                         train)
+                         calibrate, train)
 
 import oracles
 
@@ -130,6 +131,32 @@ def test_join_modules_joins_modules_that_enough_sure_edges_connect():
     np.testing.assert_array_equal(edges.join_modules(modules, np.arange(4) * 5,
                                                      np.arange(4) * 5 + 1,
                                                      np.ones(4, np.float32), 1, 0.5), modules)
+
+
+def test_join_modules_keeps_apart_modules_whose_edges_say_different_on_average():
+    # a (0) and b (1), 5 samples each: 3 sure edges between them, and 6 more edges whose P
+    # decides the mean of all nine
+    modules = np.repeat(np.arange(2), 5)
+    src = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3])
+    dst = np.array([5, 6, 7, 8, 9, 9, 8, 7, 6])
+    sure = [0.99, 0.99, 0.99]
+    for unsure, joined in (([0.4] * 6, True), ([0.1] * 6, False), ([0.2] * 6, False)):
+        prob = np.array(sure + unsure, np.float32)  # means 0.597, 0.397, 0.463
+        expected = np.zeros(10, np.int64) if joined else modules
+        np.testing.assert_array_equal(edges.join_modules(modules, src, dst, prob, 3, 0.9),
+                                      expected)
+        # the count alone joins them whatever the rest say
+        np.testing.assert_array_equal(
+            edges.join_modules(modules, src, dst, prob, 3, 0.9, mean_above=0.0),
+            np.zeros(10, np.int64))
+    # the mean is over the edges between the two modules only: edges inside a module
+    # (however improbable) do not lower it
+    inside_src, inside_dst = np.array([0, 1, 5, 6]), np.array([1, 2, 6, 7])
+    prob = np.array(sure + [0.4] * 6 + [0.0] * 4, np.float32)
+    np.testing.assert_array_equal(
+        edges.join_modules(modules, np.concatenate([src, inside_src]),
+                           np.concatenate([dst, inside_dst]), prob, 3, 0.9),
+        np.zeros(10, np.int64))
 
 
 def test_infomap_with_join_keeps_what_it_does_not_join():
@@ -247,6 +274,21 @@ def test_edge_head_survives_a_checkpoint_and_a_model_without_one_falls_back(face
     assert bare.edge_head is None
     result = cluster(faces.features, bare, config)
     assert "link" in result.timings and "no edge head" in caplog.text
+
+
+def test_calibrate_chooses_again_what_training_chose(faces, trained):
+    model = copy.deepcopy(trained)
+    head = model.edge_head
+    # a calibration training would never choose, on as many graphs as training calibrated
+    head.set_calibration([edges.Calibrated("components", 0.3, 8.0, 99.0, 0.5, 0.0)]
+                         * trained.edge_head.join.numel())
+    record = calibrate(model, faces.features, faces.labels, TrainConfig(**FAST))
+    for name in ("components", "threshold", "markov_time", "join", "join_above", "same_share"):
+        torch.testing.assert_close(getattr(head, name), getattr(trained.edge_head, name))
+    assert [view["join"] for view in record["calibration"]] == trained.edge_head.join.tolist()
+    # the network and the head's weights are left as they were
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0)
 
 
 def test_grouping_joins_as_the_head_was_calibrated_unless_told_otherwise(trained):

@@ -36,7 +36,8 @@ and changes what is scored and how it is grouped:
   split identities whose sub-modes meet at middling cosines (README,
   Results). Infomap cuts an identity made of sub-modes that only a few edges
   cross; two modules with at least ``join`` sure edges (P > ``join_above``)
-  between them are then joined (:func:`join_modules`). Or connected components of the
+  between them, and a mean P above 0.5 over all their candidate edges between
+  them, are then joined (:func:`join_modules`). Or connected components of the
   edges above a high threshold, which keep an identity whose sub-modes are
   joined by a few sure edges in one piece where Infomap would cut it, and then
   each sample those sure edges left alone joins the partner of its most
@@ -256,6 +257,9 @@ SINGLETON_ABOVE = 0.5
 
 #: :func:`join_modules`: an edge above this P counts as sure where the calibration says none.
 JOIN_ABOVE = 0.9
+#: :func:`join_modules`: two modules are joined only where the mean P of all the candidate
+#: edges between them is above this (on average those edges say "same identity").
+JOIN_MEAN_ABOVE = 0.5
 
 
 def singleton_edges(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np.ndarray,
@@ -364,20 +368,28 @@ def infomap_modules(src: np.ndarray, dst: np.ndarray, prob: np.ndarray, num_node
 
 
 def join_modules(modules: np.ndarray, src: np.ndarray, dst: np.ndarray, prob: np.ndarray,
-                 join: float, join_above: float) -> np.ndarray:
+                 join: float, join_above: float,
+                 mean_above: float = JOIN_MEAN_ABOVE) -> np.ndarray:
     """``modules`` (int64 [N], 0..M-1, numbered by smallest member) with every two joined
     that at least ``join`` edges (``src``, ``dst``: int64 [E], either direction) of P
-    (``prob``, float32 [E]) above ``join_above`` connect, joined transitively. Infomap
-    cuts an identity made of several sub-modes (pose, age) where the walk rarely crosses,
-    at any Markov time: a few sure edges between two large modules weigh little against
-    the thousands inside them. Requiring several sure edges, not one, keeps a single
-    wrong edge from merging two identities. Returns int64 [N], numbered by smallest
-    member."""
-    sure = (prob > join_above) & (modules[src] != modules[dst])
-    a, b = modules[src[sure]], modules[dst[sure]]
+    (``prob``, float32 [E]) above ``join_above`` connect, and whose edges between them
+    have a mean P above ``mean_above``; joined transitively. Infomap cuts an identity made
+    of several sub-modes (pose, age) where the walk rarely crosses, at any Markov time: a
+    few sure edges between two large modules weigh little against the thousands inside
+    them. Requiring several sure edges, not one, keeps a single wrong edge from merging
+    two identities; requiring the mean, over every candidate edge between the two, keeps
+    two look-alike identities apart that a handful of confidently wrong edges connect
+    among many that the head scores as different people (between sub-modes of one
+    identity the edges that are not sure are mostly likely still). ``mean_above`` 0: the
+    count alone. Returns int64 [N], numbered by smallest member."""
+    cross = modules[src] != modules[dst]
+    a, b, p = modules[src[cross]], modules[dst[cross]], prob[cross]
     size = np.int64(modules.max(initial=-1)) + 1
-    pair, count = np.unique(np.minimum(a, b) * size + np.maximum(a, b), return_counts=True)
-    joined = pair[count >= join]
+    pair, where, count = np.unique(np.minimum(a, b) * size + np.maximum(a, b),
+                                   return_inverse=True, return_counts=True)
+    sure = np.bincount(where, weights=p > join_above, minlength=pair.size)
+    mean = np.bincount(where, weights=p.astype(np.float64), minlength=pair.size) / count
+    joined = pair[(sure >= join) & (mean > mean_above)]
     # modules are numbered by smallest member, so components of module ids numbered by their
     # smallest id are numbered by smallest member too
     found = np.asarray(ops.connected_components(joined // size, joined % size, int(size)))

@@ -65,7 +65,7 @@ from sepfl.metrics import anchored, evaluate
 from sepfl.model import PairClassifier, bf16_autocast, fast_bf16
 from sepfl.stages import candidates, pair_scores
 
-__all__ = ["train", "learning_rate", "default_ranks"]
+__all__ = ["train", "calibrate", "learning_rate", "default_ranks"]
 
 log = logging.getLogger("sepfl")
 PathLike = Union[str, Path]
@@ -677,6 +677,59 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
         history.append(_with_validation(record, model, val, config, device))
         save(config.epochs + 2)
     return model.eval()
+
+
+def calibrate(model: PairClassifier, features: Array, labels: Array,
+              config: Optional[TrainConfig] = None,
+              knn: Optional[Tuple[Array, Array]] = None) -> Dict[str, object]:
+    """Choose again how a trained model's edge head groups, as training's last step does.
+
+    The grouping stored in the edge head (Infomap's Markov time and joining, or the
+    components threshold, for each calibration graph) is chosen by clustering the
+    identities that ``config.calibration_share`` and ``config.seed`` hold out of
+    ``features`` and ``labels`` (:func:`_calibrate`); the network and the head are left
+    as they are. Given the model's own training set and config, these are the identities
+    its head was not trained on, and the result is what training would store with
+    today's grouping rules: for a model trained before a rule changed.
+
+    Parameters
+    ----------
+    model : PairClassifier
+        With an edge head; changed in place (its calibration buffers).
+    features : float [N, D], labels : int [N], knn : (nbrs, sims), optional
+        As for :func:`train`.
+    config : TrainConfig, optional
+        ``calibration_share``, ``seed``, ``edge_thinning`` (the thinned graphs calibrated
+        besides the whole one), ``candidates``, ``rho``, ``device``, ``bf16``,
+        ``progress`` are used.
+
+    Returns
+    -------
+    dict
+        The calibration record training keeps in its history.
+
+    Raises
+    ------
+    ValueError
+        A model without an edge head; too few identities to hold some out; the inputs
+        :func:`train` refuses.
+    """
+    config = config or TrainConfig()
+    if model.edge_head is None:
+        raise ValueError("the model has no edge head to calibrate (trained with edge_steps=0 "
+                         "or saved before edge heads existed)")
+    identities = to_numpy(as_indices(labels, "labels", 1))
+    held_out = _split_identities(identities, config.calibration_share, _seed(config.seed, 5))[1]
+    if not held_out.any():
+        raise ValueError(f"calibration_share {config.calibration_share} of "
+                         f"{np.unique(identities).size} identities holds none out: at least "
+                         "two identities must be held out and two kept")
+    device = resolve_device(config.device)
+    ranks = default_ranks(model.k) if config.ranks is None else config.ranks
+    graph = _training_graph(features, labels, model.k, ranks, knn, device, config.seed,
+                            progress=None if config.progress else False)
+    model = model.to(device)
+    return _calibrate(model, graph, held_out, _embeddings(model, graph, config), config)
 
 
 def _optimizer(model: PairClassifier, config: TrainConfig) -> torch.optim.Optimizer:
