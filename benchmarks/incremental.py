@@ -1,4 +1,4 @@
-"""Incremental clustering against one-shot clustering (issue 17's bar).
+"""Incremental against one-shot clustering: the never-split labels' F, each add's time.
 
 A test population of the project's generator (``make_splits(1, ids, seed).test``:
 1,500 identities and, at seed 0, 94,683 samples by default; not the quality tables' split of

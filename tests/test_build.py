@@ -1,4 +1,4 @@
-"""Which CUDA architectures the build compiles for (issue 14, item 1).
+"""Which CUDA architectures the build compiles for.
 
 CMake configure runs only (a few seconds each, nothing is compiled): with
 nvcc but no GPU the default build skips the CUDA module instead of compiling
