@@ -87,8 +87,9 @@ class ClusterConfig:
     join: Optional[float] = setting(
         None, 'Infomap (grouping "infomap" of "edges") joins two of its modules when at least '
               "this many edges with P above ``join_above`` connect them and the mean P of all "
-              "the edges between them is above 0.5 (:func:`sepfl.edges.join_modules`): Infomap cuts identities made of several "
-              "pose or age sub-modes that only a few edges cross; 0 joins none; None means the "
+              "the edges between them is above 0.5 (:func:`sepfl.edges.join_modules`): "
+              "Infomap cuts identities made of several pose or age sub-modes that only a few "
+              "edges cross; 0 joins none; None means the "
               "model's calibrated value (0 for models calibrated before this joining existed).")
     join_above: Optional[float] = setting(
         None, "The P above which an edge counts towards ``join``; None means the model's "

@@ -160,6 +160,17 @@ def _training_graph(features: Array, labels: Array, k: int, ranks: int,
                   to_tensor(sims, device), labels, src, dst, target)
 
 
+def _configured_graph(features: Array, labels: Array, k: int,
+                      knn: Optional[Tuple[Array, Array]], device: torch.device,
+                      config: TrainConfig) -> _Graph:
+    """:func:`_training_graph` with ``config``'s ranks (k above them), seed and progress."""
+    ranks = default_ranks(k) if config.ranks is None else config.ranks
+    k = check_positive_int(k, "k", minimum=ranks + 1)
+    # progress=False silences the kNN bar too; True leaves the choice to build_knn
+    return _training_graph(features, labels, k, ranks, knn, device, config.seed,
+                           progress=None if config.progress else False)
+
+
 def _epoch_pairs(graph: _Graph, config: TrainConfig, epoch: int) -> np.ndarray:
     """Candidate indices of one epoch, shuffled: int64 [pairs, ≤ pairs_per_epoch]."""
     draw = epoch if config.resample_pairs else 0
@@ -638,11 +649,8 @@ def train(features: Array, labels: Array, config: Optional[TrainConfig] = None, 
     """
     config = config or TrainConfig()
     device = resolve_device(config.device)
-    ranks = default_ranks(k) if config.ranks is None else config.ranks
-    k = check_positive_int(k, "k", minimum=ranks + 1)
-    # progress=False silences the kNN bar too; True leaves the choice to build_knn
-    graph = _training_graph(features, labels, k, ranks, knn, device, config.seed,
-                            progress=None if config.progress else False)
+    graph = _configured_graph(features, labels, k, knn, device, config)
+    k = graph.nbrs.shape[1]
     data_fingerprint = fingerprint(features)
     val = _prepare_validation(validation, k, device)
     path = None if checkpoint is None else Path(checkpoint)
@@ -725,9 +733,7 @@ def calibrate(model: PairClassifier, features: Array, labels: Array,
                          f"{np.unique(identities).size} identities holds none out: at least "
                          "two identities must be held out and two kept")
     device = resolve_device(config.device)
-    ranks = default_ranks(model.k) if config.ranks is None else config.ranks
-    graph = _training_graph(features, labels, model.k, ranks, knn, device, config.seed,
-                            progress=None if config.progress else False)
+    graph = _configured_graph(features, labels, model.k, knn, device, config)
     model = model.to(device)
     return _calibrate(model, graph, held_out, _embeddings(model, graph, config), config)
 
