@@ -550,6 +550,8 @@ CASES = [
      "needs faiss"),
     ("sepfl: negative --mixture", cli("synth", "--n-ids", "4", "--mixture", "-1", "--out",
                                       "{p}/d"), CliError, "--mixture must be >= 0"),
+    ("sepfl: --hard without --mixture", cli("synth", "--n-ids", "4", "--hard", "--out",
+                                            "{p}/d"), CliError, "give --mixture too"),
     ("sepfl: more face models than identities",
      cli("synth", "--n-ids", "4", "--mixture", "6", "--out", "{p}/d"), CliError, "got 6"),
     ("sepfl: labels of another set", cli(*CLUSTER, "--labels", "{p}/short.meta", "--out",

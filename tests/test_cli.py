@@ -15,6 +15,7 @@ import pytest
 from sepfl import io
 from sepfl.cli import _field_help, build_parser, main
 from sepfl.config import ClusterConfig, TrainConfig
+from sepfl.datasets import make_splits, random_models
 
 SEPFL = Path(sys.executable).with_name("sepfl")
 TINY_TRAIN = ["--k", "20", "--ranks", "10", "--epochs", "1", "--pairs-per-epoch", "256",
@@ -135,13 +136,17 @@ def test_cluster_with_report_and_own_knn_then_evaluate(workdir, cluster_args):
     assert code == 0 and "R_B" in out
 
 
-def test_synth_mixture_shares_the_identities_among_random_models(tmp_path):
+@pytest.mark.parametrize("hard", [[], ["--hard"]])
+def test_synth_mixture_shares_the_identities_among_random_models(tmp_path, hard):
     assert main(["synth", "--n-ids", "12", "--n-test-ids", "6", "--mixture", "3",
-                 "--out", str(tmp_path)]) == 0
+                 "--out", str(tmp_path), *hard]) == 0
     for name, n_ids in (("train", 12), ("test", 6)):
         labels = np.load(tmp_path / f"{name}_labels.npy")
         assert np.array_equal(np.unique(labels), np.arange(n_ids))
         assert np.load(tmp_path / f"{name}_features.npy").shape == (len(labels), 256)
+    splits = make_splits(12, 6, seed=0, model=random_models(3, seed=0, hard=bool(hard)))
+    np.testing.assert_array_equal(np.load(tmp_path / "test_features.npy"),
+                                  splits.test.features)
 
 
 def test_demo_runs_end_to_end(tmp_path):

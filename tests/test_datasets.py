@@ -113,6 +113,18 @@ def test_random_models_are_seeded_and_vary_every_structure():
     assert any(m.modes == 0 for m in models) and any(m.modes > 0 for m in models)
 
 
+def test_hard_random_models_all_carry_look_alikes_and_far_sub_modes():
+    models = random_models(12, seed=4, hard=True)
+    assert models == random_models(12, seed=4, hard=True) and models != random_models(12, seed=4)
+    for name in ("lookalike", "modes", "mode_cos", "spread", "mean_size"):
+        assert len({getattr(m, name) for m in models}) > 1, name
+    assert all(0.4 <= m.lookalike <= 0.8 and 1.0 <= m.modes <= 2.0 and m.mode_cos <= 0.8
+               and m.lookalike_cos[0] >= 0.55 for m in models)
+    # the plain draws include models without sub-modes or with few look-alikes; hard ones do not
+    plain = random_models(12, seed=4)
+    assert min(m.modes for m in plain) == 0 and min(m.lookalike for m in plain) < 0.4
+
+
 def test_mixed_splits_give_each_model_its_own_identities():
     models = [FaceModel(mean_size=5, size_sigma=0.0), FaceModel(mean_size=40, size_sigma=0.0)]
     splits = make_splits(10, 6, dim=16, seed=2, model=models)

@@ -290,10 +290,13 @@ def cmd_synth(args: argparse.Namespace) -> str:
 
     if args.mixture < 0:
         raise UserError(f"--mixture must be >= 0 (0: the calibrated model), got {args.mixture}")
+    if args.hard and not args.mixture:
+        raise UserError("--hard draws the face models of --mixture N: give --mixture too")
     out = _writable_folder(Path(args.out), "--out")
     splits = _user_errors(lambda: make_splits(
         args.n_ids, args.n_test_ids or args.n_ids, seed=args.seed,
-        model=random_models(args.mixture, seed=args.seed) if args.mixture else FaceModel()))
+        model=random_models(args.mixture, seed=args.seed, hard=args.hard) if args.mixture
+        else FaceModel()))
     for name, data in (("train", splits.train), ("test", splits.test)):
         if args.layout == "learn-to-cluster":
             paths = write_learn_to_cluster(data, out, f"synth_{name}", k=args.k)
@@ -473,8 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--mixture", type=int, default=0, metavar="N",
                        help="share the identities among N face models with look-alikes, "
                             "sub-modes, spreads, size tails and outliers at random degrees "
-                            "(sepfl.datasets.random_models; the bundled weights' training "
-                            "set) instead of the calibrated model (default: 0, off)")
+                            "(sepfl.datasets.random_models) instead of the calibrated model "
+                            "(default: 0, off)")
+    synth.add_argument("--hard", action="store_true",
+                       help="with --mixture: every face model with look-alikes and far "
+                            "sub-modes at strong degrees (random_models(hard=True); the "
+                            "bundled weights' training set)")
     synth.add_argument("--layout", choices=["npy", "learn-to-cluster"], default="npy",
                        help="npy: NAME_features.npy + NAME_labels.npy; learn-to-cluster: "
                             "features/*.bin, labels/*.meta, knns/*/faiss_k_K.npz "

@@ -248,7 +248,7 @@ def make_faces(n_ids: int = 1500, dim: int = 256, seed: int = 0,
     return _samples(rng, pop, model)
 
 
-def random_models(count: int, seed: int = 0) -> List[FaceModel]:
+def random_models(count: int, seed: int = 0, hard: bool = False) -> List[FaceModel]:
     """``count`` face models with each structure at a random degree (seeded).
 
     Look-alikes (share 0-0.8, centre cosines from 0.5-0.7 up to 0.15-0.25
@@ -256,21 +256,32 @@ def random_models(count: int, seed: int = 0) -> List[FaceModel]:
     identity at cosine 0.72-0.88), spread 0.75-1.15 varying per identity by a
     lognormal sigma of 0.2-0.6, mean sizes 20-70 with a tail sigma of 0.6-1.3,
     hard samples 3-10 %, outliers 0-4 %, nuisance 0.3-0.9.
+
+    ``hard`` draws every model with both confusions at a strong degree: look-alikes
+    for 0.4-0.8 of the identities at centre cosines from 0.55-0.7 up, and 1-2 extra
+    sub-modes per identity at cosine 0.72-0.8, so that telling a look-alike from a
+    far sub-mode of the same identity is learnt everywhere (the other ranges as above).
     """
     rng = np.random.default_rng(check_positive_int(seed, "seed", minimum=0))
     models = []
     for _ in range(check_positive_int(count, "count")):
-        low = rng.uniform(0.5, 0.7)
+        low = rng.uniform(0.55, 0.7) if hard else rng.uniform(0.5, 0.7)
         models.append(FaceModel(
             mean_size=rng.uniform(20, 70), size_sigma=rng.uniform(0.6, 1.3),
             spread=rng.uniform(0.75, 1.15), spread_sigma=rng.uniform(0.2, 0.6),
-            lookalike=rng.uniform(0.0, 0.8),
+            lookalike=rng.uniform(0.4, 0.8) if hard else rng.uniform(0.0, 0.8),
             lookalike_cos=(low, min(0.92, low + rng.uniform(0.15, 0.25))),
             nuisance=rng.uniform(0.3, 0.9), hard=rng.uniform(0.03, 0.1),
             outliers=rng.uniform(0.0, 0.04),
-            modes=0.0 if rng.random() < 1 / 3 else rng.uniform(0.5, 2.0),
-            mode_cos=rng.uniform(0.72, 0.88)))
+            modes=_modes(rng, hard), mode_cos=rng.uniform(0.72, 0.8 if hard else 0.88)))
     return models
+
+
+def _modes(rng: np.random.Generator, hard: bool) -> float:
+    """Extra sub-modes per identity of one :func:`random_models` draw."""
+    if hard:
+        return rng.uniform(1.0, 2.0)
+    return 0.0 if rng.random() < 1 / 3 else rng.uniform(0.5, 2.0)
 
 
 def make_splits(n_train_ids: int = 1500, n_test_ids: int = 1500, dim: int = 256, seed: int = 0,
