@@ -8,8 +8,8 @@ similarity floor 0.0-0.65 (the best point, as its users tune it) and the best
 kNN cosine threshold. F_P / F_B / NMI and seconds on each test split.
 
 The model is the bundled one (trained on a mixture of eight randomised face
-models that all have look-alikes and far sub-modes, ``sepfl synth --mixture 8
---hard``: none of these populations is one of them) or, with ``--train``, one trained on each population's own training
+models, ``sepfl synth --mixture 8``: none of these populations is one of
+them) or, with ``--train``, one trained on each population's own training
 split with the default ``TrainConfig``.
 
 Populations and what they change (``base`` is the project's calibrated one):
@@ -17,9 +17,9 @@ the design was tuned looking at base, twins, modes, wide and mix; clean,
 tail and the other widths were only ever reported until the cosine factor of
 Infomap's weights (2026-12-03), which was chosen looking at all seven and at
 four randomised face models (seeds 7001-7004). The ``drawn`` populations are
-more randomised models: 7005-7007 first clustered after that choice was made,
-and the hard training mixture of the bundled weights (2026-12-04) chosen looking
-at the other ten; 7008-7010 first clustered after it was chosen.
+more randomised models: 7005-7007 first clustered after that choice was made;
+7008-7010 first clustered on 2026-12-04, after a model trained on a hard mixture
+(``random_models(hard=True)``) had been chosen looking at the other ten.
 
 ``--thin S`` clusters a random share S of each test split instead (the same
 identities with fewer samples each, as in a smaller data set).
@@ -75,8 +75,8 @@ POPULATIONS = {
             "outliers"),
 }
 # drawn as random_models draws face models, with seeds no model of the project was trained or
-# tuned on: 7005-7007 after the grouping of 2026-12-03 was fixed, 7008-7010 after the bundled
-# weights' hard training mixture (random_models(hard=True)) was chosen on 2026-12-04
+# tuned on: 7005-7007 after the grouping of 2026-12-03 was fixed, 7008-7010 after a model
+# trained on a hard mixture (random_models(hard=True)) was chosen on 2026-12-04
 POPULATIONS.update({f"drawn{seed}": (256, 1000, random_models(1, seed=seed)[0],
                                      f"one randomised face model, seed {seed}")
                     for seed in range(7005, 7011)})

@@ -476,12 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--mixture", type=int, default=0, metavar="N",
                        help="share the identities among N face models with look-alikes, "
                             "sub-modes, spreads, size tails and outliers at random degrees "
-                            "(sepfl.datasets.random_models) instead of the calibrated model "
-                            "(default: 0, off)")
+                            "(sepfl.datasets.random_models; the bundled weights' training "
+                            "set) instead of the calibrated model (default: 0, off)")
     synth.add_argument("--hard", action="store_true",
                        help="with --mixture: every face model with look-alikes and far "
-                            "sub-modes at strong degrees (random_models(hard=True); the "
-                            "bundled weights' training set)")
+                            "sub-modes at strong degrees (random_models(hard=True))")
     synth.add_argument("--layout", choices=["npy", "learn-to-cluster"], default="npy",
                        help="npy: NAME_features.npy + NAME_labels.npy; learn-to-cluster: "
                             "features/*.bin, labels/*.meta, knns/*/faiss_k_K.npz "

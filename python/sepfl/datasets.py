@@ -28,10 +28,11 @@ The model
   **outliers** (share ``outliers``) have 4 times it, close to noise.
 
 All parameters live in :class:`FaceModel`. :func:`random_models` draws
-several models with every structure above switched on to a random degree;
+several models with every structure above switched on to a random degree
+(``hard=True``: look-alikes and far sub-modes in every model, each strong);
 ``make_splits(model=[...])`` then gives each model its share of the
-identities: the randomised family the bundled weights are trained on, so
-that they do not learn one generator's settings.
+identities: the randomised family the bundled weights are trained on (plain
+draws), so that they do not learn one generator's settings.
 
 Calibration
 -----------

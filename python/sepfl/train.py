@@ -459,7 +459,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     sets.) Per graph, because one Infomap setting for all densities let the sparse copies
     pull the whole graph's away from its best; components only for all graphs, because one
     confidently wrong edge chains two identities, more often in larger graphs and on data
-    unlike the training set's: chosen per graph, the bundled mixture's 10 % copy picked
+    unlike the training set's: chosen per graph, a mixture-trained model's 10 % copy picked
     components and populations at 10 % collapsed into giant clusters. None when nothing
     is held out."""
     if not held_out.any():
