@@ -77,9 +77,10 @@ POPULATIONS = {
 # drawn as random_models draws face models, with seeds no model of the project was trained or
 # tuned on: 7005-7007 after the grouping of 2026-12-03 was fixed, 7008-7010 after a model
 # trained on a hard mixture (random_models(hard=True)) was chosen on 2026-12-04
+DRAWN_SEEDS = range(7005, 7011)
 POPULATIONS.update({f"drawn{seed}": (256, 1000, random_models(1, seed=seed)[0],
                                      f"one randomised face model, seed {seed}")
-                    for seed in range(7005, 7011)})
+                    for seed in DRAWN_SEEDS})
 COSINE_THRESHOLDS = np.round(np.arange(0.30, 0.91, 0.025), 3)
 
 
@@ -166,7 +167,7 @@ def run(name: str, seed: int, args) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="base,twins,modes,wide,clean,tail,mix,"
-                                          + ",".join(f"drawn{seed}" for seed in range(7005, 7011)),
+                                          + ",".join(f"drawn{seed}" for seed in DRAWN_SEEDS),
                         help="comma-separated populations (all: " + ",".join(POPULATIONS) + ")")
     parser.add_argument("--checkpoint", help="model to use (default: the bundled weights)")
     parser.add_argument("--train", action="store_true",

@@ -266,11 +266,11 @@ def random_models(count: int, seed: int = 0, hard: bool = False) -> List[FaceMod
     rng = np.random.default_rng(check_positive_int(seed, "seed", minimum=0))
     models = []
     for _ in range(check_positive_int(count, "count")):
-        low = rng.uniform(0.55, 0.7) if hard else rng.uniform(0.5, 0.7)
+        low = rng.uniform(0.55 if hard else 0.5, 0.7)
         models.append(FaceModel(
             mean_size=rng.uniform(20, 70), size_sigma=rng.uniform(0.6, 1.3),
             spread=rng.uniform(0.75, 1.15), spread_sigma=rng.uniform(0.2, 0.6),
-            lookalike=rng.uniform(0.4, 0.8) if hard else rng.uniform(0.0, 0.8),
+            lookalike=rng.uniform(0.4 if hard else 0.0, 0.8),
             lookalike_cos=(low, min(0.92, low + rng.uniform(0.15, 0.25))),
             nuisance=rng.uniform(0.3, 0.9), hard=rng.uniform(0.03, 0.1),
             outliers=rng.uniform(0.0, 0.04),
