@@ -22,11 +22,16 @@ more randomised models: 7005-7007 first clustered after that choice was made;
 (``random_models(hard=True)``) had been chosen looking at the other ten.
 
 ``--thin S`` clusters a random share S of each test split instead (the same
-identities with fewer samples each, as in a smaller data set).
+identities with fewer samples each, as in a smaller data set). ``--whole`` clusters
+a whole population of each model instead of its test split (a fresh one, as many
+identities): a test split lacks the look-alikes whose model identity fell in the
+training split, so its look-alike families are thinner than a real data set's,
+where every member of a family is there.
 
     python benchmarks/populations.py                          # bundled weights, D = 256 sets
     python benchmarks/populations.py --train --only d128,d512
     python benchmarks/populations.py --thin 0.1               # ~6 samples per identity
+    python benchmarks/populations.py --whole                  # whole look-alike families
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import header, table  # noqa: E402
 
 from sepfl import baselines  # noqa: E402
-from sepfl.datasets import FaceModel, make_splits, random_models  # noqa: E402
+from sepfl.datasets import FaceModel, make_faces, make_splits, random_models  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
 from sepfl.io import Dataset  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
@@ -82,6 +87,8 @@ POPULATIONS.update({f"drawn{seed}": (256, 1000, random_models(1, seed=seed)[0],
                                      f"one randomised face model, seed {seed}")
                     for seed in DRAWN_SEEDS})
 COSINE_THRESHOLDS = np.round(np.arange(0.30, 0.91, 0.025), 3)
+#: --whole: a population's whole set is drawn with its seed plus this (not its splits' stream)
+WHOLE_SEED_OFFSET = 5000
 
 
 def _model(args, dim: int, train) -> SEPFL:
@@ -119,7 +126,8 @@ def run(name: str, seed: int, args) -> list:
     trained = time.perf_counter() - started
     if args.train and args.save:
         estimator.save(Path(args.save) / f"{name}.pt")
-    test = splits.test
+    test = make_faces(n_ids, dim, seed + WHOLE_SEED_OFFSET, face_model) if args.whole \
+        else splits.test
     if args.thin < 1:  # a smaller data set of the same identities: fewer samples each
         kept = np.random.default_rng(1).random(len(test.labels)) < args.thin
         test = Dataset(test.features[kept], test.labels[kept])
@@ -175,12 +183,19 @@ def main() -> None:
     parser.add_argument("--save", metavar="DIR",
                         help="with --train, save each population's model as DIR/NAME.pt (to "
                              "cluster it again with --checkpoint)")
+    parser.add_argument("--whole", action="store_true",
+                        help="cluster a whole population of each model (every member of each "
+                             "look-alike family) instead of its test split")
     parser.add_argument("--thin", type=float, default=1.0,
                         help="cluster this share of each test split, drawn at random (fewer "
                              "samples per identity, as in a smaller data set; default 1: all)")
     args = parser.parse_args()
     if not 0 < args.thin <= 1:
         parser.error(f"--thin must be in (0, 1], got {args.thin}")
+    if args.whole and args.train:
+        parser.error("--whole clusters a fresh population of each model, whose nuisance "
+                     "subspace is not its training split's: use it with the bundled weights "
+                     "or --checkpoint")
     unknown = sorted(set(args.only.split(",")) - set(POPULATIONS))
     if unknown:
         parser.error(f"unknown population(s) {', '.join(unknown)}; "
@@ -194,7 +209,8 @@ def main() -> None:
         with ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
             rows += pool.submit(run, name, seed, args).result()
     print()
-    print(header("quality across populations (test splits, identities unseen in training"
+    sets = "whole populations" if args.whole else "test splits"
+    print(header(f"quality across populations ({sets}, identities unseen in training"
                  + (f"; a random {args.thin:g} of each)" if args.thin < 1 else ")")))
     print("model: " + ("trained on each population's own training split" if args.train
                        else (args.checkpoint or "bundled weights") + ", trained on a randomised "
