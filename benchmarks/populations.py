@@ -104,7 +104,7 @@ def _model(args, dim: int, train) -> SEPFL:
 def _grouping_note(grouping) -> str:
     """How a run grouped (a :class:`sepfl.stages.Grouping`)."""
     if grouping.how == "infomap":
-        return f"infomap, P > {grouping.threshold:g}, markov time {grouping.markov_time:g}" + (
+        return f"infomap, markov time {grouping.markov_time:g}" + (
             f", joined at {grouping.join:g} edges P > {grouping.join_above:.2g}"
             if grouping.join > 0 else "")
     if grouping.how == "components":

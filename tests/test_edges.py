@@ -17,8 +17,7 @@ from sepfl.knn import build_knn
 from sepfl.metrics import evaluate
 from sepfl.model import PairClassifier
 from sepfl.stages import edge_grouping
-from sepfl.train import (CALIBRATION_INFOMAP_THRESHOLDS, CALIBRATION_JOIN_ABOVE,
-                         CALIBRATION_JOINS, CALIBRATION_MARKOV_TIMES,
+from sepfl.train import (CALIBRATION_JOIN_ABOVE, CALIBRATION_JOINS, CALIBRATION_MARKOV_TIMES,
                          calibrate, train)
 
 import oracles
@@ -226,16 +225,14 @@ def test_training_adds_a_calibrated_edge_head(trained):
     assert set(head.join.tolist()) <= set(CALIBRATION_JOINS)
     assert set(head.join_above.tolist()) <= set(np.float32(CALIBRATION_JOIN_ABOVE).tolist())
     assert bool(((head.threshold > 0) & (head.threshold < 1)).all())
-    assert set(head.infomap_threshold.tolist()) <= set(
-        np.float32(CALIBRATION_INFOMAP_THRESHOLDS).tolist())
     assert bool(((head.same_share > 0) & (head.same_share < 1)).all())
     assert set(head.components.tolist()) <= {0, 1}
 
 
 def test_the_head_groups_as_calibrated_on_the_graph_whose_mean_p_is_nearest():
-    views = [edges.Calibrated("infomap", 0.5, 4.0, 0.0, 0.5, 0.25, infomap_threshold=0.875),
+    views = [edges.Calibrated("infomap", 0.5, 4.0, 0.0, 0.5, 0.25),
              edges.Calibrated("components", 0.75, 2.0, 3.0, 0.875, 0.5),
-             edges.Calibrated("infomap", 0.25, 1.0, 10.0, 0.5, 0.75, infomap_threshold=0.625)]
+             edges.Calibrated("infomap", 0.25, 1.0, 10.0, 0.5, 0.75)]
     head = edges.EdgeHead()
     head.set_calibration(views)
     assert [head.calibrated(share) for share in (0.0, 0.3, 0.4, 0.55, 0.7, 1.0)] == \
@@ -283,11 +280,10 @@ def test_calibrate_chooses_again_what_training_chose(faces, trained):
     model = copy.deepcopy(trained)
     head = model.edge_head
     # a calibration training would never choose, on as many graphs as training calibrated
-    head.set_calibration([edges.Calibrated("components", 0.3, 8.0, 99.0, 0.5, 0.0, 0.3)]
+    head.set_calibration([edges.Calibrated("components", 0.3, 8.0, 99.0, 0.5, 0.0)]
                          * trained.edge_head.join.numel())
     record = calibrate(model, faces.features, faces.labels, TrainConfig(**FAST))
-    for name in ("components", "threshold", "markov_time", "join", "join_above", "same_share",
-                 "infomap_threshold"):
+    for name in ("components", "threshold", "markov_time", "join", "join_above", "same_share"):
         torch.testing.assert_close(getattr(head, name), getattr(trained.edge_head, name))
     assert [view["join"] for view in record["calibration"]] == trained.edge_head.join.tolist()
     # the network and the head's weights are left as they were
@@ -312,42 +308,23 @@ def test_grouping_joins_as_the_head_was_calibrated_unless_told_otherwise(trained
 
 @pytest.mark.parametrize("dropped", [(), ("join_above",), ("join", "join_above")])
 def test_a_head_saved_with_one_grouping_loads_as_one_calibration_graph(trained, dropped):
-    # heads saved before the per-graph calibration hold one grouping in scalar buffers (and
-    # gave Infomap the edges above 0.5); one saved before modules were joined by sure edges
-    # (with or without the older joining's buffer) was calibrated joining none
+    # heads saved before the per-graph calibration hold one grouping in scalar buffers; one
+    # saved before modules were joined by sure edges (with or without the older joining's
+    # buffer) was calibrated joining none
     scalars = [f"edge_head.{name}" for name in
                ("threshold", "markov_time", "join", "join_above", "components")]
-    gone = ["edge_head.same_share", "edge_head.infomap_threshold"]
     older = {name: value[0] if name in scalars else value
              for name, value in trained.state_dict().items()
-             if name not in gone + [f"edge_head.{n}" for n in dropped]}
+             if name not in ["edge_head.same_share"] + [f"edge_head.{n}" for n in dropped]}
     head = PairClassifier.from_state_dict(older).edge_head
     assert head.same_share.shape == (1,)
     calibrated = head.calibrated(0.9)
     assert calibrated == head.calibrated(0.1)
     assert calibrated.markov_time == float(trained.edge_head.markov_time[0])
-    assert calibrated.infomap_threshold == 0.5
     if dropped:
         assert (calibrated.join, calibrated.join_above) == (0.0, pytest.approx(edges.JOIN_ABOVE))
     else:
         assert calibrated.join == float(trained.edge_head.join[0])
-
-
-def test_a_head_calibrated_before_infomap_thresholds_gives_infomap_the_edges_above_half(
-        trained):
-    older = {name: value for name, value in trained.state_dict().items()
-             if name != "edge_head.infomap_threshold"}
-    model = PairClassifier.from_state_dict(older)
-    assert model.edge_head.infomap_threshold.tolist() == [0.5] * trained.edge_head.join.numel()
-    for share in model.edge_head.same_share.tolist():
-        grouping = edge_grouping(model, ClusterConfig(k=K, grouping="infomap"), share)
-        assert grouping.threshold == 0.5
-    # a calibrated one is Infomap's threshold unless the config sets one
-    model.edge_head.infomap_threshold.fill_(0.875)
-    share = float(model.edge_head.same_share[0])
-    assert edge_grouping(model, ClusterConfig(k=K, grouping="infomap"), share).threshold == 0.875
-    assert edge_grouping(model, ClusterConfig(k=K, grouping="infomap", threshold=0.6),
-                         share).threshold == 0.6
 
 
 def test_small_k_trains_on_clean_data_with_negatives_from_beyond_the_lists(caplog):

@@ -170,9 +170,9 @@ def test_calibration_groups_the_whole_graph_and_each_thinned_copy(toy):
     for above in training.CALIBRATION_JOIN_ABOVE])
 def test_calibration_stores_per_graph_the_grouping_that_groups_its_held_out_identities_best(
         toy, monkeypatch, joining):
-    # stand-ins right only with one joining of Infomap's modules at one threshold and Markov
-    # time on the whole graph, and with another on its thinned copy (every other grouping
-    # leaves each sample alone), so the head must store exactly those, one per graph
+    # stand-ins right only with one joining of Infomap's modules at one Markov time on the
+    # whole graph, and with another on its thinned copy (every other grouping leaves each
+    # sample alone), so the head must store exactly those, one per graph
     pytest.importorskip("infomap")
     graph = training._training_graph(*toy, K, RANKS, None, torch.device("cpu"), seed=0)
     model = PairClassifier(toy[0].shape[1], K).eval()
@@ -182,22 +182,16 @@ def test_calibration_stores_per_graph_the_grouping_that_groups_its_held_out_iden
     held_out = np.isin(toy[1], [0, 5, 9])
     views = training._calibration_views(model, graph, held_out, e, config,
                                         ClusterConfig(k=K, candidates=K - 1, device="cpu"))
-    # (Infomap's threshold, join, join_above, Markov time) of each graph
-    wanted = {views[0][4].size: (0.7, *joining, 2.0),
-              views[1][4].size: (0.9, 0.0, edges.JOIN_ABOVE, 4.0)}
+    wanted = {views[0][4].size: (*joining, 2.0), views[1][4].size: (0.0, edges.JOIN_ABOVE, 4.0)}
     right = {view[4].size: view[4].copy() for view in views}
-    thresholds = training.CALIBRATION_INFOMAP_THRESHOLDS
 
-    def infomap_modules(src, dst, scores, num_nodes, threshold=0.5, markov_time=1.0, **unused):
-        if wanted[num_nodes][:2] + wanted[num_nodes][3:] == (threshold, 0.0, markov_time):
+    def infomap_modules(src, dst, scores, num_nodes, markov_time=1.0, **unused):
+        if wanted[num_nodes][::2] == (0.0, markov_time):
             return right[num_nodes]
-        # the run's threshold and Markov time in the first module number
-        return np.arange(num_nodes) + (thresholds.index(threshold) * 100
-                                       + int(markov_time * 10)) * num_nodes
+        return np.arange(num_nodes) + int(markov_time * 10) * num_nodes  # Markov time in [0]
 
     def join_modules(modules, src, dst, scores, count, join_above):
-        run = int(modules[0] // modules.size)
-        if wanted[modules.size] == (thresholds[run // 100], count, join_above, run % 100 / 10):
+        if wanted[modules.size] == (count, join_above, modules[0] / modules.size / 10):
             return right[modules.size]
         return np.arange(modules.size)
 
@@ -208,21 +202,21 @@ def test_calibration_stores_per_graph_the_grouping_that_groups_its_held_out_iden
     record = training._calibrate(model, graph, held_out, e, config)
     shares = [float(np.mean(view[2])) for view in views]
     head = model.edge_head
-    names = ("infomap_threshold", "join", "join_above", "markov_time")
     want = np.array(list(wanted.values()))
-    np.testing.assert_allclose(torch.stack([getattr(head, name) for name in names], 1),
+    np.testing.assert_allclose(torch.stack([head.join, head.join_above, head.markov_time], 1),
                                want, rtol=1e-6)
     np.testing.assert_allclose(head.same_share, shares, rtol=1e-6)
     assert head.components.tolist() == [0, 0]
     assert [r["grouping"] for r in record["calibration"]] == ["infomap", "infomap"]
-    np.testing.assert_allclose([[r[name] for name in names + ("same_share",)]
+    np.testing.assert_allclose([[r[name] for name in ("join", "join_above", "markov_time",
+                                                      "same_share")]
                                 for r in record["calibration"]],
                                np.column_stack([want, shares]), rtol=1e-6)
     # a graph to cluster is grouped as the calibration graph of the nearest mean P
     for share, choice in zip(shares, want):
         calibrated = head.calibrated(share)
-        np.testing.assert_allclose([getattr(calibrated, name) for name in names], choice,
-                                   rtol=1e-6)
+        np.testing.assert_allclose([calibrated.join, calibrated.join_above,
+                                    calibrated.markov_time], choice, rtol=1e-6)
 
 
 @pytest.mark.parametrize("thinned_f, grouping", [(0.1, "infomap"), (0.5, "components")])

@@ -67,8 +67,8 @@ class ClusterConfig:
                           "(e.g. the authors' checkpoint) clusters with \"sepfl\" (logged).")
     threshold: Optional[float] = setting(
         None, "An edge or pair is kept when its P(same identity) is above this; None means 0.5 "
-              "(the argmax), or for \"edges\" the model's calibrated threshold (Infomap's or "
-              "the connected components').")
+              "(the argmax), or the model's calibrated threshold for \"edges\" grouped by "
+              "\"components\".")
     candidates: int = setting(40, 'Candidate edges per sample for "edges" (ranks 1..candidates, '
                                   "capped at k - 1).")
     grouping: Optional[str] = setting(
@@ -244,9 +244,8 @@ class TrainConfig:
                     "the full set only.")
     calibration_share: float = setting(
         0.15, "Share of the training identities held out of the edge head's training to choose "
-              "its grouping on (Infomap's threshold, Markov time and joining, or a "
-              "components threshold, :mod:`sepfl.edges`); 0 keeps Infomap at Markov time 1 "
-              "on the edges above 0.5, joining none.")
+              "its grouping on (Infomap's Markov time or a components threshold, "
+              ":mod:`sepfl.edges`); 0 keeps Infomap at Markov time 1 and the threshold at 0.5.")
     rho: float = setting(0.7, "Density's similarity level when training clusters its held-out "
                               "identities and validation split (as :attr:`ClusterConfig.rho`).")
 

@@ -24,9 +24,8 @@ and changes what is scored and how it is grouped:
 * **Edge head** (:class:`EdgeHead`): a small MLP over the standardised
   statistics giving P(same identity), trained on the training graph's own
   candidate edges (the negatives inference meets: look-alikes at low ranks).
-* **Grouping** (:func:`group_edges`): Infomap on the edges with P above a
-  calibrated threshold (0.5 to 0.9: sparse graphs, a few samples per identity,
-  want surer edges), weighted by P, and by ``(cos / c)²`` more where the edge's cosine is
+* **Grouping** (:func:`group_edges`): Infomap on the edges with P > 0.5,
+  weighted by P, and by ``(cos / c)²`` more where the edge's cosine is
   below ``c`` = :attr:`ClusterConfig.full_cosine` (0.5), so a cluster is a
   region the weighted walk stays in and one wrong edge does not merge two
   identities. The cosine factor matters where identities have few samples:
@@ -45,7 +44,7 @@ and changes what is scored and how it is grouped:
   probable edge when that edge has P > 0.5 (a hard sample whose edges are all
   merely likely is not left a singleton). Training
   clusters held-out identities to choose between them and to set Infomap's
-  threshold, Markov time and joining and the components threshold, for the whole training set
+  Markov time, the joining and the components threshold, for the whole training set
   and for thinned copies of it; a graph is grouped as the calibration graph most alike
   it (:meth:`EdgeHead.calibrated`).
   Without the ``infomap`` package, connected components.
@@ -160,7 +159,6 @@ class Calibrated(NamedTuple):
     join: float          # Infomap's modules joined by this many edges of P > join_above
     join_above: float
     same_share: float    # the graph's mean P(same identity) over its candidate edges
-    infomap_threshold: float = 0.5  # Infomap's edges above it (0.5: heads calibrated before it)
 
 
 class EdgeHead(nn.Module):
@@ -173,11 +171,10 @@ class EdgeHead(nn.Module):
     V graphs (the whole training set and its thinned copies,
     :func:`sepfl.train._calibrate`): ``same_share``, each graph's mean P(same
     identity) over its candidate edges, then how to group it — ``components``
-    (1 for connected components above ``threshold``, 0 for Infomap on the
-    edges above ``infomap_threshold`` at ``markov_time`` with its modules
-    joined by ``join`` edges of P above ``join_above``, :func:`join_modules`;
-    ``join`` 0: none; training sets ``components`` and ``threshold`` alike for
-    every graph). :meth:`calibrated`
+    (1 for connected components above ``threshold``, 0 for Infomap at
+    ``markov_time`` with its modules joined by ``join`` edges of P above
+    ``join_above``, :func:`join_modules`; ``join`` 0: none; training sets
+    ``components`` and ``threshold`` alike for every graph). :meth:`calibrated`
     picks one for a graph to cluster.
     """
 

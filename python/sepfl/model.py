@@ -133,10 +133,6 @@ class PairClassifier(nn.Module):
         elif head is not None:
             if "edge_head.same_share" not in state_dict:
                 state_dict = _one_calibration_graph(state_dict)
-            if "edge_head.infomap_threshold" not in state_dict:
-                # calibrated before Infomap's threshold was: Infomap took the edges above 0.5
-                state_dict = {**state_dict, "edge_head.infomap_threshold": torch.full_like(
-                    state_dict["edge_head.same_share"], 0.5)}
             model.edge_head = EdgeHead(int(head.shape[0]),
                                        views=int(state_dict["edge_head.same_share"].numel()))
         model.load_state_dict(state_dict, strict=True)

@@ -229,8 +229,7 @@ def edge_grouping(model: PairClassifier, config: ClusterConfig, same_share: floa
         grouping = "components"
     threshold = config.threshold
     if threshold is None:
-        threshold = calibrated.infomap_threshold if grouping == "infomap" \
-            else calibrated.threshold
+        threshold = 0.5 if grouping == "infomap" else calibrated.threshold
     markov_time = calibrated.markov_time if config.markov_time is None else config.markov_time
     join = calibrated.join if config.join is None else config.join
     join_above = calibrated.join_above if config.join_above is None else config.join_above

@@ -309,9 +309,6 @@ def _embeddings(model: PairClassifier, graph: _Graph, config: TrainConfig) -> to
 
 CALIBRATION_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 CALIBRATION_MARKOV_TIMES = (1.0, 2.0, 4.0, 8.0)
-#: Infomap's edges are those above one of these (a sparse graph, a few samples per identity,
-#: groups better on surer edges)...
-CALIBRATION_INFOMAP_THRESHOLDS = (0.5, 0.7, 0.9)
 #: ...and with two modules joined where this many edges of P above each of
 #: :data:`CALIBRATION_JOIN_ABOVE` connect them (0: none; :func:`sepfl.edges.join_modules`),
 #: at each Markov time.
@@ -444,8 +441,7 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     """Store in the edge head how to group the whole training graph and each thinned copy
     of it (:attr:`TrainConfig.edge_thinning`), each with the graph's mean P over its
     candidate edges, by which a graph to cluster finds the one most alike it
-    (:meth:`sepfl.edges.EdgeHead.calibrated`): for each graph the threshold of
-    :data:`CALIBRATION_INFOMAP_THRESHOLDS`, the Markov time of
+    (:meth:`sepfl.edges.EdgeHead.calibrated`): for each graph the Markov time of
     :data:`CALIBRATION_MARKOV_TIMES` and the joining of :data:`CALIBRATION_JOINS` sure
     edges above :data:`CALIBRATION_JOIN_ABOVE` with which Infomap clusters its held-out
     identities best; for all graphs at once, whether connected components (at the threshold
@@ -483,10 +479,9 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
     if edges.infomap_available():
         infomap = [_infomap_choice(view, settings) for view in views]
         if np.mean([f for _, f in infomap]) >= view_f.mean():
-            chosen = [calibrated._replace(grouping="infomap", infomap_threshold=threshold,
-                                          markov_time=markov_time, join=join, join_above=above)
-                      for calibrated, ((threshold, join, above, markov_time), _)
-                      in zip(chosen, infomap)]
+            chosen = [calibrated._replace(grouping="infomap", markov_time=markov_time,
+                                          join=join, join_above=above)
+                      for calibrated, ((join, above, markov_time), _) in zip(chosen, infomap)]
             view_f = np.array([f for _, f in infomap])
     for view, calibrated, f in zip(views, chosen, view_f):
         log.info("edge head calibrated on the %d held-out samples of a graph of %d: %s "
@@ -500,26 +495,23 @@ def _calibrate(model: PairClassifier, graph: _Graph, held_out: np.ndarray, e: to
 
 
 def _infomap_choice(view: Tuple[np.ndarray, ...], settings: ClusterConfig
-                    ) -> Tuple[Tuple[float, float, float, float], float]:
-    """The (threshold, join, join_above, Markov time) of Infomap that groups one calibration
-    graph's held-out samples best, and its score: one Infomap run per threshold of
-    :data:`CALIBRATION_INFOMAP_THRESHOLDS` and Markov time, each joining of
+                    ) -> Tuple[Tuple[float, float, float], float]:
+    """The (join, join_above, Markov time) of Infomap that groups one calibration graph's
+    held-out samples best, and its score: one Infomap run per Markov time, each joining of
     :data:`CALIBRATION_JOINS` × :data:`CALIBRATION_JOIN_ABOVE` (or none) applied to its
-    modules; the first best of thresholds × joinings × Markov times in that order."""
+    modules; the first best of joinings × Markov times in that order."""
     src, dst, scores, cosine, labels, _ = view
-    runs = [(threshold, markov_time) for threshold in CALIBRATION_INFOMAP_THRESHOLDS
-            for markov_time in CALIBRATION_MARKOV_TIMES]
-    modules = {(threshold, markov_time): edges.infomap_modules(
-        src, dst, scores, labels.size, threshold=threshold, markov_time=markov_time,
-        cosine=cosine, full_cosine=settings.full_cosine) for threshold, markov_time in runs}
+    modules = {markov_time: edges.infomap_modules(src, dst, scores, labels.size,
+                                                  markov_time=markov_time, cosine=cosine,
+                                                  full_cosine=settings.full_cosine)
+               for markov_time in CALIBRATION_MARKOV_TIMES}
     joinings = [(0.0, edges.JOIN_ABOVE)] + [(join, above) for join in CALIBRATION_JOINS
                                             if join > 0 for above in CALIBRATION_JOIN_ABOVE]
-    choices = [(threshold, join, above, markov_time) for threshold in
-               CALIBRATION_INFOMAP_THRESHOLDS for join, above in joinings
+    choices = [(join, above, markov_time) for join, above in joinings
                for markov_time in CALIBRATION_MARKOV_TIMES]
 
-    def joined(threshold: float, join: float, above: float, markov_time: float) -> np.ndarray:
-        found = modules[threshold, markov_time]
+    def joined(join: float, above: float, markov_time: float) -> np.ndarray:
+        found = modules[markov_time]
         return found if join == 0 else edges.join_modules(found, src, dst, scores, join, above)
 
     scored = [_held_out_f(view, joined(*choice)) for choice in choices]
