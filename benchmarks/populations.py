@@ -187,7 +187,7 @@ def main() -> None:
                         help="cluster a whole population of each model (every member of each "
                              "look-alike family) instead of its test split")
     parser.add_argument("--thin", type=float, default=1.0,
-                        help="cluster this share of each test split, drawn at random (fewer "
+                        help="cluster this share of each test set, drawn at random (fewer "
                              "samples per identity, as in a smaller data set; default 1: all)")
     args = parser.parse_args()
     if not 0 < args.thin <= 1:
