@@ -120,9 +120,11 @@ def best_infomap(knn, gt):
 
 def run(name: str, seed: int, args) -> list:
     dim, n_ids, face_model, _ = POPULATIONS[name]
-    splits = make_splits(n_ids, n_ids, dim=dim, seed=seed, model=face_model)
+    # --whole draws its own population and never trains (main refuses --whole --train)
+    splits = None if args.whole else make_splits(n_ids, n_ids, dim=dim, seed=seed,
+                                                  model=face_model)
     started = time.perf_counter()
-    estimator = _model(args, dim, splits.train)
+    estimator = _model(args, dim, splits and splits.train)
     trained = time.perf_counter() - started
     if args.train and args.save:
         estimator.save(Path(args.save) / f"{name}.pt")
