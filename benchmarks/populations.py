@@ -58,7 +58,7 @@ from sepfl.metrics import evaluate  # noqa: E402
 # name: (D, train and test identities each, model, what it stresses)
 POPULATIONS = {
     "base": (256, 1500, FaceModel(), "the project's calibrated generator (test split of the "
-             "README's quality table)"),
+             "quality table in docs/results.md)"),
     "twins": (256, 1000, FaceModel(lookalike=0.8, lookalike_cos=(0.7, 0.9), modes=1.0,
                                    mode_cos=0.8, spread=0.85),
               "look-alike families everywhere, sub-modes"),

@@ -33,8 +33,8 @@ and changes what is scored and how it is grouped:
   likely edges to the unrelated samples nearest it by chance, and those sit
   at lower cosines than a true partner, so the walk leaves them sooner.
   Above ``c`` every edge weighs its P: weighing all edges by their cosine
-  split identities whose sub-modes meet at middling cosines (README,
-  Results). Infomap cuts an identity made of sub-modes that only a few edges
+  split identities whose sub-modes meet at middling cosines (docs/results.md,
+  "Smaller data sets"). Infomap cuts an identity made of sub-modes that only a few edges
   cross; two modules with at least ``join`` sure edges (P > ``join_above``)
   between them, and a mean P above 0.5 over all their candidate edges between
   them, are then joined (:func:`join_modules`). Or connected components of the
