@@ -5,7 +5,7 @@ For every population: the default scheme ("edges"), SEPFL's exact scheme
 the model's calibration chose to join them, each scheme's oracle (perfect decisions on its
 own candidates), Infomap on the kNN graph swept over k in {50, 80} and the
 similarity floor 0.0-0.65 (the best point, as its users tune it) and the best
-kNN cosine threshold. F_P / F_B / NMI and seconds on each test split.
+kNN cosine threshold. F_P / F_B, pairwise precision and recall, NMI and seconds on each test split.
 
 The model is the bundled one (trained on a mixture of eight randomised face
 models, ``sepfl synth --mixture 8``: none of these populations is one of
@@ -141,6 +141,7 @@ def run(name: str, seed: int, args) -> list:
 
     def add(method, metrics, seconds, note=""):
         rows.append([name, method, f"{metrics['pairwise_f']:.4f}", f"{metrics['bcubed_f']:.4f}",
+                     f"{metrics['pairwise_precision']:.3f}", f"{metrics['pairwise_recall']:.3f}",
                      f"{metrics['nmi']:.4f}", f"{seconds:.1f}", note])
         print(" | ".join(rows[-1]), flush=True)
 
@@ -219,7 +220,7 @@ def main() -> None:
                        "mixture of face models"))
     for name in dict.fromkeys(row[0] for row in rows):
         print(f"- {name}: {POPULATIONS[name][3]}")
-    print(table(["population", "method", "F_P", "F_B", "NMI", "seconds", "note"], rows))
+    print(table(["population", "method", "F_P", "F_B", "P", "R", "NMI", "seconds", "note"], rows))
 
 
 if __name__ == "__main__":
