@@ -5,7 +5,8 @@ For every population: the default scheme ("edges"), SEPFL's exact scheme
 the model's calibration chose to join them, each scheme's oracle (perfect decisions on its
 own candidates), Infomap on the kNN graph swept over k in {50, 80} and the
 similarity floor 0.0-0.65 (the best point, as its users tune it) and the best
-kNN cosine threshold. F_P / F_B, pairwise precision and recall, NMI and seconds on each test split.
+kNN cosine threshold. F_P / F_B, pairwise precision and recall, NMI and seconds on each
+test split.
 
 The model is the bundled one (trained on a mixture of eight randomised face
 models, ``sepfl synth --mixture 8``: none of these populations is one of
@@ -120,16 +121,16 @@ def best_infomap(knn, gt):
 
 def run(name: str, seed: int, args) -> list:
     dim, n_ids, face_model, _ = POPULATIONS[name]
-    # --whole draws its own population and never trains (main refuses --whole --train)
-    splits = None if args.whole else make_splits(n_ids, n_ids, dim=dim, seed=seed,
-                                                  model=face_model)
+    if args.whole:  # its own population, never trained on (main refuses --whole --train)
+        train, test = None, make_faces(n_ids, dim, seed + WHOLE_SEED_OFFSET, face_model)
+    else:
+        splits = make_splits(n_ids, n_ids, dim=dim, seed=seed, model=face_model)
+        train, test = splits.train, splits.test
     started = time.perf_counter()
-    estimator = _model(args, dim, splits and splits.train)
+    estimator = _model(args, dim, train)
     trained = time.perf_counter() - started
     if args.train and args.save:
         estimator.save(Path(args.save) / f"{name}.pt")
-    test = make_faces(n_ids, dim, seed + WHOLE_SEED_OFFSET, face_model) if args.whole \
-        else splits.test
     if args.thin < 1:  # a smaller data set of the same identities: fewer samples each
         kept = np.random.default_rng(1).random(len(test.labels)) < args.thin
         test = Dataset(test.features[kept], test.labels[kept])
