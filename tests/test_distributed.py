@@ -67,7 +67,8 @@ def _rank(rank, port, features, model, settings, fail, queue):
     shapes = {name: getattr(result, name).shape
               for name in ("features", "nbrs", "sims", "density", "embeddings")}
     queue.put((rank, "ok", result.rows, shapes, result.labels, result.density, result.nbrs,
-               result.src, result.timings, result.collectives, result.dst, result.scores))
+               result.src, result.timings, result.collectives, result.dst, result.scores,
+               result.grouping))
 
 
 def _spawn(features, model, settings, fail=None, ranks=range(WORLD)):
@@ -198,6 +199,21 @@ def test_sepfl_scheme_matches_one_process(faces):
     ranks = _spawn(features, model, settings)
     assert all(report[1] == "ok" for report in ranks.values()), ranks
     for report in ranks.values():
+        assert adjusted_rand_score(single.labels, report[4]) > 0.999
+
+
+def test_prior_shift_estimates_the_prior_over_every_rank(faces):
+    # a few samples per identity: the candidates' mean P is below one half, and each rank
+    # re-weights its P to the prior estimated from all ranks' P, as one process does
+    model = SEPFL.pretrained().model_
+    settings = dict(device="cpu", progress=False, prior_shift=True)
+    features = faces.features[::8]
+    single = cluster(features, model, ClusterConfig(**settings))
+    assert single.grouping.prior < single.scores.mean() < 0.5
+    ranks = _spawn(features, model, settings)
+    assert all(report[1] == "ok" for report in ranks.values()), ranks
+    for report in ranks.values():
+        assert report[12].prior == pytest.approx(single.grouping.prior, rel=1e-6)
         assert adjusted_rand_score(single.labels, report[4]) > 0.999
 
 

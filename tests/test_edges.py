@@ -215,6 +215,55 @@ def test_infomap_runs_again_after_faiss_is_first_imported():
     assert done.stdout.strip() == "[0, 0, 0, 1, 1, 2]"
 
 
+def _even_odds_posteriors(prior, n, seed):
+    """P(same identity) as a head trained at even odds scores edges of which a share
+    ``prior`` join one identity: scores N(+1, 1) for those, N(-1, 1) for the others, whose
+    posterior at even odds is sigmoid(2 x); and whether each edge joins one identity."""
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < prior
+    x = rng.normal(np.where(same, 1.0, -1.0), 1.0)
+    return torch.from_numpy(1 / (1 + np.exp(-2 * x))).float(), same
+
+
+@pytest.mark.parametrize("prior", [0.1, 0.25, 0.4])
+def test_estimated_prior_is_the_share_of_same_identity_edges(prior):
+    prob, same = _even_odds_posteriors(prior, 50_000, seed=int(prior * 100))
+    found = edges.estimated_prior(prob)
+    assert abs(found - same.mean()) < 0.02
+    # the fixed point: P re-weighted to the found prior has that prior as its mean
+    assert edges.shifted_prior(prob.numpy(), found).mean() == pytest.approx(found, abs=1e-3)
+
+
+def test_p_of_mean_above_one_half_is_left_as_scored():
+    prob, _ = _even_odds_posteriors(0.7, 10_000, seed=3)
+    assert edges.estimated_prior(prob) == edges.EVEN_ODDS
+    np.testing.assert_array_equal(edges.shifted_prior(prob.numpy(), edges.EVEN_ODDS),
+                                  prob.numpy())
+
+
+def test_shifted_prior_multiplies_the_odds_by_the_prior_odds():
+    prob = np.array([0.0, 0.2, 0.5, 0.8, 1.0], np.float32)
+    odds = prob / (1 - prob + 1e-30)
+    expected = np.where(prob < 1, odds / 4 / (1 + odds / 4), 1.0)  # prior 0.2: odds 1 / 4
+    np.testing.assert_allclose(edges.shifted_prior(prob, 0.2), expected, rtol=1e-6)
+    assert edges.shifted_prior(prob, 0.2).dtype == np.float32
+
+
+def test_sparse_sets_are_grouped_with_p_reweighted_to_their_prior(trained):
+    held_out = make_faces(40, dim=16, seed=9)
+    kept = np.random.default_rng(0).random(held_out.labels.size) < 0.2
+    settings = dict(k=K, candidates=6, device="cpu", progress=False)
+    shifted = cluster(held_out.features[kept], trained,
+                      ClusterConfig(**settings, prior_shift=True))
+    scored = cluster(held_out.features[kept], trained, ClusterConfig(**settings))
+    np.testing.assert_array_equal(shifted.scores, scored.scores)
+    assert shifted.scores.mean() < 0.5
+    assert shifted.grouping.prior == edges.estimated_prior(torch.from_numpy(shifted.scores))
+    assert shifted.grouping.prior < shifted.scores.mean()
+    assert scored.grouping.prior == edges.EVEN_ODDS
+    assert shifted.grouping._replace(prior=edges.EVEN_ODDS) == scored.grouping
+
+
 def test_training_adds_a_calibrated_edge_head(trained):
     head = trained.edge_head
     assert isinstance(head, edges.EdgeHead) and not head.training

@@ -95,7 +95,7 @@ def cluster(features: Array, model: PairClassifier, config: Optional[ClusterConf
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
     with watch.stage("scores"):
         scores = pair_scores(model, config, scheme, e, src, dst, stats)
-    grouping = grouping_of(model, config, scheme, float(scores.mean()))
+    grouping = grouping_of(model, config, scheme, scores)
     with watch.stage(GROUP_STAGE[scheme]):
         labels = group(src, dst, scores, features.shape[0], grouping, cosine)
     return ClusterResult(labels=labels, density=to_numpy(density), src=to_numpy(src),

@@ -94,6 +94,14 @@ class ClusterConfig:
     join_above: Optional[float] = setting(
         None, "The P above which an edge counts towards ``join``; None means the model's "
               "calibrated value.")
+    prior_shift: bool = setting(
+        False, 'Where the mean P(same identity) of the candidate edges of "edges" is below one '
+               "half (identities of a few samples each), re-weight P from the even odds the edge "
+               "head was trained at to the share of same-identity edges estimated from the P's "
+               "themselves (:func:`sepfl.edges.estimated_prior`) before grouping. It raises "
+               "precision on such sets where identities are compact, and cuts apart identities "
+               "made of pose or age sub-modes (docs/results.md, \"The re-weighting on every "
+               "population\").")
     max_per_node: int = setting(1, "Denser neighbours paired per sample (1 in SEPFL).")
     refresh: float = setting(
         1.0, "Incremental clustering (:mod:`sepfl.incremental`): an old sample is re-embedded "

@@ -552,6 +552,13 @@ def _select_pairs(job: _Group, nbrs: torch.Tensor, density: torch.Tensor,
     return src, local.ids()[dst]
 
 
+def _mean(job: _Group, values: torch.Tensor) -> float:
+    """The mean of ``values`` [P] (this rank's) over all ranks' values."""
+    total = job.reduce(torch.stack([values.double().sum(), values.new_tensor(
+        values.numel(), dtype=torch.float64)]), "sum")
+    return float(total[0] / total[1])
+
+
 def _pair_scores(job: _Group, model: PairClassifier, config: ClusterConfig, scheme: str,
                  e: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                  stats: Optional[torch.Tensor]) -> torch.Tensor:
@@ -609,11 +616,9 @@ def _run(features: Array, model: PairClassifier, config: ClusterConfig,
             src, dst = _select_pairs(job, nbrs, density, config.max_per_node)
     with job.stage(watch, "scores"):
         scores = _pair_scores(job, model, config, scheme, e, src, dst, stats)
-        # the mean score over all ranks' pairs picks the calibrated grouping
-        total = job.reduce(torch.stack([scores.double().sum(), scores.new_tensor(
-            scores.numel(), dtype=torch.float64)]), "sum")
+        # means over all ranks' pairs pick the calibrated grouping and estimate the prior
+        grouping = grouping_of(model, config, scheme, scores, lambda values: _mean(job, values))
     src = src + rows.start
-    grouping = grouping_of(model, config, scheme, float(total[0] / total[1]))
     with job.stage(watch, GROUP_STAGE[scheme]):
         # Infomap's weights need each edge's cosine; "sepfl" pairs are linked on scores alone
         gathered = job.gather([src, dst, scores] + ([] if cosine is None else [cosine]))

@@ -24,6 +24,16 @@ and changes what is scored and how it is grouped:
 * **Edge head** (:class:`EdgeHead`): a small MLP over the standardised
   statistics giving P(same identity), trained on the training graph's own
   candidate edges (the negatives inference meets: look-alikes at low ranks).
+* **Prior** (:func:`estimated_prior`, :func:`shifted_prior`; opt-in,
+  :attr:`ClusterConfig.prior_shift`): the head learns from class-balanced
+  batches, so its P is a posterior for even odds. Where a set's identities
+  have a few samples each, most of a sample's candidates are other identities
+  and that P merges them; where the mean P is below one half, P can be
+  re-weighted to the share of same-identity edges estimated from the P's
+  themselves (EM, no labels) before grouping. That estimate is only as good as
+  the head's calibration on the set: where the head scores the edges between
+  an identity's sub-modes low, it comes out low and the re-weighting cuts
+  those identities apart.
 * **Grouping** (:func:`group_edges`): Infomap on the edges with P > 0.5,
   weighted by P, and by ``(cos / c)²`` more where the edge's cosine is
   below ``c`` = :attr:`ClusterConfig.full_cosine` (0.5), so a cluster is a
@@ -54,7 +64,7 @@ Everything here is torch on the tensors' device, CPU or CUDA.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,9 +75,9 @@ from sepfl._threads import faiss_module
 
 log = logging.getLogger("sepfl")
 
-__all__ = ["Calibrated", "EdgeHead", "candidate_edges", "edge_statistics", "group_edges",
-           "infomap_available", "infomap_modules", "join_modules", "singleton_edges",
-           "NUM_STATISTICS"]
+__all__ = ["Calibrated", "EdgeHead", "candidate_edges", "edge_statistics", "estimated_prior",
+           "group_edges", "infomap_available", "infomap_modules", "join_modules", "mean_of",
+           "shifted_prior", "singleton_edges", "NUM_STATISTICS"]
 
 NUM_STATISTICS = 13
 NEAR = 10  # neighbours whose mean similarity is a sample's local scale
@@ -229,6 +239,57 @@ class EdgeHead(nn.Module):
             logits = self(stats[start:start + batch_size]).float()
             out[start:start + logits.shape[0]] = torch.softmax(logits, dim=1)[:, 1]
         return out
+
+
+EVEN_ODDS = 0.5  # the class prior the edge head's balanced training batches assume
+_PRIOR_TOLERANCE = 1e-4
+_PRIOR_ITERATIONS = 200
+
+
+def _prior_weight(prior: float) -> float:
+    return prior / (1.0 - prior)
+
+
+def mean_of(values: torch.Tensor) -> float:
+    """The mean of ``values`` (any shape), accumulated in float64."""
+    return float(values.mean(dtype=torch.float64))
+
+
+def estimated_prior(prob: torch.Tensor,
+                    mean: Callable[[torch.Tensor], float] = mean_of) -> float:
+    """The share of same-identity edges among ``prob``'s (float32 [E], the edge head's P)
+    where their mean P is below one half, else :data:`EVEN_ODDS`.
+
+    The head learns from class-balanced batches, so its P is a posterior for even odds;
+    where identities have few samples most candidate edges join two identities and that
+    P is too high. The prior is the EM fixed point of label-shift correction: P re-weighted
+    to prior π (:func:`shifted_prior`) has mean π. Where the mean P is at least one half
+    (full-size sets) P is left as trained, so the calibration made on such graphs holds.
+    The estimate is right where the head's P is calibrated for the set's edges up to the
+    prior (the share of each kind of edge shifts, the edges of each kind do not). ``mean``
+    reduces a tensor to its mean (over every process in a sharded run).
+    """
+    share = mean(prob)
+    if not share < EVEN_ODDS:
+        return EVEN_ODDS
+    prior = max(share, 1e-3)
+    for _ in range(_PRIOR_ITERATIONS):
+        weighted = _prior_weight(prior) * prob
+        update = max(mean(weighted / (weighted + 1 - prob)), 1e-3)
+        converged = abs(update - prior) < _PRIOR_TOLERANCE
+        prior = update
+        if converged:
+            break
+    return prior
+
+
+def shifted_prior(prob: np.ndarray, prior: float) -> np.ndarray:
+    """P(same identity) float32 [E] re-weighted from even odds to class prior ``prior``:
+    w P / (w P + 1 - P) with w = prior / (1 - prior); ``prob`` itself at even odds."""
+    if prior == EVEN_ODDS:
+        return prob
+    weighted = _prior_weight(prior) * prob.astype(np.float64)
+    return (weighted / (weighted + 1 - prob)).astype(np.float32)
 
 
 def _import_infomap():

@@ -333,7 +333,7 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
             scores[rescored] = model.score_pairs(e, src[rescored], dst[rescored],
                                                  batch_size=config.pair_batch_size,
                                                  bf16=config.bf16)
-    grouping = grouping_of(model, config, scheme, float(scores.mean()))
+    grouping = grouping_of(model, config, scheme, scores)
     grouping = grouping._replace(threshold=max(grouping.threshold, config.merge_threshold))
     with watch.stage("group"):
         groups = group(src, dst, scores, total, grouping, cosine)

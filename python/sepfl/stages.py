@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from contextlib import contextmanager
-from typing import Dict, Iterator, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -168,6 +168,9 @@ class Grouping(NamedTuple):
     join, join_above : float
         Infomap's modules with ``join`` edges of P > ``join_above`` between them joined
         (:func:`sepfl.edges.join_modules`; ``join`` 0: none).
+    prior : float
+        The scores are re-weighted from even odds to this share of same-identity edges
+        before anything else (:func:`sepfl.edges.shifted_prior`; one half: as scored).
     """
 
     how: str
@@ -176,26 +179,39 @@ class Grouping(NamedTuple):
     full_cosine: float = 0.0
     join: float = 0.0
     join_above: float = edges.JOIN_ABOVE
+    prior: float = edges.EVEN_ODDS
 
 
 def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str,
-                same_share: float) -> Grouping:
-    """How :func:`group` joins the scored pairs: "edges": :func:`edge_grouping` (``same_share``,
-    the mean of the pairs' scores, picks among the model's calibrated groupings); "sepfl":
-    union-find ("link") of the pairs above the threshold (0.5 unless configured)."""
-    if scheme == "edges":
-        return edge_grouping(model, config, same_share)
-    return Grouping("link", 0.5 if config.threshold is None else config.threshold)
+                scores: torch.Tensor,
+                mean: Callable[[torch.Tensor], float] = edges.mean_of) -> Grouping:
+    """How :func:`group` joins the pairs scored ``scores`` (float32 [P]): "edges":
+    :func:`edge_grouping` (the mean score picks among the model's calibrated groupings),
+    with ``config.prior_shift`` the scores re-weighted to the share of same-identity edges
+    :func:`sepfl.edges.estimated_prior` finds in them; "sepfl":
+    union-find ("link") of the pairs above the threshold (0.5 unless configured).
+    ``mean`` reduces a tensor to its mean (a sharded run's over all its processes)."""
+    if scheme != "edges":
+        return Grouping("link", 0.5 if config.threshold is None else config.threshold)
+    grouping = edge_grouping(model, config, mean(scores))
+    if not config.prior_shift:
+        return grouping
+    prior = edges.estimated_prior(scores, mean)
+    if prior != edges.EVEN_ODDS:
+        log.info("candidate edges' mean P is below one half: their P re-weighted to the "
+                 "estimated share %.3f of same-identity edges", prior)
+    return grouping._replace(prior=prior)
 
 
 def group(src: Array, dst: Array, scores: Array, num_nodes: int, grouping: Grouping,
           cosine: Optional[Array] = None) -> np.ndarray:
     """Labels int64 [num_nodes] of pairs ``src``, ``dst`` (int64 [P]) scored ``scores``
     (float32 [P]) with cosine similarities ``cosine`` (float32 [P], for Infomap's
-    weights), grouped as ``grouping`` says."""
+    weights), grouped as ``grouping`` says (the scores first re-weighted to its prior)."""
     if grouping.how == "link":
         return to_numpy(ops.link(src, dst, scores, grouping.threshold, num_nodes))
-    return edges.group_edges(to_numpy(src), to_numpy(dst), to_numpy(scores), num_nodes,
+    scores = edges.shifted_prior(to_numpy(scores), grouping.prior)
+    return edges.group_edges(to_numpy(src), to_numpy(dst), scores, num_nodes,
                              grouping.how, grouping.threshold, grouping.markov_time,
                              cosine=None if cosine is None else to_numpy(cosine),
                              full_cosine=grouping.full_cosine, join=grouping.join,
