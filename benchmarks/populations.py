@@ -2,7 +2,8 @@
 
 For every population: the default scheme ("edges"), SEPFL's exact scheme
 ("sepfl") with the same model, the default without joining Infomap's modules where
-the model's calibration chose to join them, each scheme's oracle (perfect decisions on its
+the model's calibration chose to join them (and, with ``--prior-shift``, with its P
+re-weighted to each set's estimated prior), each scheme's oracle (perfect decisions on its
 own candidates), Infomap on the kNN graph swept over k in {50, 80} and the
 similarity floor 0.0-0.65 (the best point, as its users tune it) and the best
 kNN cosine threshold. F_P / F_B, pairwise precision and recall, NMI and seconds on each
@@ -32,6 +33,7 @@ where every member of a family is there.
     python benchmarks/populations.py                          # bundled weights, D = 256 sets
     python benchmarks/populations.py --train --only d128,d512
     python benchmarks/populations.py --thin 0.1               # ~6 samples per identity
+    python benchmarks/populations.py --thin 0.05 --prior-shift  # and with prior_shift=True
     python benchmarks/populations.py --whole                  # whole look-alike families
 """
 from __future__ import annotations
@@ -92,6 +94,10 @@ COSINE_THRESHOLDS = np.round(np.arange(0.30, 0.91, 0.025), 3)
 WHOLE_SEED_OFFSET = 5000
 
 
+#: the estimator's settings each run starts from (a run's own params override them)
+DEFAULT_PARAMS = dict(join=None, prior_shift=False)
+
+
 def _model(args, dim: int, train) -> SEPFL:
     settings = dict(device="cpu", progress=False)
     if args.train:
@@ -104,12 +110,13 @@ def _model(args, dim: int, train) -> SEPFL:
 
 def _grouping_note(grouping) -> str:
     """How a run grouped (a :class:`sepfl.stages.Grouping`)."""
+    prior = f", P re-weighted to prior {grouping.prior:.3f}" if grouping.prior != 0.5 else ""
     if grouping.how == "infomap":
         return f"infomap, markov time {grouping.markov_time:g}" + (
             f", joined at {grouping.join:g} edges P > {grouping.join_above:.2g}"
-            if grouping.join > 0 else "")
+            if grouping.join > 0 else "") + prior
     if grouping.how == "components":
-        return f"components, threshold {grouping.threshold:g}"
+        return f"components, threshold {grouping.threshold:g}" + prior
     return f"links, threshold {grouping.threshold:g}"
 
 
@@ -148,16 +155,22 @@ def run(name: str, seed: int, args) -> list:
 
     print(f"[{name}] D {dim}, test {len(gt):,} samples of {len(np.unique(gt)):,} identities, "
           f"kNN {t_knn:.1f} s" + (f", trained in {trained:.0f} s" if args.train else ""))
-    runs = [("edges", None), ("sepfl", None)]
-    for scheme, join in runs:
-        estimator.set_params(scheme=scheme, join=join)
+    runs = [dict(scheme="edges"), dict(scheme="sepfl")]
+    for params in runs:
+        estimator.set_params(**{**DEFAULT_PARAMS, **params})
         start = time.perf_counter()
         labels = estimator.predict(test.features, knn=knn)
         grouping = estimator.result_.grouping
-        add(f"sepfl scheme={scheme!r}" + (", no joining" if join == 0 else ""),
+        add(f"sepfl scheme={params['scheme']!r}" + (", no joining" if "join" in params else "")
+            + (", prior_shift" if "prior_shift" in params else ""),
             evaluate(gt, labels), time.perf_counter() - start + t_knn, _grouping_note(grouping))
-        if scheme == "edges" and grouping.how == "infomap" and grouping.join > 0:
-            runs.append(("edges", 0.0))  # what the calibrated joining added, in the same run
+        if len(params) == 1 and params["scheme"] == "edges":
+            # what the calibrated joining added, and the prior's re-weighting would, in the
+            # same run
+            if grouping.how == "infomap" and grouping.join > 0:
+                runs.append(dict(scheme="edges", join=0.0))
+            if args.prior_shift:
+                runs.append(dict(scheme="edges", prior_shift=True))
     candidates = estimator.cluster_config.candidates
     add(f"oracle of 'edges' ({candidates} candidates)",
         evaluate(gt, baselines.edges_oracle(knn[0], gt, candidates)), t_knn)
@@ -193,6 +206,9 @@ def main() -> None:
     parser.add_argument("--thin", type=float, default=1.0,
                         help="cluster this share of each test set, drawn at random (fewer "
                              "samples per identity, as in a smaller data set; default 1: all)")
+    parser.add_argument("--prior-shift", action="store_true",
+                        help="also run the default with prior_shift=True (P re-weighted to each "
+                             "set's estimated share of same-identity edges)")
     args = parser.parse_args()
     if not 0 < args.thin <= 1:
         parser.error(f"--thin must be in (0, 1], got {args.thin}")
