@@ -249,13 +249,15 @@ def test_shifted_prior_multiplies_the_odds_by_the_prior_odds():
     assert edges.shifted_prior(prob, 0.2).dtype == np.float32
 
 
-def test_sparse_sets_are_grouped_with_p_reweighted_to_their_prior(trained):
+def test_sparse_sets_are_grouped_with_p_reweighted_to_their_prior(trained, caplog):
     held_out = make_faces(40, dim=16, seed=9)
     kept = np.random.default_rng(0).random(held_out.labels.size) < 0.2
     settings = dict(k=K, candidates=6, device="cpu", progress=False)
     shifted = cluster(held_out.features[kept], trained,
                       ClusterConfig(**settings, prior_shift=True))
-    scored = cluster(held_out.features[kept], trained, ClusterConfig(**settings))
+    with caplog.at_level("INFO", logger="sepfl"):
+        scored = cluster(held_out.features[kept], trained, ClusterConfig(**settings))
+    assert "grouped as scored; prior_shift=True re-weights" in caplog.text
     np.testing.assert_array_equal(shifted.scores, scored.scores)
     assert shifted.scores.mean() < 0.5
     assert shifted.grouping.prior == edges.estimated_prior(torch.from_numpy(shifted.scores))

@@ -193,13 +193,19 @@ def grouping_of(model: PairClassifier, config: ClusterConfig, scheme: str,
     ``mean`` reduces a tensor to its mean (a sharded run's over all its processes)."""
     if scheme != "edges":
         return Grouping("link", 0.5 if config.threshold is None else config.threshold)
-    grouping = edge_grouping(model, config, mean(scores))
+    same_share = mean(scores)
+    grouping = edge_grouping(model, config, same_share)
+    if not same_share < edges.EVEN_ODDS:
+        return grouping
     if not config.prior_shift:
+        log.info("candidate edges' mean P is below one half (identities of a few samples "
+                 "each): grouped as scored; prior_shift=True re-weights P to the set's "
+                 "estimated share of same-identity edges, for higher precision where "
+                 "identities are compact")
         return grouping
     prior = edges.estimated_prior(scores, mean)
-    if prior != edges.EVEN_ODDS:
-        log.info("candidate edges' mean P is below one half: their P re-weighted to the "
-                 "estimated share %.3f of same-identity edges", prior)
+    log.info("candidate edges' mean P is below one half: their P re-weighted to the "
+             "estimated share %.3f of same-identity edges", prior)
     return grouping._replace(prior=prior)
 
 
