@@ -264,6 +264,11 @@ def test_sparse_sets_are_grouped_with_p_reweighted_to_their_prior(trained, caplo
     assert shifted.grouping.prior < shifted.scores.mean()
     assert scored.grouping.prior == edges.EVEN_ODDS
     assert shifted.grouping._replace(prior=edges.EVEN_ODDS) == scored.grouping
+    # lower P keep fewer edges: components above one half cut the set into more clusters
+    found = [cluster(held_out.features[kept], trained, ClusterConfig(
+        **settings, grouping="components", threshold=0.5, prior_shift=shift)).num_clusters
+        for shift in (True, False)]
+    assert found[0] > found[1]
 
 
 def test_training_adds_a_calibrated_edge_head(trained):
