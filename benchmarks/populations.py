@@ -52,7 +52,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from common import header, table  # noqa: E402
 
-from sepfl import baselines  # noqa: E402
+from sepfl import baselines, edges  # noqa: E402
 from sepfl.datasets import FaceModel, make_faces, make_splits, random_models  # noqa: E402
 from sepfl.estimator import SEPFL  # noqa: E402
 from sepfl.io import Dataset  # noqa: E402
@@ -113,7 +113,8 @@ def _model(args, dim: int, train) -> SEPFL:
 
 def _grouping_note(grouping) -> str:
     """How a run grouped (a :class:`sepfl.stages.Grouping`)."""
-    prior = f", P re-weighted to prior {grouping.prior:.3f}" if grouping.prior != 0.5 else ""
+    prior = (f", P re-weighted to prior {grouping.prior:.3f}"
+             if grouping.prior != edges.EVEN_ODDS else "")
     if grouping.how == "infomap":
         return f"infomap, markov time {grouping.markov_time:g}" + (
             f", joined at {grouping.join:g} edges P > {grouping.join_above:.2g}"
