@@ -13,7 +13,9 @@ scaled to N, as search time is linear in the queries; sepfl's row is a whole
 build_knn call) and recall@k against exact search on those rows. The exact
 time is scaled the same way from the same rows.
 
-Correctness first: every timed configuration's neighbours are compared with the
+Without ``--approximate``, the torch backend's precisions are timed beside exact
+faiss search (``IndexFlatIP``, on the CPU when faiss is installed), the default
+CPU backend. Correctness first: every timed configuration's neighbours are compared with the
 fp32 torch graph (recall of ranks 1..k-1 over all rows) before its time (the median
 of ``--repeat`` runs after one warm-up) is printed. On the CPU the default set is
 small; ``--ids 9000`` gives ~585K samples (MS1M part1_test size). ``--chunks 0``
@@ -33,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from common import faces_of_size, header, recall, table, timed  # noqa: E402
 
+from sepfl._threads import faiss_module  # noqa: E402
 from sepfl.datasets import make_faces  # noqa: E402
 from sepfl.knn import build_knn  # noqa: E402
 
@@ -208,6 +211,10 @@ def main() -> None:
 
     (true, _), fp32_time = knn("fp32", 0)
     print(f"{'precision':>9} {'chunk':>6} {'recall':>7} {'seconds':>8}")
+    if faiss_module() is not None and not x.is_cuda:
+        (nbrs, _), seconds = timed(lambda: build_knn(x, k=args.k, backend="faiss", exact=True,
+                                                     progress=False), repeat=args.repeat)
+        print(f"{'faiss':>9} {'-':>6} {recall(nbrs, true):7.4f} {seconds:8.3f}")
     print(f"{'fp32':>9} {'auto':>6} {1.0:7.4f} {fp32_time:8.3f}")
     for precision in args.precisions.split(","):
         for chunk in (int(c) for c in args.chunks.split(",")):
