@@ -199,6 +199,32 @@ Indices link(const Indices& src, const Indices& dst, const std::optional<Floats>
   return labels;
 }
 
+sepfl::RowTopk row_topk(const Indices& own, int64_t width) {
+  require_ndim(own, 1, "own");
+  SEPFL_CHECK(width >= 1, "width must be >= 1, got " << width);
+  return sepfl::RowTopk(own.shape(0), width, own.data());
+}
+
+// tile [rows, cols] of float32 or bfloat16 bits (uint16).
+template <typename T>
+void offer(sepfl::RowTopk& best, const Array<T>& tile, int64_t first_col) {
+  require_ndim(tile, 2, "tile");
+  require_dim(tile, 0, best.rows(), "tile");
+  SEPFL_CHECK(first_col >= 0, "first_col must be >= 0, got " << first_col);
+  py::gil_scoped_release release;
+  best.offer(tile.data(), tile.shape(1), first_col);
+}
+
+std::tuple<Indices, Floats> result(sepfl::RowTopk& best) {
+  Indices idx({best.rows(), best.width()});
+  Floats vals({best.rows(), best.width()});
+  {
+    py::gil_scoped_release release;
+    best.result(idx.mutable_data(), vals.mutable_data());
+  }
+  return {idx, vals};
+}
+
 }  // namespace bind
 
 PYBIND11_MODULE(_core, m) {
@@ -220,6 +246,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("node_ids").noconvert());
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());
+  py::class_<sepfl::RowTopk>(m, "RowTopk")
+      .def(py::init(&bind::row_topk), py::arg("own").noconvert(), py::arg("width"))
+      .def("offer", &bind::offer<float>, py::arg("tile").noconvert(), py::arg("first_col"))
+      .def("offer", &bind::offer<uint16_t>, py::arg("tile").noconvert(), py::arg("first_col"))
+      .def("result", &bind::result);
   m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(),
         py::arg("scores").noconvert(), py::arg("threshold"), py::arg("num_nodes"));
 }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace sepfl {
 
@@ -67,6 +68,47 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
 void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_t* dst,
                            int64_t n, int64_t k, int64_t num_edges, int64_t* shared,
                            int64_t* reverse);
+
+// The top entries of each of `rows` rows of a score matrix fed in tiles of columns (the
+// selection step of a brute-force kNN search, whose [rows, N] block never exists whole):
+// row i's own column own[i] first, then its width - 1 largest entries among the other
+// columns offered, in non-increasing order (ties: the smaller column first). An entry is
+// looked at twice only when it beats the (width - 1)-th best of its row so far; the
+// vectorised scan reads every other entry once. The bf16 tiles hold bfloat16 bits (the
+// upper half of a float32). Not thread-safe; each call runs OpenMP over the rows.
+class RowTopk {
+ public:
+  RowTopk(int64_t rows, int64_t width, const int64_t* own);
+  // tile [rows, cols], C-contiguous: columns first_col .. first_col + cols - 1.
+  void offer(const float* tile, int64_t cols, int64_t first_col);
+  void offer(const uint16_t* tile, int64_t cols, int64_t first_col);
+  // idx [rows, width] (-1 where fewer than width - 1 other columns were offered),
+  // vals [rows, width] (own column +inf, missing entries -inf).
+  void result(int64_t* idx, float* vals);
+  int64_t rows() const { return rows_; }
+  int64_t width() const { return keep_ + 1; }
+
+ private:
+  struct Entry {
+    float val;
+    int64_t col;
+    // Better first: the larger value, then the smaller column.
+    bool operator<(const Entry& other) const;
+  };
+
+  template <typename T>
+  void offer_tile(const T* tile, int64_t cols, int64_t first_col);
+  // Keep row i's best min(count, width - 1) entries (best first when `sorted`), and
+  // raise its floor once it holds width - 1.
+  void cut(int64_t i, bool sorted);
+
+  int64_t rows_, keep_;
+  std::vector<int64_t> own_;
+  std::vector<float> floors_;
+  std::vector<int64_t> count_;
+  // Per row, room for 2 * (width - 1) candidates.
+  std::vector<Entry> entries_;
+};
 
 // Edges (src, dst) [e] over num_nodes nodes; keeps edge i when scores == nullptr or
 // scores[i] > threshold. Writes labels [num_nodes] of the connected components, numbered

@@ -91,3 +91,18 @@ def shared_neighbours(nbrs, src, dst):
         where = np.flatnonzero(nbrs[b] == a)
         reverse.append(int(where[0]) if where.size else k)
     return np.array(shared, dtype=np.int64), np.array(reverse, dtype=np.int64)
+
+
+def row_topk(scores, own, width):
+    """Row i: own[i] (value +inf), then the width - 1 best other columns of scores [B, C]
+    by (larger value, smaller column), padded with -1 / -inf."""
+    idx = np.full((len(scores), width), -1, dtype=np.int64)
+    vals = np.full((len(scores), width), -np.inf, dtype=np.float32)
+    idx[:, 0], vals[:, 0] = own, np.inf
+    for i, row in enumerate(scores):
+        cols = [c for c in range(len(row)) if c != own[i]]
+        cols.sort(key=lambda c: (-float(row[c]), c))
+        best = cols[:width - 1]
+        idx[i, 1:1 + len(best)] = best
+        vals[i, 1:1 + len(best)] = row[best]
+    return idx, vals

@@ -406,3 +406,60 @@ def test_core_rechecks_indices_and_shapes():
         _core.link(np.array([0]), np.array([7]), None, 0.5, 2)
     with pytest.raises(ValueError):
         _core.train_pairs(np.zeros((2, 2), np.int64), np.zeros(2, np.int64), 5)
+
+
+@st.composite
+def score_tiles(draw):
+    """Scores [B, C] with many ties, a width, own columns (some outside the columns) and the
+    column boundaries of the tiles they are offered in."""
+    b, c = draw(st.integers(1, 40)), draw(st.integers(1, 150))
+    scores = draw(hnp.arrays(np.float32, (b, c), elements=st.sampled_from(
+        [-2.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 3.0])))
+    own = draw(hnp.arrays(np.int64, b, elements=st.integers(0, c + 3)))
+    width = draw(st.integers(1, c + 3))
+    cuts = sorted(draw(st.sets(st.integers(1, c - 1), max_size=4))) if c > 1 else []
+    return scores, own, width, [0, *cuts, c]
+
+
+@given(score_tiles(), st.sampled_from([torch.float32, torch.bfloat16]))
+def test_row_topk_matches_oracle(data, dtype):
+    # The values are exact in bfloat16, so both dtypes meet the same oracle; tiles of any
+    # width, ties everywhere, and rows whose own column is or is not among those offered.
+    scores, own, width, bounds = data
+    best = ops.RowTopk(torch.from_numpy(own), width)
+    tiles = torch.from_numpy(scores).to(dtype)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        best.offer(tiles[:, lo:hi].contiguous(), lo)
+    idx, vals = best.result()
+    want_idx, want_vals = oracles.row_topk(scores, own, width)
+    np.testing.assert_array_equal(idx.numpy(), want_idx)
+    np.testing.assert_array_equal(vals.numpy(), want_vals)
+
+
+def test_row_topk_long_rows_cross_many_cuts():
+    # Rows long enough to fill and cut the candidate store many times, in the vector scan's
+    # runs of 16 / 32 entries and a tail; numpy in, numpy out.
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((37, 5000)).astype(np.float32)
+    own = rng.integers(0, 5000, 37)
+    best = ops.RowTopk(own, 21)
+    for lo in range(0, 5000, 777):
+        best.offer(scores[:, lo:lo + 777], lo)
+    idx, vals = best.result()
+    want_idx, want_vals = oracles.row_topk(scores, own, 21)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(vals, want_vals)
+
+
+def test_row_topk_refuses_bad_input():
+    best = ops.RowTopk(np.arange(3), 4)
+    with pytest.raises(ValueError, match="tile"):
+        best.offer(np.zeros((2, 5), np.float32), 0)
+    with pytest.raises(ValueError, match="tile"):
+        best.offer(torch.zeros(3, dtype=torch.bfloat16), 0)
+    with pytest.raises(ValueError, match="first_col"):
+        best.offer(np.zeros((3, 5), np.float32), -1)
+    with pytest.raises(ValueError, match="width"):
+        ops.RowTopk(np.arange(3), 0)
+    with pytest.raises(TypeError):
+        ops.RowTopk(np.arange(3.0), 2)

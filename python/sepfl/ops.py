@@ -361,6 +361,60 @@ def aggregate(weights: Array, features: Array, nbrs: Array, node_ids: Array) -> 
     return _wrap(out, is_tensor(features))
 
 
+class RowTopk:
+    """The top entries of each row of a score matrix fed in tiles of columns (CPU only).
+
+    The selection step of a brute-force kNN search on the CPU, whose [B, N]
+    block of scores never exists whole: tiles of it are computed in cache and
+    offered one after another. An entry is looked at twice only when it beats
+    the ``width - 1``-th best of its row so far; every other entry is read once,
+    by a vectorised scan. (The CUDA search selects from whole blocks with
+    ``torch.topk``.)
+
+    Parameters
+    ----------
+    own : int [B]
+        Each row's own column: placed first, never counted among the others.
+    width : int
+        Entries per row in the result, the own column included (>= 1).
+    """
+
+    def __init__(self, own: Array, width: int):
+        own = as_indices(own, "own", 1)
+        if same_device(own) != "cpu":
+            raise ValueError("RowTopk runs on the CPU; got a CUDA tensor")
+        self._as_tensor = is_tensor(own)
+        self._rows = own.shape[0]
+        self._best = _core.RowTopk(_to_numpy(own), check_positive_int(width, "width"))
+
+    def offer(self, tile: Array, first_col: int) -> None:
+        """Offer the columns ``first_col .. first_col + C - 1``.
+
+        ``tile`` is float32 [B, C], or a bfloat16 tensor [B, C] (read as it is,
+        without a float32 copy); CPU, C-contiguous.
+        """
+        if is_tensor(tile) and tile.dtype == torch.bfloat16:
+            if tile.ndim != 2 or tile.shape[0] != self._rows or tile.is_cuda:
+                raise ValueError(f"tile must be a CPU tensor [{self._rows}, C], got "
+                                 f"{tuple(tile.shape)} on {tile.device}")
+            self._best.offer(tile.contiguous().view(torch.int16).numpy().view(np.uint16),
+                             first_col)
+        else:
+            self._best.offer(_to_numpy(as_values(tile, "tile", 2, shape=(self._rows, None))),
+                             first_col)
+
+    def result(self) -> Tuple[Array, Array]:
+        """``idx`` int64 [B, width] and ``vals`` float32 [B, width] of every row.
+
+        Row i's own column first (value +inf), then its ``width - 1`` largest
+        entries among the other columns offered, in non-increasing order; among
+        equal values the smaller column first. Slots left empty (fewer columns
+        offered) hold -1 and -inf. Numpy arrays, or tensors when ``own`` was one.
+        """
+        idx, vals = self._best.result()
+        return _wrap(idx, self._as_tensor), _wrap(vals, self._as_tensor)
+
+
 def _bad_node_inputs(nbrs: torch.Tensor, node_ids: torch.Tensor) -> Tuple[Report, Report]:
     """The reports of the gathers' flags: a bad node id first, as the CPU checks them first."""
     return _bad_node_id(node_ids, nbrs.shape[0]), _bad_nbrs(nbrs)
