@@ -5,7 +5,8 @@ Usage: python benchmarks/bench_knn.py [--ids 9000] [--k 80] [--device cuda]
        python benchmarks/bench_knn.py --approximate --n 300000 [--indexes ...]
 
 ``--approximate`` compares approximate indexes on the CPU with exact faiss
-search: for each index (sepfl's own ``build_knn(exact=False)`` and, where
+search and with sepfl's brute force in bfloat16 (``backend="torch",
+precision="bf16"``, timed whole): for each index (sepfl's own ``build_knn(exact=False)`` and, where
 installed, faiss HNSW / IVF, hnswlib and usearch at the settings listed in
 ``--indexes``), the seconds to build it over all N samples, the seconds to
 search the kNN lists of all N rows (timed on ``--query-rows`` sampled rows and
@@ -142,6 +143,13 @@ def approximate(args: argparse.Namespace) -> None:
     rows.append((f"sepfl build_knn(exact=False), whole call: faiss HNSW{knn_module.HNSW_LINKS} "
                  f"ef build {knn_module.HNSW_EF_BUILD}, ef_search 160", "-", "-",
                  f"{seconds:.0f}", *hits(nbrs[queries]), f"{exact_s / seconds:.1f}"))
+    print(rows[-1], flush=True)
+    start = time.perf_counter()
+    nbrs, _ = build_knn(x, k=args.k, backend="torch", precision="bf16", progress=False)
+    seconds = time.perf_counter() - start
+    rows.append(("sepfl build_knn(backend='torch', precision='bf16'), whole call: brute force, "
+                 "bf16 products, float32 re-ranking", "-", "-", f"{seconds:.0f}",
+                 *hits(nbrs[queries]), f"{exact_s / seconds:.1f}"))
     print(rows[-1], flush=True)
     for spec in args.indexes.split(","):
         name, *values = spec.split(":")

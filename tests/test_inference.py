@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from sepfl import device as device_module
 from sepfl import model as model_module
 from sepfl import ops
 from sepfl.model import PairClassifier, fast_bf16
@@ -103,23 +104,26 @@ def test_bf16_none_picks_the_dtype_the_cpu_runs_fastest(monkeypatch, fast):
         assert not torch.equal(auto, model.node_embeddings(x, nbrs, bf16=False))
 
 
-@pytest.mark.parametrize("flags,capability,want", [
-    ("fpu sse avx2 avx512f avx512_bf16", "AVX512", True),
-    ("fpu avx2 avx512f amx_tile amx_bf16", "AVX512", True),
-    ("fpu avx2 avx512f amx_bf16", "AVX2", False),  # torch kept to AVX2 kernels
-    ("fpu sse avx avx2 fma", "AVX2", False),  # e.g. an AVX2-only AMD
+@pytest.mark.parametrize("flags,capability,fast,amx", [
+    ("fpu sse avx2 avx512f avx512_bf16", "AVX512", True, False),
+    ("fpu avx2 avx512f amx_tile amx_bf16", "AVX512", True, True),
+    ("fpu avx2 avx512f amx_bf16", "AVX2", False, False),  # torch kept to AVX2 kernels
+    ("fpu sse avx avx2 fma", "AVX2", False, False),  # e.g. an AVX2-only AMD
 ])
-def test_cpu_bf16_detection(monkeypatch, tmp_path, flags, capability, want):
+def test_cpu_bf16_detection(monkeypatch, tmp_path, flags, capability, fast, amx):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("".join(f"processor\t: {cpu}\nflags\t\t: {flags}\n\n" for cpu in (0, 1)))
-    assert model_module._cpu_flags(str(cpuinfo)) == frozenset(flags.split())
-    monkeypatch.setattr(model_module, "_cpu_flags", lambda: frozenset(flags.split()))
+    assert device_module.cpu_flags(str(cpuinfo)) == frozenset(flags.split())
+    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags.split()))
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert model_module._cpu_has_fast_bf16() is (want and torch.backends.mkldnn.is_available())
+    onednn = torch.backends.mkldnn.is_available()
+    assert model_module._cpu_has_fast_bf16() is (fast and onednn)
+    assert device_module.cpu_has_amx() is (amx and onednn)
 
 
 def test_unreadable_cpuinfo_means_float32(tmp_path):
-    assert model_module._cpu_flags(str(tmp_path / "missing")) == frozenset()
+    assert device_module.cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
 def test_progress_bar_on_stderr(capsys):

@@ -142,6 +142,39 @@ def test_torch_blocks_do_not_matter():
         same_up_to_ties(whole, parts, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_tiles_do_not_matter(monkeypatch, precision):
+    # Tiles narrower than a row's candidates, and a last tile of another width.
+    x = unit_rows(300, 16, seed=6)
+    whole = build_knn(x, k=10, backend="torch", precision=precision)
+    for tile in (7, 64):
+        monkeypatch.setattr(knn_module, "_CPU_TILE", tile)
+        tiled = build_knn(x, k=10, backend="torch", precision=precision, chunk_size=41)
+        check_rows(*tiled)
+        same_up_to_ties(whole, tiled, atol=1e-6)
+
+
+@pytest.mark.parametrize("amx, backend, device, want", [
+    (True, "auto", "cpu", "bf16"), (True, "torch", "cpu", "bf16"),
+    (True, "faiss", "cpu", "fp32"), (False, "auto", "cpu", "fp32"),
+    (True, "auto", "cuda", "fp32")])
+def test_auto_precision_is_bf16_on_amx_cpus_only(monkeypatch, amx, backend, device, want):
+    monkeypatch.setattr(knn_module, "cpu_has_amx", lambda: amx)
+    assert knn_module.resolve_precision("auto", backend, torch.device(device)) == want
+    assert knn_module.resolve_precision("tf32", backend, torch.device(device)) == "tf32"
+
+
+def test_auto_precision_reaches_the_search(monkeypatch):
+    seen = []
+    real = knn_module._torch_knn
+    monkeypatch.setattr(knn_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(knn_module, "_torch_knn",
+                        lambda x, k, precision, *rest: seen.append(precision) or real(
+                            x, k, precision, *rest))
+    build_knn(unit_rows(50, 8), k=5)
+    assert seen == ["bf16"]
+
+
 MAKE_FACES = dict(n_ids=25, dim=64, seed=5)
 
 
@@ -153,7 +186,7 @@ def recall(found, true):
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
 def test_reduced_precision_recall(faces, precision):
     x = faces.features
-    exact = build_knn(x, k=40, backend="torch")
+    exact = build_knn(x, k=40, backend="torch", precision="fp32")
     nbrs, sims = build_knn(x, k=40, backend="torch", precision=precision)
     check_rows(nbrs, sims)
     assert recall(nbrs, exact[0]) >= 0.99

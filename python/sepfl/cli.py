@@ -205,10 +205,11 @@ def _check_knn_backend(config: ClusterConfig) -> None:
     """An explicit ``--knn-backend`` must be usable here (faiss installed, its precision)."""
     import torch
 
-    from sepfl.knn import choose_backend
+    from sepfl.knn import choose_backend, resolve_precision
 
-    _user_errors(lambda: choose_backend(config.knn_backend, torch.device("cpu"),
-                                        config.knn_precision))
+    cpu = torch.device("cpu")
+    _user_errors(lambda: choose_backend(config.knn_backend, cpu, resolve_precision(
+        config.knn_precision, config.knn_backend, cpu)))
 
 
 def _write_all(outputs: Sequence[Tuple[Path, Callable[[], None]]]) -> None:

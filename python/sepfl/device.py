@@ -7,13 +7,14 @@ the hardware is there is asked here, by the function that runs on it
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import torch
 
 from sepfl._validate import Array, check_device, is_tensor
 
-__all__ = ["has_cuda", "resolve_device", "free_memory"]
+__all__ = ["has_cuda", "resolve_device", "free_memory", "cpu_flags", "cpu_has_amx"]
 
 
 def has_cuda() -> bool:
@@ -73,3 +74,22 @@ def free_memory(device: torch.device, meminfo: str = "/proc/meminfo") -> Optiona
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
+    """The CPU feature flags Linux lists in ``path``; empty where it cannot be read."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as cpuinfo:
+            return frozenset(flag for line in cpuinfo if line.startswith("flags")
+                             for flag in line.split(":", 1)[1].split())
+    except OSError:
+        return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    """Whether torch's bfloat16 matrix products run on AMX here: the CPU lists AMX-BF16
+    and torch runs its AVX-512 kernels with oneDNN."""
+    return (torch.backends.mkldnn.is_available()
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+            and "amx_bf16" in cpu_flags())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 import logging
 from typing import Dict, Mapping, Optional, Tuple
@@ -33,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sepfl import ops
-from sepfl.device import free_memory
+from sepfl.device import cpu_flags, free_memory
 from sepfl.edges import JOIN_ABOVE, NUM_STATISTICS, EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, to_tensor)
@@ -575,18 +574,7 @@ def fast_bf16(device: torch.device) -> bool:
 def _cpu_has_fast_bf16() -> bool:
     return (torch.backends.mkldnn.is_available()
             and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-            and bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"}))
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
-    """The CPU feature flags Linux lists in ``path``; empty where it cannot be read."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as cpuinfo:
-            return frozenset(flag for line in cpuinfo if line.startswith("flags")
-                             for flag in line.split(":", 1)[1].split())
-    except OSError:
-        return frozenset()
+            and bool(cpu_flags() & {"amx_bf16", "avx512_bf16"}))
 
 
 def _compute_dtype(device: torch.device, bf16: Optional[bool]) -> torch.dtype:
