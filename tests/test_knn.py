@@ -154,14 +154,16 @@ def test_cpu_tiles_do_not_matter(monkeypatch, precision):
         same_up_to_ties(whole, tiled, atol=1e-6)
 
 
-@pytest.mark.parametrize("amx, backend, device, want", [
-    (True, "auto", "cpu", "bf16"), (True, "torch", "cpu", "bf16"),
-    (True, "faiss", "cpu", "fp32"), (False, "auto", "cpu", "fp32"),
-    (True, "auto", "cuda", "fp32")])
-def test_auto_precision_is_bf16_on_amx_cpus_only(monkeypatch, amx, backend, device, want):
+@pytest.mark.parametrize("amx, backend, device, exact, want", [
+    (True, "auto", "cpu", True, "bf16"), (True, "torch", "cpu", True, "bf16"),
+    (True, "faiss", "cpu", True, "fp32"), (False, "auto", "cpu", True, "fp32"),
+    (True, "auto", "cuda", True, "fp32"), (True, "auto", "cpu", False, "fp32")])
+def test_auto_precision_is_bf16_for_exact_searches_on_amx_cpus_only(monkeypatch, amx, backend,
+                                                                    device, exact, want):
     monkeypatch.setattr(knn_module, "cpu_has_amx", lambda: amx)
-    assert knn_module.resolve_precision("auto", backend, torch.device(device)) == want
-    assert knn_module.resolve_precision("tf32", backend, torch.device(device)) == "tf32"
+    where = torch.device(device)
+    assert knn_module.resolve_precision("auto", backend, where, exact) == want
+    assert knn_module.resolve_precision("tf32", backend, where, exact) == "tf32"
 
 
 def test_auto_precision_reaches_the_search(monkeypatch):
@@ -173,6 +175,10 @@ def test_auto_precision_reaches_the_search(monkeypatch):
                             x, k, precision, *rest))
     build_knn(unit_rows(50, 8), k=5)
     assert seen == ["bf16"]
+    # an approximate request stays fp32 (faiss hidden, so that the torch search shows it)
+    monkeypatch.setattr(knn_module, "_faiss", lambda: None)
+    build_knn(unit_rows(50, 8), k=5, exact=False)
+    assert seen == ["bf16", "fp32"]
 
 
 MAKE_FACES = dict(n_ids=25, dim=64, seed=5)

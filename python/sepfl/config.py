@@ -119,9 +119,9 @@ class ClusterConfig:
                                        ":func:`sepfl.knn.build_knn`).", knn="backend")
     knn_precision: str = setting(
         "auto", '"fp32", "tf32" or "bf16" for the torch kNN backend; "auto" (default) is "bf16" '
-                "on CPUs with AMX, where that search runs several times faster than exact "
-                'faiss and finds the same lists, and "fp32" elsewhere '
-                "(:func:`sepfl.knn.resolve_precision`).", knn="precision")
+                "for an exact search on a CPU with AMX, where the torch backend's bf16 search "
+                'runs several times faster than exact faiss and finds the same lists, and "fp32" '
+                "otherwise (:func:`sepfl.knn.resolve_precision`).", knn="precision")
     knn_exact: Optional[bool] = setting(
         True, "True searches exactly; False lets faiss use its approximate graph index (HNSW; "
               "its estimated recall is logged); None does so from "

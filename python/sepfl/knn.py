@@ -30,8 +30,8 @@ Backends
 ``"auto"``
     ``"torch"`` for CUDA or reduced precision (fastest there), else
     ``"faiss"`` when it is importable, else ``"torch"``. With ``precision="auto"``
-    (the default) a CPU with AMX searches by the torch backend in bf16
-    (:func:`resolve_precision`), any other device in fp32.
+    (the default) an exact search on a CPU with AMX runs on the torch backend
+    in bf16 (:func:`resolve_precision`), any other search in fp32.
 
 Self first
     The sample itself is at rank 0 with similarity exactly 1.0, also when
@@ -173,9 +173,10 @@ def unit_knn(x: Array, k: int = 80, backend: str = "auto",
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     ef_search = check_positive_int(ef_search, "ef_search")
     where = resolve_device(device, x, native=False)
-    precision = resolve_precision(precision, backend, where)
+    exact = resolve_exact(exact, x.shape[0])
+    precision = resolve_precision(precision, backend, where, exact)
     backend = choose_backend(backend, where, precision)
-    exact = resolve_exact(exact, x.shape[0]) or backend != "faiss"
+    exact = exact or backend != "faiss"
     # a brute-force graph counts as exact in a cache whatever its precision: reduced
     # precision only picks candidates, which float32 dot products then rank
     exact_build = exact
@@ -225,19 +226,22 @@ def _check_rows(rows: Optional[range], n: int, cache: Union[str, Path, None]) ->
     return rows
 
 
-def resolve_precision(precision: str, backend: str, where: torch.device) -> str:
-    """The precision a search with ``precision`` and ``backend`` runs in on ``where``.
+def resolve_precision(precision: str, backend: str, where: torch.device, exact: bool) -> str:
+    """The precision an ``exact`` (or approximate) search with ``precision`` and ``backend``
+    runs in on ``where``.
 
-    ``"auto"`` is ``"bf16"`` on a CPU whose bfloat16 products run on AMX
-    (:func:`sepfl.device.cpu_has_amx`), unless the faiss backend was asked
-    for: the torch backend's bf16 search there found the same lists as exact
+    ``"auto"`` is ``"bf16"`` for an exact search on a CPU whose bfloat16
+    products run on AMX (:func:`sepfl.device.cpu_has_amx`), unless the faiss
+    backend was asked for: the torch backend's bf16 search there found the same lists as exact
     faiss search (recall@80 1.0000 on 2,000 sampled rows) in about a quarter of its time
     at N = 300,000 on 2 cores (``benchmarks/bench_knn.py --approximate``). Elsewhere
-    ``"fp32"``. Other values are returned as they are.
+    ``"fp32"``, and so an approximate search stays faiss's graph index. Other values
+    are returned as they are.
     """
     if precision != "auto":
         return precision
-    return "bf16" if backend != "faiss" and where.type == "cpu" and cpu_has_amx() else "fp32"
+    fast = exact and backend != "faiss" and where.type == "cpu" and cpu_has_amx()
+    return "bf16" if fast else "fp32"
 
 
 def choose_backend(backend: str, where: torch.device, precision: str) -> str:
