@@ -22,7 +22,8 @@ Backends
     offered to a running top-k (:class:`sepfl.ops.RowTopk`), so the ``[block,
     N]`` matrix never exists; on CUDA it does (never ``N x N``), followed by an
     exact two-stage top-k (top groups by maximum, then top entries within them;
-    see :func:`_grouped_topk`). Always exact up to ``precision``: ``"fp32"`` computes everything in float32 (TF32 disabled);
+    see :func:`_grouped_topk`). Always exact up to ``precision``: ``"fp32"``
+    computes everything in float32 (TF32 disabled);
     ``"tf32"`` / ``"bf16"`` find ``k + margin`` candidates with TF32 / bfloat16
     matrix products and re-rank them with float32 dot products, so the returned
     similarities are float32-accurate and only a near-tie at rank k can differ
