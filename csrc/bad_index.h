@@ -28,6 +28,13 @@ struct BadIndex {
                                                 << " outside [-1, " << n << ")");
   }
 
+  // For positions into [m, w] lists: IndexError
+  // "lists row <row> holds index <value> outside [-1, <n>)".
+  void raise_if_lists(int64_t w, int64_t n) const {
+    SEPFL_CHECK_INDEX(position < 0, "lists row " << position / w << " holds index " << value
+                                                 << " outside [-1, " << n << ")");
+  }
+
   // For positions into an edge list: IndexError "edge <e> has endpoint <value> outside [0, <n>)".
   void raise_if_edge(int64_t n) const {
     SEPFL_CHECK_INDEX(position < 0, "edge " << position << " has endpoint " << value

@@ -199,6 +199,22 @@ Indices link(const Indices& src, const Indices& dst, const std::optional<Floats>
   return labels;
 }
 
+Floats list_dots(const Floats& features, const Indices& rows, const Indices& lists) {
+  require_ndim(features, 2, "features");
+  require_ndim(rows, 1, "rows");
+  require_ndim(lists, 2, "lists");
+  require_dim(lists, 0, rows.shape(0), "lists");
+  const int64_t n = features.shape(0), d = features.shape(1), m = lists.shape(0),
+                w = lists.shape(1);
+  Floats out({m, w});
+  {
+    py::gil_scoped_release release;
+    sepfl::list_dots_cpu(features.data(), rows.data(), lists.data(), n, d, m, w,
+                         out.mutable_data());
+  }
+  return out;
+}
+
 sepfl::RowTopk row_topk(const Indices& own, int64_t width) {
   require_ndim(own, 1, "own");
   SEPFL_CHECK(width >= 1, "width must be >= 1, got " << width);
@@ -246,6 +262,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("node_ids").noconvert());
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());
+  m.def("list_dots", &bind::list_dots, py::arg("features").noconvert(),
+        py::arg("rows").noconvert(), py::arg("lists").noconvert());
   py::class_<sepfl::RowTopk>(m, "RowTopk")
       .def(py::init(&bind::row_topk), py::arg("own").noconvert(), py::arg("width"))
       .def("offer", &bind::offer<float>, py::arg("tile").noconvert(), py::arg("first_col"))

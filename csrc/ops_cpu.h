@@ -69,6 +69,13 @@ void shared_neighbours_cpu(const int64_t* nbrs, const int64_t* src, const int64_
                            int64_t n, int64_t k, int64_t num_edges, int64_t* shared,
                            int64_t* reverse);
 
+// features [n, d], rows [m], lists [m, w] -> out [m, w]: out[i, j] =
+// features[rows[i]] . features[lists[i, j]], each summed in one fixed order (the same bits
+// whatever m, w or the threads), -inf for a -1 entry. Throws out_of_range for a row outside
+// [0, n) or another entry outside [-1, n).
+void list_dots_cpu(const float* features, const int64_t* rows, const int64_t* lists, int64_t n,
+                   int64_t d, int64_t m, int64_t w, float* out);
+
 // The top entries of each of `rows` rows of a score matrix fed in tiles of columns (the
 // selection step of a brute-force kNN search, whose [rows, N] block never exists whole):
 // row i's own column own[i] first, then its width - 1 largest entries among the other

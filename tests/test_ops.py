@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 import oracles
 import sepfl
 from sepfl import _core, ops
+from sepfl._threads import torch_threads
 
 DEVICES = ["numpy", "torch", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -463,3 +464,33 @@ def test_row_topk_refuses_bad_input():
         ops.RowTopk(np.arange(3), 0)
     with pytest.raises(TypeError):
         ops.RowTopk(np.arange(3.0), 2)
+
+
+def test_list_dots_are_the_dot_products_with_the_same_bits_in_any_call():
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((300, 37)).astype(np.float32)  # D not a multiple of 16
+    rows = rng.integers(0, 300, 50)
+    lists = rng.integers(-1, 300, (50, 9))
+    dots = ops.list_dots(features, rows, lists)
+    want = np.einsum("id,ijd->ij", features[rows].astype(np.float64),
+                     features[np.maximum(lists, 0)].astype(np.float64))
+    np.testing.assert_allclose(dots[lists >= 0], want[lists >= 0], rtol=1e-5, atol=1e-5)
+    assert np.all(dots[lists < 0] == -np.inf)
+    # the same pairs in other calls, shapes and thread counts: the same bits
+    singles = np.stack([ops.list_dots(features, rows[i:i + 1], lists[i:i + 1, ::-1])[0, ::-1]
+                        for i in range(50)])
+    np.testing.assert_array_equal(singles, dots)
+    with torch_threads(1):
+        np.testing.assert_array_equal(ops.list_dots(torch.from_numpy(features),
+                                                    torch.from_numpy(rows),
+                                                    torch.from_numpy(lists)).numpy(), dots)
+
+
+def test_list_dots_refuses_bad_indices():
+    features = np.ones((4, 3), np.float32)
+    with pytest.raises(IndexError, match=r"rows\[1\] = 4"):
+        ops.list_dots(features, np.array([0, 4]), np.zeros((2, 2), np.int64))
+    with pytest.raises(IndexError, match="lists row 1 holds index 9"):
+        ops.list_dots(features, np.array([0, 1]), np.array([[0, 1], [2, 9]]))
+    with pytest.raises(ValueError):
+        ops.list_dots(features, np.array([0, 1]), np.zeros((3, 2), np.int64))

@@ -451,11 +451,11 @@ def _rerank(x: torch.Tensor, part: torch.Tensor, idx: torch.Tensor,
             k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Float32 similarities of candidates ``idx`` [B, W] (self in column 0); keep the top k.
 
-    On the CPU they are :func:`_dots`, the sums every other search's lists get
-    (:func:`rescore_lists`), so a shard of rows gets the whole set's last bits.
+    On the CPU they are :func:`sepfl.ops.list_dots`, the sums every other search's
+    lists get (:func:`rescore_lists`), so a shard of rows gets the whole set's last bits.
     """
     if x.device.type == "cpu":
-        exact = torch.from_numpy(_dots(x.numpy()[part.numpy()], x.numpy(), idx.numpy()))
+        exact = ops.list_dots(x, part, idx)
     else:
         candidates = x.index_select(0, idx.view(-1)).view(*idx.shape, x.shape[1])
         with _matmul_precision("highest"):
@@ -547,19 +547,11 @@ def _exact_sims(x: np.ndarray, nbrs: np.ndarray, sims: np.ndarray, first: int,
     """
     for start in range(0, len(nbrs), block):
         part = nbrs[start:start + block]
-        found = part >= 0
-        dots = _dots(x[first + start:first + start + len(part)], x, np.where(found, part, 0))
-        dots = np.where(found, dots, -np.inf)
+        dots = ops.list_dots(x, np.arange(first + start, first + start + len(part)), part)
         # a near-tie's new last bits can swap two neighbours: keep the rows sorted
         order = np.argsort(-dots, axis=1, kind="stable")
         nbrs[start:start + block] = np.take_along_axis(part, order, 1)
         sims[start:start + block] = np.take_along_axis(dots, order, 1)
-
-
-def _dots(queries: np.ndarray, x: np.ndarray, lists: np.ndarray) -> np.ndarray:
-    """float32 [B, W]: ``queries[i] · x[lists[i, j]]`` (float32 [B, D], [N, D], int64 [B, W]),
-    each summed in one fixed order whatever B and W."""
-    return np.einsum("id,ijd->ij", queries, x[lists])
 
 
 def _finish_rows(nbrs: np.ndarray, sims: np.ndarray, first: int = 0) -> None:

@@ -361,6 +361,35 @@ def aggregate(weights: Array, features: Array, nbrs: Array, node_ids: Array) -> 
     return _wrap(out, is_tensor(features))
 
 
+def list_dots(features: Array, rows: Array, lists: Array) -> Array:
+    """Dot products of rows with the rows their lists name, summed in one fixed order (CPU only).
+
+    The similarities a kNN list carries: every search's lists get them from here, so
+    a list has the same last bits whichever search, block size, shard or thread
+    count produced it.
+
+    Parameters
+    ----------
+    features : float32 [N, D]
+    rows : int [M]
+        Rows in ``[0, N)``.
+    lists : int [M, W]
+        Row i's list: entries in ``[0, N)``, or -1 for an empty slot.
+
+    Returns
+    -------
+    dots : float32 [M, W]
+        ``features[rows[i]] · features[lists[i, j]]``; -inf for an empty slot.
+    """
+    features = as_values(features, "features", 2)
+    rows = as_indices(rows, "rows", 1)
+    lists = as_indices(lists, "lists", 2, shape=(rows.shape[0], None))
+    if same_device(features, rows, lists) != "cpu":
+        raise ValueError("list_dots runs on the CPU; got CUDA tensors")
+    out = _core.list_dots(_to_numpy(features), _to_numpy(rows), _to_numpy(lists))
+    return _wrap(out, is_tensor(features))
+
+
 class RowTopk:
     """The top entries of each row of a score matrix fed in tiles of columns (CPU only).
 
