@@ -217,7 +217,6 @@ Floats list_dots(const Floats& features, const Indices& rows, const Indices& lis
 
 sepfl::RowTopk row_topk(const Indices& own, int64_t width) {
   require_ndim(own, 1, "own");
-  SEPFL_CHECK(width >= 1, "width must be >= 1, got " << width);
   return sepfl::RowTopk(own.shape(0), width, own.data());
 }
 

@@ -58,15 +58,19 @@ bool RowTopk::Entry::operator<(const Entry& other) const {
   return val > other.val || (val == other.val && col < other.col);
 }
 
+// width - 1, once width is checked: the members' sizes follow from it.
+static int64_t checked_keep(int64_t width) {
+  SEPFL_CHECK(width >= 1, "width must be >= 1, got " << width);
+  return width - 1;
+}
+
 RowTopk::RowTopk(int64_t rows, int64_t width, const int64_t* own)
     : rows_(rows),
-      keep_(width - 1),
+      keep_(checked_keep(width)),
       own_(own, own + rows),
       floors_(rows, -kInf),
       count_(rows, 0),
-      entries_(rows * 2 * keep_) {
-  SEPFL_CHECK(width >= 1, "width must be >= 1, got " << width);
-}
+      entries_(rows * 2 * keep_) {}
 
 void RowTopk::cut(int64_t i, bool sorted) {
   Entry* entries = entries_.data() + i * 2 * keep_;

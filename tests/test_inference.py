@@ -114,7 +114,6 @@ def test_cpu_bf16_detection(monkeypatch, tmp_path, flags, capability, fast, amx)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("".join(f"processor\t: {cpu}\nflags\t\t: {flags}\n\n" for cpu in (0, 1)))
     assert device_module.cpu_flags(str(cpuinfo)) == frozenset(flags.split())
-    monkeypatch.setattr(model_module, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     onednn = torch.backends.mkldnn.is_available()

@@ -14,7 +14,8 @@ import torch
 
 from sepfl._validate import Array, check_device, is_tensor
 
-__all__ = ["has_cuda", "resolve_device", "free_memory", "cpu_flags", "cpu_has_amx"]
+__all__ = ["has_cuda", "resolve_device", "free_memory", "cpu_flags", "cpu_bf16_units",
+           "cpu_has_amx"]
 
 
 def has_cuda() -> bool:
@@ -87,9 +88,15 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset:
         return frozenset()
 
 
+def cpu_bf16_units() -> frozenset:
+    """The bfloat16 matrix units torch's CPU products use here: those of "amx_bf16" and
+    "avx512_bf16" the CPU lists, where torch runs its AVX-512 kernels with oneDNN; else none."""
+    if not (torch.backends.mkldnn.is_available()
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512")):
+        return frozenset()
+    return cpu_flags() & {"amx_bf16", "avx512_bf16"}
+
+
 def cpu_has_amx() -> bool:
-    """Whether torch's bfloat16 matrix products run on AMX here: the CPU lists AMX-BF16
-    and torch runs its AVX-512 kernels with oneDNN."""
-    return (torch.backends.mkldnn.is_available()
-            and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-            and "amx_bf16" in cpu_flags())
+    """Whether torch's bfloat16 matrix products run on AMX here (:func:`cpu_bf16_units`)."""
+    return "amx_bf16" in cpu_bf16_units()

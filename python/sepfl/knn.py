@@ -177,11 +177,10 @@ def unit_knn(x: Array, k: int = 80, backend: str = "auto",
     exact = resolve_exact(exact, x.shape[0])
     precision = resolve_precision(precision, backend, where, exact)
     backend = choose_backend(backend, where, precision)
-    exact = exact or backend != "faiss"
-    # a brute-force graph counts as exact in a cache whatever its precision: reduced
+    # a brute-force graph counts as exact whatever its precision (in a cache too): reduced
     # precision only picks candidates, which float32 dot products then rank
-    exact_build = exact
-    found = None if cache is None else _read_cache(Path(cache), x, k, exact_build)
+    exact = exact or backend != "faiss"
+    found = None if cache is None else _read_cache(Path(cache), x, k, exact)
     if found is None:
         show = _show_progress(progress, *x.shape)
         if backend == "faiss":
@@ -190,7 +189,7 @@ def unit_knn(x: Array, k: int = 80, backend: str = "auto",
             found = _torch_knn(to_tensor(x, where), k, precision, chunk_size, show, rows)
         if cache is not None:
             write_knn(cache, *found, features=x,
-                      meta={"exact": exact_build, "backend": backend, "precision": precision})
+                      meta={"exact": exact, "backend": backend, "precision": precision})
     return _like(found, x)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sepfl import ops
-from sepfl.device import cpu_flags, free_memory
+from sepfl.device import cpu_bf16_units, free_memory
 from sepfl.edges import JOIN_ABOVE, NUM_STATISTICS, EdgeHead
 from sepfl._validate import (Array, as_indices, as_values, check_finite, check_index_range,
                              check_positive_int, to_tensor)
@@ -572,9 +572,7 @@ def fast_bf16(device: torch.device) -> bool:
 
 
 def _cpu_has_fast_bf16() -> bool:
-    return (torch.backends.mkldnn.is_available()
-            and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-            and bool(cpu_flags() & {"amx_bf16", "avx512_bf16"}))
+    return bool(cpu_bf16_units())
 
 
 def _compute_dtype(device: torch.device, bf16: Optional[bool]) -> torch.dtype:
