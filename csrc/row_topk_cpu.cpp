@@ -6,6 +6,10 @@
 #include "ops_cpu.h"
 #include "simd.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace sepfl {
 
 namespace {
@@ -26,37 +30,110 @@ inline float value_of(uint16_t v) {
 template <typename T>
 constexpr int64_t kRun = 64 / int64_t(sizeof(T));
 
-// The runs of `row` [runs * kRun] holding an entry above `floor`, written to `hits`;
-// returns how many. This scan is the whole cost of the selection (every score is read
-// once, here), so it is compiled per vector width.
-template <typename T>
-inline int64_t runs_above(const T* row, int64_t runs, float floor, int64_t* hits) {
+// An unsigned integer of a score's width that orders as the score does: a greater
+// float has a greater key (-0 keys below +0, so equal zeros may pass as greater; the
+// exact comparison after the scan drops them). Integer compares of the stored bits are
+// what the vectoriser turns into one instruction per run.
+inline uint32_t key_of(uint32_t bits) {
+  return bits ^ (uint32_t(int32_t(bits) >> 31) | 0x80000000u);
+}
+
+inline uint16_t key_of(uint16_t bits) {
+  return bits ^ (uint16_t(int16_t(bits) >> 15) | 0x8000u);
+}
+
+inline uint32_t bits_of(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+// The key of `floor` for scores stored as T (bf16 floors are bf16 values: the upper half).
+inline uint32_t floor_key(float floor, const float*) { return key_of(bits_of(floor)); }
+
+inline uint16_t floor_key(float floor, const uint16_t*) {
+  return key_of(uint16_t(bits_of(floor) >> 16));
+}
+
+// The runs of `row` [runs * kRun] holding a key above `floor`: their numbers written to
+// `hits` and their entries above it as bit masks to `masks`; returns how many. The first
+// loop is the whole cost of the selection (every score is read once, there), so it is
+// compiled per vector width; the second reads the few runs it found.
+template <typename Key>
+inline int64_t runs_above(const Key* row, int64_t runs, Key floor, int64_t* hits,
+                          uint64_t* masks) {
+  constexpr int64_t run = 64 / int64_t(sizeof(Key));
   int64_t found = 0;
   for (int64_t g = 0; g < runs; ++g) {
-    int any = 0;
-    for (int64_t l = 0; l < kRun<T>; ++l) any |= value_of(row[g * kRun<T> + l]) > floor;
+    Key any = 0;
+    for (int64_t l = 0; l < run; ++l) any |= key_of(row[g * run + l]) > floor;
     hits[found] = g;
-    found += any;
+    found += any != 0;
+  }
+  for (int64_t h = 0; h < found; ++h) {
+    uint64_t above = 0;
+    for (int64_t l = 0; l < run; ++l) {
+      above |= uint64_t(key_of(row[hits[h] * run + l]) > floor) << l;
+    }
+    masks[h] = above;
   }
   return found;
 }
 
 SEPFL_VECTOR_CLONES
-int64_t runs_above_any(const float* row, int64_t runs, float floor, int64_t* hits) {
-  return runs_above(row, runs, floor, hits);
+int64_t runs_above_any(const uint32_t* row, int64_t runs, uint32_t floor, int64_t* hits,
+                       uint64_t* masks) {
+  return runs_above(row, runs, floor, hits, masks);
 }
 
 SEPFL_VECTOR_CLONES
-int64_t runs_above_any(const uint16_t* row, int64_t runs, float floor, int64_t* hits) {
-  return runs_above(row, runs, floor, hits);
+int64_t runs_above_any(const uint16_t* row, int64_t runs, uint16_t floor, int64_t* hits,
+                       uint64_t* masks) {
+  return runs_above(row, runs, floor, hits, masks);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define SEPFL_BF16_SCAN_AVX512BW 1
+// The bf16 scan written out for AVX-512 BW, whose 16-bit lanes the avx512f clone above
+// lacks: one compare into a mask register per run, which is also the run's mask.
+__attribute__((target("avx512bw"))) int64_t runs_above_avx512bw(const uint16_t* row,
+                                                                  int64_t runs, uint16_t floor,
+                                                                  int64_t* hits,
+                                                                  uint64_t* masks) {
+  const __m512i floors = _mm512_set1_epi16(int16_t(floor));
+  const __m512i high = _mm512_set1_epi16(int16_t(0x8000));
+  int64_t found = 0;
+  for (int64_t g = 0; g < runs; ++g) {
+    const __m512i bits = _mm512_loadu_si512(row + g * kRun<uint16_t>);
+    const __m512i keys =
+        _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
+    const uint64_t above = _mm512_cmpgt_epu16_mask(keys, floors);
+    hits[found] = g;
+    masks[found] = above;
+    found += above != 0;
+  }
+  return found;
+}
+
+const bool kHasAvx512bw = __builtin_cpu_supports("avx512bw");
+#endif
+
+inline int64_t scan(const float* row, int64_t runs, float floor, int64_t* hits,
+                    uint64_t* masks) {
+  return runs_above_any(reinterpret_cast<const uint32_t*>(row), runs, floor_key(floor, row),
+                        hits, masks);
+}
+
+inline int64_t scan(const uint16_t* row, int64_t runs, float floor, int64_t* hits,
+                    uint64_t* masks) {
+#ifdef SEPFL_BF16_SCAN_AVX512BW
+  if (kHasAvx512bw) return runs_above_avx512bw(row, runs, floor_key(floor, row), hits, masks);
+#endif
+  return runs_above_any(row, runs, floor_key(floor, row), hits, masks);
 }
 
 }  // namespace
-
-// Larger value first; among equal values the smaller column.
-bool RowTopk::Entry::operator<(const Entry& other) const {
-  return val > other.val || (val == other.val && col < other.col);
-}
 
 // width - 1, once width is checked: the members' sizes follow from it.
 static int64_t checked_keep(int64_t width) {
@@ -78,14 +155,11 @@ void RowTopk::cut(int64_t i, bool sorted) {
   if (sorted) {
     std::partial_sort(entries, entries + kept, entries + held);
   } else if (kept < held) {
-    std::nth_element(entries, entries + kept, entries + held);
+    // The kept-th best in its place, every better one before it: it is the new floor.
+    std::nth_element(entries, entries + kept - 1, entries + held);
   }
   count_[i] = kept;
-  if (kept == keep_ && kept > 0) {
-    floors_[i] = std::min_element(entries, entries + kept, [](const Entry& a, const Entry& b) {
-                   return a.val < b.val;
-                 })->val;
-  }
+  if (kept == keep_ && kept > 0) floors_[i] = entries[kept - 1].val;
 }
 
 template <typename T>
@@ -95,6 +169,7 @@ void RowTopk::offer_tile(const T* tile, int64_t cols, int64_t first_col) {
 #pragma omp parallel
   {
     std::vector<int64_t> hits(runs);
+    std::vector<uint64_t> masks(runs);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < rows_; ++i) {
       const T* row = tile + i * cols;
@@ -106,16 +181,12 @@ void RowTopk::offer_tile(const T* tile, int64_t cols, int64_t first_col) {
         entries_[i * 2 * keep_ + count_[i]] = {v, col};
         if (++count_[i] == 2 * keep_) cut(i, false);
       };
-      const int64_t found = runs_above_any(row, runs, floors_[i], hits.data());
+      const int64_t found = scan(row, runs, floors_[i], hits.data(), masks.data());
       for (int64_t h = 0; h < found; ++h) {
-        // The run's entries above the floor as a bit mask, then only those.
         const int64_t start = hits[h] * kRun<T>;
-        const float floor = floors_[i];
-        uint64_t above = 0;
-        for (int64_t l = 0; l < kRun<T>; ++l) {
-          above |= uint64_t(value_of(row[start + l]) > floor) << l;
+        for (uint64_t above = masks[h]; above != 0; above &= above - 1) {
+          offer(start + __builtin_ctzll(above));
         }
-        for (; above != 0; above &= above - 1) offer(start + __builtin_ctzll(above));
       }
       for (int64_t c = runs * kRun<T>; c < cols; ++c) offer(c);
     }
