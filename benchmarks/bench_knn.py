@@ -151,7 +151,7 @@ def approximate(args: argparse.Namespace) -> None:
                  "bf16 products, float32 re-ranking", "-", "-", f"{seconds:.0f}",
                  *hits(nbrs[queries]), f"{exact_s / seconds:.1f}"))
     print(rows[-1], flush=True)
-    for spec in args.indexes.split(","):
+    for spec in filter(None, args.indexes.split(",")):
         name, *values = spec.split(":")
         if importlib.util.find_spec(MODULES[name]) is None:
             rows.append((spec, "not installed", "", "", "", "", ""))
@@ -184,7 +184,7 @@ def main() -> None:
                         "hnswlib:32:100:160,usearch-bf16:32:100:160,faiss-ivf:4096:128",
                         help="--approximate: name:settings, comma-separated (faiss-hnsw, "
                              "hnswlib and usearch-bf16: links:ef_build:ef_search; faiss-ivf: "
-                             "lists:probes)")
+                             "lists:probes; empty: none beyond sepfl's own rows)")
     parser.add_argument("--ids", type=int, default=300)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--k", type=int, default=80)
@@ -196,7 +196,8 @@ def main() -> None:
                         help="CUDA: block sizes at which to time one block's matmul and topk")
     args = parser.parse_args()
     if args.approximate:
-        unknown = {spec.split(":")[0] for spec in args.indexes.split(",")} - set(INDEXES)
+        specs = filter(None, args.indexes.split(","))
+        unknown = {spec.split(":")[0] for spec in specs} - set(INDEXES)
         if unknown:
             parser.error(f"unknown --indexes {sorted(unknown)}; known: {sorted(INDEXES)}")
         approximate(args)
