@@ -17,13 +17,16 @@ becomes, for M new samples joining N old ones:
   adds). Every other old sample keeps its embedding: a few late entries move
   its attention-weighted neighbour summary little, and re-embedding every
   changed list would re-embed nearly every old sample at each add.
-* **scores**: a pair is re-scored when one of its inputs changed; every other
-  pair keeps its stored score, which its inputs would reproduce exactly.
-  ``"edges"``: an edge's statistics read both kNN lists (and the local
-  scales taken from them) and both embeddings, so the edges touching a
-  changed sample (new ones included) are re-scored. ``"sepfl"``: the pairs are chosen again from the exact
-  density (cheap); a pair's score reads the two embeddings only, so the
-  pairs that are new or touch a re-embedded sample are re-scored.
+* **scores**: a pair is re-scored when it is new or one of its ends was
+  re-embedded (the new samples included); every other pair keeps its stored
+  score. ``"sepfl"``: the pairs are chosen again from the exact density
+  (cheap); a pair's score reads the two embeddings only, so a kept score is
+  what its inputs would reproduce. ``"edges"``: an edge's statistics read both
+  kNN lists as well (ranks, shared entries, the local scales), so a kept score
+  is stale in the same measure as a kept embedding: a few late entries in a
+  list move its sample's statistics little, and re-scoring every edge of a
+  changed list would re-score nearly every edge at each add (``refresh`` 0
+  re-scores them all).
 * **grouping**: Infomap (or union-find) over all pairs again (see **labels**).
 * **labels** (:func:`stable_labels`): old clusters are never split, so a merge
   is for good and needs surer evidence than one shot: the grouping above
@@ -36,8 +39,8 @@ becomes, for M new samples joining N old ones:
   (merged ids leave gaps).
 
 Where the result differs from clustering everything at once: the embeddings
-of old samples whose lists drifted less than ``refresh`` (and so the scores of
-the edges that read them); the ``"sepfl"`` pairs are exact, chosen from the
+of old samples whose lists drifted less than ``refresh``, and the scores of
+their edges; the ``"sepfl"`` pairs are exact, chosen from the
 density normalised by today's maximum. And old clusters are kept whole where
 a one-shot run could split them, and merge only over pairs above
 ``merge_threshold`` where a one-shot run reads every pair above ``threshold``.
@@ -318,13 +321,11 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
         with watch.stage("edges"):
             src, dst, rank = edges.candidate_edges(nbrs, min(config.candidates, k - 1))
             cosine = sims[src, rank]
-            touched = changed
     else:
         with watch.stage("pairs"):
             src, dst = ops.select_pairs(nbrs, density, config.max_per_node)
-            touched = stale
     with watch.stage("scores"):
-        scores, rescored = _kept_scores(state, src, dst, touched)
+        scores, rescored = _kept_scores(state, src, dst, stale)
         if scheme == "edges":
             stats = edges.edge_statistics(e, nbrs, sims, src[rescored], dst[rescored],
                                           rank[rescored])
