@@ -215,9 +215,14 @@ Floats list_dots(const Floats& features, const Indices& rows, const Indices& lis
   return out;
 }
 
-sepfl::RowTopk row_topk(const Indices& own, int64_t width) {
+sepfl::RowTopk row_topk(const Indices& own, int64_t width,
+                        const std::optional<Floats>& above) {
   require_ndim(own, 1, "own");
-  return sepfl::RowTopk(own.shape(0), width, own.data());
+  if (above) {
+    require_ndim(*above, 1, "above");
+    require_dim(*above, 0, own.shape(0), "above");
+  }
+  return sepfl::RowTopk(own.shape(0), width, own.data(), above ? above->data() : nullptr);
 }
 
 // tile [rows, cols] of float32 or bfloat16 bits (uint16).
@@ -264,7 +269,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("list_dots", &bind::list_dots, py::arg("features").noconvert(),
         py::arg("rows").noconvert(), py::arg("lists").noconvert());
   py::class_<sepfl::RowTopk>(m, "RowTopk")
-      .def(py::init(&bind::row_topk), py::arg("own").noconvert(), py::arg("width"))
+      .def(py::init(&bind::row_topk), py::arg("own").noconvert(), py::arg("width"),
+           py::arg("above").noconvert() = py::none())
       .def("offer", &bind::offer<float>, py::arg("tile").noconvert(), py::arg("first_col"))
       .def("offer", &bind::offer<uint16_t>, py::arg("tile").noconvert(), py::arg("first_col"))
       .def("result", &bind::result);

@@ -81,11 +81,12 @@ void list_dots_cpu(const float* features, const int64_t* rows, const int64_t* li
 // row i's own column own[i] first, then its width - 1 largest entries among the other
 // columns offered, in non-increasing order (ties: the smaller column first). An entry is
 // looked at twice only when it beats the (width - 1)-th best of its row so far; the
-// vectorised scan reads every other entry once. The bf16 tiles hold bfloat16 bits (the
+// vectorised scan reads every other entry once. With `above` [rows] (optional), row i
+// keeps only entries greater than above[i]. The bf16 tiles hold bfloat16 bits (the
 // upper half of a float32). Not thread-safe; each call runs OpenMP over the rows.
 class RowTopk {
  public:
-  RowTopk(int64_t rows, int64_t width, const int64_t* own);
+  RowTopk(int64_t rows, int64_t width, const int64_t* own, const float* above = nullptr);
   // tile [rows, cols], C-contiguous: columns first_col .. first_col + cols - 1.
   void offer(const float* tile, int64_t cols, int64_t first_col);
   void offer(const uint16_t* tile, int64_t cols, int64_t first_col);

@@ -48,11 +48,15 @@ inline uint32_t bits_of(float v) {
   return bits;
 }
 
-// The key of `floor` for scores stored as T (bf16 floors are bf16 values: the upper half).
+// The key of `floor` for scores stored as T: for bf16, of the largest bfloat16 at or
+// below it (the upper half of its bits, one step down for a negative float that had
+// lower bits), so that no bf16 score above the floor keys at or below it.
 inline uint32_t floor_key(float floor, const float*) { return key_of(bits_of(floor)); }
 
 inline uint16_t floor_key(float floor, const uint16_t*) {
-  return key_of(uint16_t(bits_of(floor) >> 16));
+  const uint32_t bits = bits_of(floor);
+  const uint16_t key = key_of(uint16_t(bits >> 16));
+  return (bits >> 31) && (bits & 0xFFFFu) ? uint16_t(key - 1) : key;
 }
 
 // The runs of `row` [runs * kRun] holding a key above `floor`: their numbers written to
@@ -141,11 +145,12 @@ static int64_t checked_keep(int64_t width) {
   return width - 1;
 }
 
-RowTopk::RowTopk(int64_t rows, int64_t width, const int64_t* own)
+RowTopk::RowTopk(int64_t rows, int64_t width, const int64_t* own, const float* above)
     : rows_(rows),
       keep_(checked_keep(width)),
       own_(own, own + rows),
-      floors_(rows, -kInf),
+      floors_(above ? std::vector<float>(above, above + rows)
+                    : std::vector<float>(rows, -kInf)),
       count_(rows, 0),
       entries_(rows * 2 * keep_) {}
 

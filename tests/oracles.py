@@ -93,14 +93,16 @@ def shared_neighbours(nbrs, src, dst):
     return np.array(shared, dtype=np.int64), np.array(reverse, dtype=np.int64)
 
 
-def row_topk(scores, own, width):
+def row_topk(scores, own, width, above=None):
     """Row i: own[i] (value +inf), then the width - 1 best other columns of scores [B, C]
-    by (larger value, smaller column), padded with -1 / -inf."""
+    above ``above[i]`` (all when None) by (larger value, smaller column), padded with
+    -1 / -inf."""
     idx = np.full((len(scores), width), -1, dtype=np.int64)
     vals = np.full((len(scores), width), -np.inf, dtype=np.float32)
     idx[:, 0], vals[:, 0] = own, np.inf
     for i, row in enumerate(scores):
-        cols = [c for c in range(len(row)) if c != own[i]]
+        cols = [c for c in range(len(row))
+                if c != own[i] and (above is None or row[c] > above[i])]
         cols.sort(key=lambda c: (-float(row[c]), c))
         best = cols[:width - 1]
         idx[i, 1:1 + len(best)] = best

@@ -411,28 +411,31 @@ def test_core_rechecks_indices_and_shapes():
 
 @st.composite
 def score_tiles(draw):
-    """Scores [B, C] with many ties, a width, own columns (some outside the columns) and the
-    column boundaries of the tiles they are offered in."""
+    """Scores [B, C] with many ties, a width, own columns (some outside the columns), the
+    column boundaries of the tiles they are offered in, and no floors or a floor per row
+    (some between two bfloat16 values: -0.49999 lies just below -0.498046875)."""
     b, c = draw(st.integers(1, 40)), draw(st.integers(1, 150))
     scores = draw(hnp.arrays(np.float32, (b, c), elements=st.sampled_from(
-        [-2.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 3.0])))
+        [-2.0, -0.5, -0.498046875, 0.0, 0.25, 0.5, 0.75, 1.0, 3.0])))
     own = draw(hnp.arrays(np.int64, b, elements=st.integers(0, c + 3)))
     width = draw(st.integers(1, c + 3))
     cuts = sorted(draw(st.sets(st.integers(1, c - 1), max_size=4))) if c > 1 else []
-    return scores, own, width, [0, *cuts, c]
+    above = draw(st.none() | hnp.arrays(np.float32, b, elements=st.sampled_from(
+        [-np.inf, -0.5, -0.49999, 0.0, 0.2, 0.75, 5.0])))
+    return scores, own, width, [0, *cuts, c], above
 
 
 @given(score_tiles(), st.sampled_from([torch.float32, torch.bfloat16]))
 def test_row_topk_matches_oracle(data, dtype):
     # The values are exact in bfloat16, so both dtypes meet the same oracle; tiles of any
     # width, ties everywhere, and rows whose own column is or is not among those offered.
-    scores, own, width, bounds = data
-    best = ops.RowTopk(torch.from_numpy(own), width)
+    scores, own, width, bounds, above = data
+    best = ops.RowTopk(torch.from_numpy(own), width, above)
     tiles = torch.from_numpy(scores).to(dtype)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         best.offer(tiles[:, lo:hi].contiguous(), lo)
     idx, vals = best.result()
-    want_idx, want_vals = oracles.row_topk(scores, own, width)
+    want_idx, want_vals = oracles.row_topk(scores, own, width, above)
     np.testing.assert_array_equal(idx.numpy(), want_idx)
     np.testing.assert_array_equal(vals.numpy(), want_vals)
 
@@ -452,6 +455,22 @@ def test_row_topk_long_rows_cross_many_cuts():
     np.testing.assert_array_equal(vals, want_vals)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_topk_keeps_scores_just_above_a_floor_between_two_bf16_values(dtype):
+    # -0.49999 is no bfloat16 value; -0.498046875 is the next one above it. Whole runs of
+    # such scores (the vector scan's 16 / 32 entries) must all pass the floor.
+    scores = np.full((3, 100), -0.498046875, np.float32)
+    scores[:, ::7] = -0.5
+    best = ops.RowTopk(np.array([0, 5, 200]), 30, np.float32([-0.49999, -0.49999, -0.498046875]))
+    best.offer(torch.from_numpy(scores).to(dtype), 0)
+    idx, vals = best.result()
+    want_idx, want_vals = oracles.row_topk(scores, [0, 5, 200], 30, [-0.49999, -0.49999,
+                                                                       -0.498046875])
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(vals, want_vals)
+    assert (idx[:2, 1:] >= 0).all() and (idx[2, 1:] == -1).all()
+
+
 def test_row_topk_refuses_bad_input():
     best = ops.RowTopk(np.arange(3), 4)
     with pytest.raises(ValueError, match="tile"):
@@ -464,6 +483,10 @@ def test_row_topk_refuses_bad_input():
         ops.RowTopk(np.arange(3), 0)
     with pytest.raises(TypeError):
         ops.RowTopk(np.arange(3.0), 2)
+    with pytest.raises(ValueError, match="above"):
+        ops.RowTopk(np.arange(3), 2, np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        ops.RowTopk(np.arange(3), 2, np.array([0, np.nan, 0], np.float32))
 
 
 def test_list_dots_are_the_dot_products_with_the_same_bits_in_any_call():

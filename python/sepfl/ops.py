@@ -406,15 +406,22 @@ class RowTopk:
         Each row's own column: placed first, never counted among the others.
     width : int
         Entries per row in the result, the own column included (>= 1).
+    above : float32 [B], optional
+        Row i keeps only entries greater than ``above[i]`` (not NaN; -inf keeps all).
     """
 
-    def __init__(self, own: Array, width: int):
+    def __init__(self, own: Array, width: int, above: Optional[Array] = None):
         own = as_indices(own, "own", 1)
-        if same_device(own) != "cpu":
+        if above is not None:
+            above = as_values(above, "above", 1, shape=(own.shape[0],))
+            if bool(np.isnan(_to_numpy(above)).any()):
+                raise ValueError("above must not hold NaN")
+        if same_device(own, *([] if above is None else [above])) != "cpu":
             raise ValueError("RowTopk runs on the CPU; got a CUDA tensor")
         self._as_tensor = is_tensor(own)
         self._rows = own.shape[0]
-        self._best = _core.RowTopk(_to_numpy(own), check_positive_int(width, "width"))
+        self._best = _core.RowTopk(_to_numpy(own), check_positive_int(width, "width"),
+                                   None if above is None else _to_numpy(above))
 
     def offer(self, tile: Array, first_col: int) -> None:
         """Offer the columns ``first_col .. first_col + C - 1``.
