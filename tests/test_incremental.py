@@ -49,19 +49,38 @@ def test_node_embeddings_of_some_nodes_are_the_full_rows(faces):
         model.node_embeddings(x, nbrs, nodes=[600])
 
 
-@pytest.mark.parametrize("n_old, n_new, k", [(60, 40, 10), (30, 1, 5), (20, 70, 8)])
-def test_extend_knn_is_the_brute_force_graph_of_all(n_old, n_new, k):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("n_old, n_new, k", [(60, 40, 10), (30, 1, 5), (20, 70, 8),
+                                             (900, 300, 30)])
+def test_extend_knn_is_the_brute_force_graph_of_all(n_old, n_new, k, precision):
     x = torch.nn.functional.normalize(torch.randn(n_old + n_new, 16,
                                                   generator=torch.Generator().manual_seed(0)))
-    nbrs, sims = build_knn(x[:n_old], k, backend="torch")
-    got_nbrs, got_sims, entered = extend_knn(x[:n_old], nbrs, sims, x[n_old:])
-    want_nbrs, want_sims = build_knn(x, k, backend="torch")
+    nbrs, sims = build_knn(x[:n_old], k, backend="torch", precision="fp32")
+    got_nbrs, got_sims, entered = extend_knn(x[:n_old], nbrs, sims, x[n_old:], precision)
+    want_nbrs, want_sims = build_knn(x, k, backend="torch", precision="fp32")
     assert torch.allclose(got_sims, want_sims, atol=1e-6)
     assert torch.equal(got_nbrs[:, 0], torch.arange(n_old + n_new))
     assert torch.equal(got_nbrs.sort(1).values, want_nbrs.sort(1).values)
     # entered: the new samples in each old list; k - 1 for a new row
     assert torch.equal(entered[:n_old], (got_nbrs[:n_old] >= n_old).sum(1))
     assert (entered[n_old:] == k - 1).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_extend_knn_finds_entries_just_above_a_floor(precision):
+    """New samples a hair closer to an old row than its list's last entry enter it, though
+    a bfloat16 product (off by up to 2^-8) puts many of them below that floor."""
+    x = torch.nn.functional.normalize(torch.randn(300, 16,
+                                                  generator=torch.Generator().manual_seed(1)))
+    k = 12
+    nbrs, sims = build_knn(x, k, backend="torch", precision="fp32")
+    rows = torch.arange(60)
+    new = torch.nn.functional.normalize(x[nbrs[rows, k - 1]] + 2e-4 * x[rows])
+    assert ((new * x[rows]).sum(1) > sims[rows, k - 1]).all()
+    got_nbrs, _, _ = extend_knn(x, nbrs, sims, new, precision)
+    want_nbrs, _ = build_knn(torch.cat([x, new]), k, backend="torch", precision="fp32")
+    assert torch.equal(got_nbrs.sort(1).values, want_nbrs.sort(1).values)
+    assert ((got_nbrs[rows] >= 300).sum(1) >= 1).all()
 
 
 @pytest.mark.parametrize("old, groups, labels, merged", [

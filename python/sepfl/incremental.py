@@ -4,10 +4,12 @@
 (or a previous ``add``) left. What each stage of :func:`sepfl.cluster.cluster`
 becomes, for M new samples joining N old ones:
 
-* **kNN** (:func:`extend_knn`): exact brute force, one [M, N + M] product. The
-  new rows get their lists among old + new; the same product gives every old
-  row its best new candidates, merged into its list. An old sample's list
-  *changed* when a new sample entered it.
+* **kNN** (:func:`extend_knn`): exact brute force. The new rows get their
+  lists among old + new (:func:`sepfl.knn.build_knn` of those rows, the search
+  a one-shot run makes, in ``knn_precision``); the old rows are multiplied
+  against the new ones and the new samples at least as close as an old list's
+  last entry are merged into it. An old sample's list *changed* when a new
+  sample entered it.
 * **density**: recomputed for all samples from the kNN similarities (one pass
   over [N + M, k], cheap), so it is exactly the one-shot density, maximum
   normalisation included.
@@ -59,12 +61,16 @@ from sepfl._validate import to_tensor
 from sepfl.stages import ClusterResult, Stopwatch, group, grouping_of, resolve_scheme
 from sepfl.config import ClusterConfig
 from sepfl.features import normalize_features
+from sepfl.knn import build_knn, resolve_precision, search_width
 from sepfl.model import PairClassifier
 
 __all__ = ["AddResult", "State", "add", "extend_knn", "stable_labels"]
 
-# new rows per block of the [block, N + M] similarity product
-_KNN_BLOCK = 1024
+# scores per block of old rows of the [block, M] similarity product
+_BLOCK_SCORES = 1 << 24
+# how far below a floor a candidate's product may fall and still be measured (a bfloat16
+# product of unit rows is off by at most 2^-8)
+_SLACK = 1.0 / 128
 
 
 @dataclasses.dataclass
@@ -150,7 +156,8 @@ class AddResult(ClusterResult):
 
 
 def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
-               new: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               new: torch.Tensor, precision: str = "auto"
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The exact kNN graph of old + new samples from the old one.
 
     Parameters
@@ -161,6 +168,9 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
         Their kNN graph (self at rank 0, full lists).
     new : float32 Tensor [M, D]
         New samples, unit rows; they become rows N..N+M-1.
+    precision : {"auto", "fp32", "bf16"}
+        Of the products that find the candidates (:func:`sepfl.knn.resolve_precision`);
+        every similarity kept is a float32 one.
 
     Returns
     -------
@@ -172,32 +182,53 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
     """
     n, k = nbrs.shape
     m = new.shape[0]
+    if m == 0:
+        return nbrs, sims, torch.zeros(n, dtype=torch.int64)
     x = torch.cat([features, new])
-    out_nbrs = torch.empty((m, k), dtype=torch.int64)
-    out_sims = torch.empty((m, k), dtype=torch.float32)
-    # (old row, new sample, similarity) of every new sample at least as close to an old
-    # row as its list's last entry: the only ones that can enter it (~k M / N per row)
-    floor = sims[:, k - 1]
-    none = torch.empty(0, dtype=torch.int64)
-    entries = [(none, none, torch.empty(0))]  # so that adding no samples merges nothing
-    for start in range(0, m, _KNN_BLOCK):
-        stop = min(start + _KNN_BLOCK, m)
-        scores = x[n + start:n + stop] @ x.T
-        rows = torch.arange(stop - start)
-        scores[rows, n + start + rows] = math.inf  # self first, even among duplicates
-        vals, idx = scores.topk(k, dim=1)
-        vals[:, 0] = 1.0
-        out_nbrs[start:stop], out_sims[start:stop] = idx, vals.clamp_(-1.0, 1.0)
-        new_at, old_at = torch.nonzero(scores[:, :n] >= floor, as_tuple=True)
-        entries.append((old_at, new_at + n + start, scores[new_at, old_at]))
-    best_nbrs, best_sims = _best_per_row(*(torch.cat(part) for part in zip(*entries)), n, k - 1)
+    precision = resolve_precision(precision, "torch", x.device, exact=True)
+    new_nbrs, new_sims = build_knn(x, k, backend="torch", precision=precision,
+                                   rows=range(n, n + m), progress=False)
+    old_at, new_at, found = _entering(x, n, sims[:, k - 1], k, precision)
+    best_nbrs, best_sims = _best_per_row(old_at, new_at, found, n, k - 1)
     merged_sims, order = torch.cat([sims[:, 1:], best_sims.clamp(-1.0, 1.0)], 1).topk(k - 1,
                                                                                      dim=1)
     entered = (order >= k - 1).sum(1)
     merged_nbrs = torch.cat([nbrs[:, 1:], best_nbrs], 1).gather(1, order)
-    all_nbrs = torch.cat([torch.cat([nbrs[:, :1], merged_nbrs], 1), out_nbrs])
-    all_sims = torch.cat([torch.cat([sims[:, :1], merged_sims], 1), out_sims])
+    all_nbrs = torch.cat([torch.cat([nbrs[:, :1], merged_nbrs], 1), new_nbrs])
+    all_sims = torch.cat([torch.cat([sims[:, :1], merged_sims], 1), new_sims])
     return all_nbrs, all_sims, torch.cat([entered, torch.full((m,), k - 1)])
+
+
+def _entering(x: torch.Tensor, n: int, floor: torch.Tensor, k: int,
+              precision: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The new samples that enter the old rows' lists of ``k``: every (old row, new
+    sample) whose similarity is at least the old row's ``floor`` (float32 [N], its list's
+    last similarity), among each old row's best new candidates. Returns int64 old rows
+    (0..N-1), int64 new samples (N..N+M-1) and their float32 similarities [C].
+
+    ``x`` [N + M, D] holds the old rows, then the new ones. Each block of old rows
+    is multiplied against the new rows in ``precision`` and keeps its
+    :func:`sepfl.knn.search_width` best above ``floor - _SLACK`` (:class:`sepfl.ops.RowTopk`:
+    at most k - 1 new samples can enter a list, plus the kNN search's margin for the
+    re-ranking; in bfloat16 a product of unit rows is off by at most 2^-8), each then
+    measured by :func:`sepfl.ops.list_dots`.
+    """
+    m = x.shape[0] - n
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    columns = x[n:].to(dtype)
+    width = search_width(k, precision)
+    block = max(1, _BLOCK_SCORES // m)
+    parts = []
+    for start in range(0, n, block):
+        rows = torch.arange(start, min(start + block, n))
+        bound = floor[rows]
+        best = ops.RowTopk(rows, width, above=bound - _SLACK)
+        best.offer(x[rows].to(dtype) @ columns.T, n)
+        lists = best.result()[0][:, 1:]
+        found = ops.list_dots(x, rows, lists)
+        old_at, slot = torch.nonzero(found >= bound[:, None], as_tuple=True)
+        parts.append((rows[old_at], lists[old_at, slot], found[old_at, slot]))
+    return tuple(torch.cat(part) for part in zip(*parts))
 
 
 def _best_per_row(rows: torch.Tensor, ids: torch.Tensor, sims: torch.Tensor, n: int,
@@ -299,7 +330,8 @@ def add(state: State, new: np.ndarray, model: PairClassifier,
     with watch.stage("knn"):
         nbrs, sims, entered = extend_knn(torch.from_numpy(state.features),
                                          torch.from_numpy(state.nbrs),
-                                         torch.from_numpy(state.sims), new)
+                                         torch.from_numpy(state.sims), new,
+                                         config.knn_precision)
         features = torch.cat([torch.from_numpy(state.features), new])
     total = nbrs.shape[0]
     with watch.stage("density"):

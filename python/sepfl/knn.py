@@ -327,9 +327,10 @@ def _matmul_precision(level: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(saved)
 
 
-def _margin(k: int) -> int:
-    """Extra candidates kept by a reduced-precision search for the float32 re-ranking."""
-    return max(16, k // 2)
+def search_width(k: int, precision: str) -> int:
+    """Candidates per row a search in ``precision`` keeps for lists of ``k``: ``k`` in
+    float32, with extra ones otherwise for the float32 re-ranking to choose among."""
+    return k if precision == "fp32" else k + max(16, k // 2)
 
 
 def _block_rows(n: int, columns: int, d: int, width: int, elem: int,
@@ -348,7 +349,7 @@ def _torch_search(x: torch.Tensor, rows: torch.Tensor, k: int, precision: str,
     each row's own index first.
     """
     n, d = x.shape
-    width = k if precision == "fp32" else min(n, k + _margin(k))
+    width = min(n, search_width(k, precision))
     base = x.to(torch.bfloat16) if precision == "bf16" else x
     columns, select = (_cpu_selection if x.device.type == "cpu" else _cuda_selection)(base, width)
     block = min(len(rows), chunk_size or _block_rows(n, columns, d, width, base.element_size(),
