@@ -235,8 +235,8 @@ def resolve_precision(precision: str, backend: str, where: torch.device, exact: 
     backend was asked for: the torch backend's bf16 search there found the same lists as exact
     faiss search (recall@80 1.0000 on 2,000 sampled rows) in about a sixth of its time
     at N = 300,000 and a seventh at 1,000,000 on 2 cores (``benchmarks/bench_knn.py
-    --approximate``). Elsewhere ``"fp32"``, and so an approximate search stays faiss's graph index. Other values
-    are returned as they are.
+    --approximate``). Elsewhere ``"fp32"``, and so an approximate search stays
+    faiss's graph index. Other values are returned as they are.
     """
     if precision != "auto":
         return precision
