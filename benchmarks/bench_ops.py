@@ -3,7 +3,7 @@
 Each row checks that the native result equals the equivalent's before timing
 both (median of repeated runs) and prints the ratio. Sizes default to the
 issue's: N = 1,000,000 samples, k = 80, D = 256, B = 8,192 gathered nodes,
-H = 4D hidden channels for gather_add.
+H = 4D hidden channels for gather_add, B / 4 query rows for RowTopk.
 
     python benchmarks/bench_ops.py [--n 1000000] [--k 80] [--d 256] [--b 8192]
 """
@@ -16,6 +16,7 @@ import torch
 
 from common import components_scipy, header, table, timed
 from sepfl import ops
+from sepfl.knn import search_width
 
 
 def knn_like(n: int, k: int, rng: np.random.Generator):
@@ -130,6 +131,32 @@ def main() -> None:
           lambda: ops.gather_add(a, bproj, nbrs, node_ids, bias=bias, gelu=True),
           [("torch", gather_add_torch)], close(rtol=1e-5, atol=1e-5, rows=64))
     del a, bproj, t_a, t_bproj
+
+    # a kNN search's selection: a [b / 4, 64 * 1024] block of bfloat16 scores, offered to
+    # RowTopk in the [rows, 1024] tiles the CPU search computes, against torch.topk of the
+    # whole block; the widths of a bf16 search for lists of k (own column first)
+    queries = torch.nn.functional.normalize(torch.randn(b // 4, d, generator=torch.Generator()
+                                                        .manual_seed(0)))
+    columns = torch.nn.functional.normalize(torch.randn(64 * 1024, d))
+    block = (queries @ columns.T).to(torch.bfloat16)
+    tiles = [block[:, lo:lo + 1024].contiguous() for lo in range(0, block.shape[1], 1024)]
+    own = torch.arange(block.shape[0])
+    width = search_width(k, "bf16")
+
+    def row_topk():
+        best = ops.RowTopk(own, width)
+        for number, tile in enumerate(tiles):
+            best.offer(tile, number * 1024)
+        return best.result()[1][:, 1:]
+
+    def topk_torch():
+        scores = block.clone()
+        scores[own, own] = -torch.inf
+        return scores.topk(width - 1, dim=1).values.float()
+
+    bench(f"RowTopk ({block.shape[0]} x {block.shape[1]:,} bf16 scores, width {width})",
+          row_topk, [("torch", topk_torch)], close(rtol=0, atol=0))
+    del block, tiles
 
     for e in (n, 10 * n):
         src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
