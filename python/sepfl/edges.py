@@ -471,8 +471,8 @@ def _infomap_modules(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, num_n
     solver = infomap.Infomap(two_level=True, silent=True, num_trials=1, seed=seed,
                              markov_time=markov_time)
     solver.add_nodes(range(num_nodes))
-    solver.add_links(zip((pairs // num_nodes).tolist(), (pairs % num_nodes).tolist(),
-                         weight.tolist()))
+    # one [E, 3] float64 array: infomap reads it in C++ (exact for ids below 2^53)
+    solver.add_links(np.column_stack([pairs // num_nodes, pairs % num_nodes, weight]))
     modules = solver.run().modules()
     module = np.empty(num_nodes, dtype=np.int64)
     module[np.fromiter(modules.keys(), np.int64, len(modules))] = np.fromiter(
