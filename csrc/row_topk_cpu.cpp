@@ -120,7 +120,14 @@ __attribute__((target("avx512bw"))) int64_t runs_above_avx512bw(const uint16_t* 
   return found;
 }
 
-const bool kHasAvx512bw = __builtin_cpu_supports("avx512bw");
+// Read once at load; the CPU model is initialised first, as this may run before libgcc's
+// own constructor does.
+bool cpu_has_avx512bw() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bw");
+}
+
+const bool kHasAvx512bw = cpu_has_avx512bw();
 #endif
 
 inline int64_t scan(const float* row, int64_t runs, float floor, int64_t* hits,
