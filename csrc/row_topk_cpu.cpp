@@ -66,7 +66,7 @@ inline uint16_t floor_key(float floor, const uint16_t*) {
 template <typename Key>
 inline int64_t runs_above(const Key* row, int64_t runs, Key floor, int64_t* hits,
                           uint64_t* masks) {
-  constexpr int64_t run = 64 / int64_t(sizeof(Key));
+  constexpr int64_t run = kRun<Key>;
   int64_t found = 0;
   for (int64_t g = 0; g < runs; ++g) {
     Key any = 0;

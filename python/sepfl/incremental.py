@@ -220,10 +220,10 @@ def _entering(x: torch.Tensor, n: int, floor: torch.Tensor, k: int,
     block = max(1, _BLOCK_SCORES // m)
     parts = []
     for start in range(0, n, block):
-        rows = torch.arange(start, min(start + block, n))
-        bound = floor[rows]
+        stop = min(start + block, n)
+        rows, bound = torch.arange(start, stop), floor[start:stop]
         best = ops.RowTopk(rows, width, above=bound - _SLACK)
-        best.offer(x[rows].to(dtype) @ columns.T, n)
+        best.offer(x[start:stop].to(dtype) @ columns.T, n)
         lists = best.result()[0][:, 1:]
         found = ops.list_dots(x, rows, lists)
         old_at, slot = torch.nonzero(found >= bound[:, None], as_tuple=True)
