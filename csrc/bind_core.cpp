@@ -225,22 +225,38 @@ sepfl::RowTopk row_topk(const Indices& own, int64_t width,
   return sepfl::RowTopk(own.shape(0), width, own.data(), above ? above->data() : nullptr);
 }
 
-// tile [rows, cols] of float32 or bfloat16 bits (uint16).
+// tile [tile_rows, cols] of float32 or bfloat16 bits (uint16), rows first_row ..
+// first_row + tile_rows - 1; with `mirror` also its columns' rows (see RowTopk::offer).
 template <typename T>
-void offer(sepfl::RowTopk& best, const Array<T>& tile, int64_t first_col) {
+void offer(sepfl::RowTopk& best, const Array<T>& tile, int64_t first_col, int64_t first_row,
+           bool mirror) {
   require_ndim(tile, 2, "tile");
-  require_dim(tile, 0, best.rows(), "tile");
-  SEPFL_CHECK(first_col >= 0, "first_col must be >= 0, got " << first_col);
+  const int64_t tile_rows = tile.shape(0), cols = tile.shape(1);
+  SEPFL_CHECK(first_col >= 0 && first_col + cols <= (int64_t(1) << 32),
+              "first_col must be >= 0 and the tile's columns below 2^32, got " << first_col);
+  SEPFL_CHECK(first_row >= 0 && first_row + tile_rows <= best.rows(),
+              "the tile's rows " << first_row << ".." << first_row + tile_rows
+                                 << " must lie within the " << best.rows() << " rows");
+  SEPFL_CHECK(!mirror || (first_col + cols <= best.rows() &&
+                          (first_col >= first_row + tile_rows || first_row >= first_col + cols)),
+              "a mirrored tile's columns " << first_col << ".." << first_col + cols
+                                           << " must be rows apart from its rows "
+                                           << first_row << ".." << first_row + tile_rows);
   py::gil_scoped_release release;
-  best.offer(tile.data(), tile.shape(1), first_col);
+  best.offer(tile.data(), tile_rows, cols, first_row, first_col, mirror);
 }
 
-std::tuple<Indices, Floats> result(sepfl::RowTopk& best) {
-  Indices idx({best.rows(), best.width()});
-  Floats vals({best.rows(), best.width()});
+std::tuple<Indices, Floats> result(sepfl::RowTopk& best, int64_t start,
+                                   std::optional<int64_t> stop) {
+  const int64_t end = stop.value_or(best.rows());
+  SEPFL_CHECK(0 <= start && start <= end && end <= best.rows(),
+              "rows " << start << ".." << end << " must lie within the " << best.rows()
+                      << " rows");
+  Indices idx({end - start, best.width()});
+  Floats vals({end - start, best.width()});
   {
     py::gil_scoped_release release;
-    best.result(idx.mutable_data(), vals.mutable_data());
+    best.result(start, end, idx.mutable_data(), vals.mutable_data());
   }
   return {idx, vals};
 }
@@ -271,9 +287,11 @@ PYBIND11_MODULE(_core, m) {
   py::class_<sepfl::RowTopk>(m, "RowTopk")
       .def(py::init(&bind::row_topk), py::arg("own").noconvert(), py::arg("width"),
            py::arg("above").noconvert() = py::none())
-      .def("offer", &bind::offer<float>, py::arg("tile").noconvert(), py::arg("first_col"))
-      .def("offer", &bind::offer<uint16_t>, py::arg("tile").noconvert(), py::arg("first_col"))
-      .def("result", &bind::result);
+      .def("offer", &bind::offer<float>, py::arg("tile").noconvert(), py::arg("first_col"),
+           py::arg("first_row") = 0, py::arg("mirror") = false)
+      .def("offer", &bind::offer<uint16_t>, py::arg("tile").noconvert(), py::arg("first_col"),
+           py::arg("first_row") = 0, py::arg("mirror") = false)
+      .def("result", &bind::result, py::arg("start") = 0, py::arg("stop") = py::none());
   m.def("link", &bind::link, py::arg("src").noconvert(), py::arg("dst").noconvert(),
         py::arg("scores").noconvert(), py::arg("threshold"), py::arg("num_nodes"));
 }

@@ -83,23 +83,29 @@ void list_dots_cpu(const float* features, const int64_t* rows, const int64_t* li
 // looked at twice only when it beats the (width - 1)-th best of its row so far; the
 // vectorised scan reads every other entry once. With `above` [rows] (optional), row i
 // keeps only entries greater than above[i]. The bf16 tiles hold bfloat16 bits (the
-// upper half of a float32). Not thread-safe; each call runs OpenMP over the rows.
+// upper half of a float32). Not thread-safe; each call runs OpenMP over the rows. Ties
+// are decided as stated when each row's columns arrive in increasing order.
 class RowTopk {
  public:
   RowTopk(int64_t rows, int64_t width, const int64_t* own, const float* above = nullptr);
-  // tile [rows, cols], C-contiguous: columns first_col .. first_col + cols - 1.
-  void offer(const float* tile, int64_t cols, int64_t first_col);
-  void offer(const uint16_t* tile, int64_t cols, int64_t first_col);
-  // idx [rows, width] (-1 where fewer than width - 1 other columns were offered),
-  // vals [rows, width] (own column +inf, missing entries -inf).
-  void result(int64_t* idx, float* vals);
+  // tile [tile_rows, cols], C-contiguous: rows first_row .. first_row + tile_rows - 1,
+  // columns first_col .. first_col + cols - 1. With `mirror`, the tile is also offered to
+  // rows first_col .. first_col + cols - 1 as their columns first_row .. (a symmetric
+  // search computes a product once for both sides); the two ranges of rows must not meet.
+  void offer(const float* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+             int64_t first_col, bool mirror);
+  void offer(const uint16_t* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+             int64_t first_col, bool mirror);
+  // Rows start .. stop - 1: idx [stop - start, width] (-1 where fewer than width - 1 other
+  // columns were offered), vals [stop - start, width] (own column +inf, missing -inf).
+  void result(int64_t start, int64_t stop, int64_t* idx, float* vals);
   int64_t rows() const { return rows_; }
   int64_t width() const { return keep_ + 1; }
 
  private:
   struct Entry {
     float val;
-    int64_t col;
+    uint32_t col;  // columns below 2^32 (checked where offered): 8-byte entries
     // Better first: the larger value, then the smaller column. Inline: the selection's
     // cuts call it most of all.
     bool operator<(const Entry& other) const {
@@ -108,7 +114,17 @@ class RowTopk {
   };
 
   template <typename T>
-  void offer_tile(const T* tile, int64_t cols, int64_t first_col);
+  void offer_tile(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                  int64_t first_col, bool mirror);
+  // The two sides of offer_tile, each a share of an enclosing OpenMP region's threads.
+  template <typename T>
+  void offer_rows(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                  int64_t first_col);
+  template <typename T>
+  void offer_columns(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                     int64_t first_col);
+  // Offer the entry (val, col) to row i: kept when it beats the row's floor.
+  void take(int64_t i, float val, int64_t col);
   // Keep row i's best min(count, width - 1) entries (best first when `sorted`), and
   // raise its floor once it holds width - 1.
   void cut(int64_t i, bool sorted);

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "check.h"
 #include "ops_cpu.h"
@@ -25,6 +26,10 @@ inline float value_of(uint16_t v) {
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
+
+// The unsigned key type of a stored score type.
+template <typename T>
+using KeyOf = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
 
 // A run of entries is one cache line of scores.
 template <typename T>
@@ -144,6 +149,71 @@ inline int64_t scan(const uint16_t* row, int64_t runs, float floor, int64_t* hit
   return runs_above_any(row, runs, floor_key(floor, row), hits, masks);
 }
 
+// The mirrored scan: `lanes` columns side by side in each tile row, each the list of a row
+// of the search. Writes masks[r], the lanes of tile row r (stride apart) holding a key
+// above their list's floor.
+template <typename Key>
+inline void lanes_above(const Key* tile, int64_t stride, int64_t rows, int64_t lanes,
+                        const Key* floors, uint64_t* masks) {
+  for (int64_t r = 0; r < rows; ++r) {
+    uint64_t above = 0;
+    for (int64_t l = 0; l < lanes; ++l) {
+      above |= uint64_t(key_of(tile[r * stride + l]) > floors[l]) << l;
+    }
+    masks[r] = above;
+  }
+}
+
+SEPFL_VECTOR_CLONES
+void lanes_above_any(const uint32_t* tile, int64_t stride, int64_t rows, int64_t lanes,
+                     const uint32_t* floors, uint64_t* masks) {
+  lanes_above(tile, stride, rows, lanes, floors, masks);
+}
+
+SEPFL_VECTOR_CLONES
+void lanes_above_any(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
+                     const uint16_t* floors, uint64_t* masks) {
+  lanes_above(tile, stride, rows, lanes, floors, masks);
+}
+
+#ifdef SEPFL_BF16_SCAN_AVX512BW
+// A full run of bf16 lanes: one compare per tile row.
+__attribute__((target("avx512bw"))) void lanes_above_avx512bw(const uint16_t* tile,
+                                                                int64_t stride, int64_t rows,
+                                                                const uint16_t* floors,
+                                                                uint64_t* masks) {
+  const __m512i lane_floors = _mm512_loadu_si512(floors);
+  const __m512i high = _mm512_set1_epi16(int16_t(0x8000));
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512i bits = _mm512_loadu_si512(tile + r * stride);
+    const __m512i keys =
+        _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
+    masks[r] = _mm512_cmpgt_epu16_mask(keys, lane_floors);
+  }
+}
+#endif
+
+inline void lanes_scan(const float* tile, int64_t stride, int64_t rows, int64_t lanes,
+                       const uint32_t* floors, uint64_t* masks) {
+  lanes_above_any(reinterpret_cast<const uint32_t*>(tile), stride, rows, lanes, floors, masks);
+}
+
+inline void lanes_scan(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
+                       const uint16_t* floors, uint64_t* masks) {
+#ifdef SEPFL_BF16_SCAN_AVX512BW
+  if (kHasAvx512bw && lanes == kRun<uint16_t>) {
+    lanes_above_avx512bw(tile, stride, rows, floors, masks);
+    return;
+  }
+#endif
+  lanes_above_any(tile, stride, rows, lanes, floors, masks);
+}
+
+// Tile rows per pass of the mirrored scan: the lanes' floors are read again between
+// passes, so a row whose floor rises early in a tile is not offered entries above its
+// stale floor to the end of it.
+constexpr int64_t kPass = 64;
+
 }  // namespace
 
 // width - 1, once width is checked: the members' sizes follow from it.
@@ -174,57 +244,103 @@ void RowTopk::cut(int64_t i, bool sorted) {
   if (kept == keep_ && kept > 0) floors_[i] = entries[kept - 1].val;
 }
 
+void RowTopk::take(int64_t i, float val, int64_t col) {
+  if (!(val > floors_[i]) || col == own_[i]) return;
+  entries_[i * 2 * keep_ + count_[i]] = {val, uint32_t(col)};
+  if (++count_[i] == 2 * keep_) cut(i, false);
+}
+
 template <typename T>
-void RowTopk::offer_tile(const T* tile, int64_t cols, int64_t first_col) {
-  if (keep_ == 0) return;
+void RowTopk::offer_rows(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                         int64_t first_col) {
   const int64_t runs = cols / kRun<T>;
-#pragma omp parallel
-  {
-    std::vector<int64_t> hits(runs);
-    std::vector<uint64_t> masks(runs);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < rows_; ++i) {
-      const T* row = tile + i * cols;
-      // Offer entry c of the row to row i's best; the floor can rise on the way.
-      const auto offer = [&](int64_t c) {
-        const float v = value_of(row[c]);
-        const int64_t col = first_col + c;
-        if (!(v > floors_[i]) || col == own_[i]) return;
-        entries_[i * 2 * keep_ + count_[i]] = {v, col};
-        if (++count_[i] == 2 * keep_) cut(i, false);
-      };
-      const int64_t found = scan(row, runs, floors_[i], hits.data(), masks.data());
-      for (int64_t h = 0; h < found; ++h) {
-        const int64_t start = hits[h] * kRun<T>;
-        for (uint64_t above = masks[h]; above != 0; above &= above - 1) {
-          offer(start + __builtin_ctzll(above));
+  std::vector<int64_t> hits(runs);
+  std::vector<uint64_t> masks(runs);
+#pragma omp for schedule(static) nowait
+  for (int64_t r = 0; r < tile_rows; ++r) {
+    const T* row = tile + r * cols;
+    const int64_t i = first_row + r;
+    const int64_t found = scan(row, runs, floors_[i], hits.data(), masks.data());
+    for (int64_t h = 0; h < found; ++h) {
+      const int64_t start = hits[h] * kRun<T>;
+      for (uint64_t above = masks[h]; above != 0; above &= above - 1) {
+        const int64_t c = start + __builtin_ctzll(above);
+        take(i, value_of(row[c]), first_col + c);
+      }
+    }
+    for (int64_t c = runs * kRun<T>; c < cols; ++c) take(i, value_of(row[c]), first_col + c);
+  }
+}
+
+template <typename T>
+void RowTopk::offer_columns(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                            int64_t first_col) {
+  using Key = KeyOf<T>;
+  const int64_t strips = (cols + kRun<T> - 1) / kRun<T>;
+  std::vector<uint64_t> masks(kPass);
+  Key lane_floors[kRun<T>];
+  // Passes over kPass tile rows; in each, a thread scans its strips of kRun<T> columns side
+  // by side, the same strips in every pass (a static schedule of the same loop), so no
+  // thread waits for another and each reads a contiguous part of a tile row.
+  for (int64_t pass = 0; pass < tile_rows; pass += kPass) {
+    const int64_t rows = std::min(kPass, tile_rows - pass);
+#pragma omp for schedule(static) nowait
+    for (int64_t s = 0; s < strips; ++s) {
+      // Columns s * run ..: one lane each, the list of row first_col + column; tile row r
+      // is its entry at column first_row + r.
+      const int64_t first_lane = s * kRun<T>;
+      const int64_t lanes = std::min(kRun<T>, cols - first_lane);
+      for (int64_t l = 0; l < lanes; ++l) {
+        lane_floors[l] = floor_key(floors_[first_col + first_lane + l], tile);
+      }
+      const T* part = tile + pass * cols + first_lane;
+      lanes_scan(part, cols, rows, lanes, lane_floors, masks.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        for (uint64_t above = masks[r]; above != 0; above &= above - 1) {
+          const int64_t l = __builtin_ctzll(above);
+          take(first_col + first_lane + l, value_of(part[r * cols + l]), first_row + pass + r);
         }
       }
-      for (int64_t c = runs * kRun<T>; c < cols; ++c) offer(c);
     }
   }
 }
 
-void RowTopk::offer(const float* tile, int64_t cols, int64_t first_col) {
-  offer_tile(tile, cols, first_col);
+template <typename T>
+void RowTopk::offer_tile(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                         int64_t first_col, bool mirror) {
+  if (keep_ == 0) return;
+  // One parallel region for both sides: their rows are apart, so neither waits.
+#pragma omp parallel
+  {
+    offer_rows(tile, tile_rows, cols, first_row, first_col);
+    if (mirror) offer_columns(tile, tile_rows, cols, first_row, first_col);
+  }
 }
 
-void RowTopk::offer(const uint16_t* tile, int64_t cols, int64_t first_col) {
-  offer_tile(tile, cols, first_col);
+void RowTopk::offer(const float* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                    int64_t first_col, bool mirror) {
+  offer_tile(tile, tile_rows, cols, first_row, first_col, mirror);
 }
 
-void RowTopk::result(int64_t* idx, float* vals) {
+void RowTopk::offer(const uint16_t* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                    int64_t first_col, bool mirror) {
+  offer_tile(tile, tile_rows, cols, first_row, first_col, mirror);
+}
+
+void RowTopk::result(int64_t start, int64_t stop, int64_t* idx, float* vals) {
   const int64_t width = keep_ + 1;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows_; ++i) {
+  for (int64_t i = start; i < stop; ++i) {
     cut(i, true);
-    idx[i * width] = own_[i];
-    vals[i * width] = kInf;
+    int64_t* row_idx = idx + (i - start) * width;
+    float* row_vals = vals + (i - start) * width;
+    row_idx[0] = own_[i];
+    row_vals[0] = kInf;
     for (int64_t e = 0; e < keep_; ++e) {
       const bool held = e < count_[i];
       const Entry& entry = entries_[i * 2 * keep_ + e];
-      idx[i * width + 1 + e] = held ? entry.col : -1;
-      vals[i * width + 1 + e] = held ? entry.val : -kInf;
+      row_idx[1 + e] = held ? int64_t(entry.col) : -1;
+      row_vals[1 + e] = held ? entry.val : -kInf;
     }
   }
 }

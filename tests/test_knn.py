@@ -154,16 +154,28 @@ def test_cpu_tiles_do_not_matter(monkeypatch, precision):
         same_up_to_ties(whole, tiled, atol=1e-6)
 
 
-@pytest.mark.parametrize("amx, backend, device, exact, want", [
-    (True, "auto", "cpu", True, "bf16"), (True, "torch", "cpu", True, "bf16"),
-    (True, "faiss", "cpu", True, "fp32"), (False, "auto", "cpu", True, "fp32"),
-    (True, "auto", "cuda", True, "fp32"), (True, "auto", "cpu", False, "fp32")])
-def test_auto_precision_is_bf16_for_exact_searches_on_amx_cpus_only(monkeypatch, amx, backend,
-                                                                    device, exact, want):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_row_search_equals_searches_of_row_ranges(monkeypatch, precision):
+    # The search of every row multiplies each pair once and offers it to both rows; ranges
+    # of rows are searched on their own, every product of theirs computed.
+    monkeypatch.setattr(knn_module, "_CPU_TILE", 16)
+    x = unit_rows(333, 16, seed=3)
+    whole = build_knn(x, k=12, backend="torch", precision=precision, chunk_size=48)
+    check_rows(*whole)
+    parts = [build_knn(x, k=12, backend="torch", precision=precision,
+                       rows=range(a, min(a + 100, 333))) for a in range(0, 333, 100)]
+    np.testing.assert_array_equal(whole[0], np.concatenate([p[0] for p in parts]))
+    np.testing.assert_array_equal(whole[1], np.concatenate([p[1] for p in parts]))
+
+
+@pytest.mark.parametrize("amx, backend, device, want", [
+    (True, "auto", "cpu", "bf16"), (True, "torch", "cpu", "bf16"), (True, "faiss", "cpu", "fp32"),
+    (False, "auto", "cpu", "fp32"), (True, "auto", "cuda", "fp32")])
+def test_auto_precision_is_bf16_on_amx_cpus_only(monkeypatch, amx, backend, device, want):
     monkeypatch.setattr(knn_module, "cpu_has_amx", lambda: amx)
     where = torch.device(device)
-    assert knn_module.resolve_precision("auto", backend, where, exact) == want
-    assert knn_module.resolve_precision("tf32", backend, where, exact) == "tf32"
+    assert knn_module.resolve_precision("auto", backend, where) == want
+    assert knn_module.resolve_precision("tf32", backend, where) == "tf32"
 
 
 def test_auto_precision_reaches_the_search(monkeypatch):
@@ -175,10 +187,13 @@ def test_auto_precision_reaches_the_search(monkeypatch):
                             x, k, precision, *rest))
     build_knn(unit_rows(50, 8), k=5)
     assert seen == ["bf16"]
-    # an approximate request stays fp32 (faiss hidden, so that the torch search shows it)
+    # an approximate request gets the same search, which is faster than faiss's graph index
+    build_knn(unit_rows(50, 8), k=5, exact=False)
+    assert seen == ["bf16", "bf16"]
+    monkeypatch.setattr(knn_module, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(knn_module, "_faiss", lambda: None)
     build_knn(unit_rows(50, 8), k=5, exact=False)
-    assert seen == ["bf16", "fp32"]
+    assert seen == ["bf16", "bf16", "fp32"]
 
 
 MAKE_FACES = dict(n_ids=25, dim=64, seed=5)

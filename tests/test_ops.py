@@ -471,10 +471,73 @@ def test_row_topk_keeps_scores_just_above_a_floor_between_two_bf16_values(dtype)
     assert (idx[:2, 1:] >= 0).all() and (idx[2, 1:] == -1).all()
 
 
+@st.composite
+def symmetric_scores(draw):
+    """A symmetric score matrix [N, N] with ties, the blocks of rows and tiles of columns a
+    symmetric search cuts it into (each tile inside a block or past it), and floors."""
+    n = draw(st.integers(2, 80))
+    values = draw(hnp.arrays(np.float32, (n, n), elements=st.sampled_from(
+        [-0.5, -0.498046875, 0.0, 0.25, 0.5, 0.75, 1.0])))
+    scores = np.triu(values) + np.triu(values, 1).T
+    tile = draw(st.integers(1, n))
+    block = tile * draw(st.integers(1, 4))
+    width = draw(st.integers(1, n + 2))
+    above = draw(st.none() | hnp.arrays(np.float32, n, elements=st.sampled_from(
+        [-np.inf, -0.49999, 0.0, 0.5])))
+    return scores, block, tile, width, above
+
+
+@given(symmetric_scores(), st.sampled_from([torch.float32, torch.bfloat16]))
+def test_row_topk_mirrored_offers_match_oracle(data, dtype):
+    # Each block of rows against the columns from its block on; tiles past the block are
+    # mirrored to their columns' rows: every entry offered once per row, in column order.
+    scores, block, tile, width, above = data
+    n = len(scores)
+    best = ops.RowTopk(np.arange(n), width, above)
+    tiles = torch.from_numpy(scores).to(dtype)
+    for first_row in range(0, n, block):
+        after = min(n, first_row + block)
+        for first in range(first_row, n, tile):
+            piece = tiles[first_row:after, first:first + tile].contiguous()
+            best.offer(piece, first, first_row, mirror=first >= after)
+    idx, vals = best.result()
+    want_idx, want_vals = oracles.row_topk(scores, np.arange(n), width, above)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(vals, want_vals)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_topk_mirrored_long_lists_cross_many_cuts(dtype):
+    # 70 lists filled only through mirrored tiles: whole runs of 16 / 32 lists side by side
+    # and a partial one, over tiles longer than a pass between two reads of the floors.
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((5070, 5070)).astype(np.float32)
+    scores = torch.from_numpy(np.triu(scores) + np.triu(scores, 1).T).to(dtype)
+    best = ops.RowTopk(np.arange(5070), 21)
+    for first_row in range(70, 5070, 777):
+        best.offer(scores[first_row:first_row + 777, :70].contiguous(), 0, first_row,
+                   mirror=True)
+    offered = scores[:70].float().numpy()
+    offered[:, :70] = -np.inf
+    want_idx, want_vals = oracles.row_topk(offered, np.arange(70), 21)
+    for start, stop in [(0, 70), (0, 33), (33, 70), (69, 70)]:
+        idx, vals = best.result(start, stop)
+        np.testing.assert_array_equal(idx, want_idx[start:stop])
+        np.testing.assert_array_equal(vals, want_vals[start:stop])
+
+
 def test_row_topk_refuses_bad_input():
     best = ops.RowTopk(np.arange(3), 4)
-    with pytest.raises(ValueError, match="tile"):
-        best.offer(np.zeros((2, 5), np.float32), 0)
+    with pytest.raises(ValueError, match="rows"):
+        best.offer(np.zeros((2, 5), np.float32), 0, 2)
+    with pytest.raises(ValueError, match="rows apart"):
+        best.offer(np.zeros((2, 2), np.float32), 1, 0, mirror=True)
+    with pytest.raises(ValueError, match="rows apart"):
+        best.offer(np.zeros((1, 3), np.float32), 1, 0, mirror=True)
+    with pytest.raises(ValueError, match="rows"):
+        best.result(2, 4)
+    with pytest.raises(ValueError, match="first_col"):
+        best.offer(np.zeros((3, 5), np.float32), 2**32 - 4)
     with pytest.raises(ValueError, match="tile"):
         best.offer(torch.zeros(3, dtype=torch.bfloat16), 0)
     with pytest.raises(ValueError, match="first_col"):

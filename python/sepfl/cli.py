@@ -209,7 +209,7 @@ def _check_knn_backend(config: ClusterConfig) -> None:
 
     cpu = torch.device("cpu")
     _user_errors(lambda: choose_backend(config.knn_backend, cpu, resolve_precision(
-        config.knn_precision, config.knn_backend, cpu, exact=True)))
+        config.knn_precision, config.knn_backend, cpu)))
 
 
 def _write_all(outputs: Sequence[Tuple[Path, Callable[[], None]]]) -> None:

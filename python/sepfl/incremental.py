@@ -185,7 +185,7 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
     if m == 0:
         return nbrs, sims, torch.zeros(n, dtype=torch.int64)
     x = torch.cat([features, new])
-    precision = resolve_precision(precision, "torch", x.device, exact=True)
+    precision = resolve_precision(precision, "torch", x.device)
     new_nbrs, new_sims = build_knn(x, k, backend="torch", precision=precision,
                                    rows=range(n, n + m), progress=False)
     old_at, new_at, found = _entering(x, n, sims[:, k - 1], k, precision)

@@ -76,6 +76,9 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 _BLOCK_BYTES = {"cpu": 256 << 20, "cuda": 2 << 30}
 # Columns per tile of a CPU block: a [2048, 1024] bfloat16 tile stays in two cores' L2.
 _CPU_TILE = 1024
+# Rows per block of the CPU search of every row (a multiple of _CPU_TILE): at N = 300,000 blocks
+# of 8,192 rows took 34 s and of 2,184 (the budget's) 42 s, in the per-block search.
+_CPU_BLOCK = 8192
 _FAISS_BLOCK = 16384
 # N * N * D multiply-adds from which a progress bar is worth showing (seconds on a laptop CPU).
 _PROGRESS_MIN_WORK = 5e10
@@ -175,7 +178,7 @@ def unit_knn(x: Array, k: int = 80, backend: str = "auto",
     ef_search = check_positive_int(ef_search, "ef_search")
     where = resolve_device(device, x, native=False)
     exact = resolve_exact(exact, x.shape[0])
-    precision = resolve_precision(precision, backend, where, exact)
+    precision = resolve_precision(precision, backend, where)
     backend = choose_backend(backend, where, precision)
     # a brute-force graph counts as exact whatever its precision (in a cache too): reduced
     # precision only picks candidates, which float32 dot products then rank
@@ -226,21 +229,21 @@ def _check_rows(rows: Optional[range], n: int, cache: Union[str, Path, None]) ->
     return rows
 
 
-def resolve_precision(precision: str, backend: str, where: torch.device, exact: bool) -> str:
-    """The precision an ``exact`` (or approximate) search with ``precision`` and ``backend``
-    runs in on ``where``.
+def resolve_precision(precision: str, backend: str, where: torch.device) -> str:
+    """The precision a search with ``precision`` and ``backend`` runs in on ``where``.
 
-    ``"auto"`` is ``"bf16"`` for an exact search on a CPU whose bfloat16
-    products run on AMX (:func:`sepfl.device.cpu_has_amx`), unless the faiss
-    backend was asked for: the torch backend's bf16 search there found the same lists as exact
-    faiss search (recall@80 1.0000 on 2,000 sampled rows) in about a sixth of its time
-    at N = 300,000 and a seventh at 1,000,000 on 2 cores (``benchmarks/bench_knn.py
-    --approximate``). Elsewhere ``"fp32"``, and so an approximate search stays
-    faiss's graph index. Other values are returned as they are.
+    ``"auto"`` is ``"bf16"`` on a CPU whose bfloat16 products run on AMX
+    (:func:`sepfl.device.cpu_has_amx`), unless the faiss backend was asked for, for
+    approximate requests too: the torch backend's bf16 search there finds the exact
+    lists (recall@80 1.0000 on 2,000 sampled rows) faster than faiss's exact search
+    and faster than its graph index, at N = 300,000 and 1,000,000 on 2 cores
+    (``benchmarks/bench_knn.py --approximate``). Elsewhere ``"fp32"``, and so an
+    approximate search stays faiss's graph index. Other values are returned as
+    they are.
     """
     if precision != "auto":
         return precision
-    fast = exact and backend != "faiss" and where.type == "cpu" and cpu_has_amx()
+    fast = backend != "faiss" and where.type == "cpu" and cpu_has_amx()
     return "bf16" if fast else "fp32"
 
 
@@ -308,8 +311,8 @@ def _show_progress(progress: Optional[bool], n: int, d: int) -> bool:
     return progress if progress is not None else n * n * d >= _PROGRESS_MIN_WORK
 
 
-def _bar(total: int, show: bool) -> tqdm:
-    return tqdm(total=total, desc="kNN", unit="row", unit_scale=True, disable=not show,
+def _bar(total: int, show: bool, unit: str = "row") -> tqdm:
+    return tqdm(total=total, desc="kNN", unit=unit, unit_scale=True, disable=not show,
                 leave=False)
 
 
@@ -363,12 +366,62 @@ def _torch_search(x: torch.Tensor, rows: torch.Tensor, k: int, precision: str,
             part = rows[start:start + block]
             with _matmul_precision("high" if precision == "tf32" else "highest"):
                 vals, idx = select(part, buffer[:len(part) * columns])
-            if width > k:
-                vals, idx = _rerank(x, part, idx, k)
-            vals[:, 0] = 1.0
-            nbrs[start:start + len(part)] = idx
-            sims[start:start + len(part)] = vals.clamp_(-1.0, 1.0)
+            _finish(x, part, vals, idx, k, nbrs[start:start + len(part)],
+                    sims[start:start + len(part)])
             bar.update(len(part))
+    return nbrs, sims
+
+
+def _finish(x: torch.Tensor, part: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor,
+            k: int, nbrs: torch.Tensor, sims: torch.Tensor) -> None:
+    """Write the lists of rows ``part`` [B] from their candidates ``idx`` / ``vals``
+    [B, W >= k] (own row first): re-ranked in float32 when W > k, similarities clamped."""
+    if idx.shape[1] > k:
+        vals, idx = _rerank(x, part, idx, k)
+    vals[:, 0] = 1.0
+    nbrs.copy_(idx)
+    sims.copy_(vals.clamp_(-1.0, 1.0))
+
+
+def _cpu_symmetric_search(x: torch.Tensor, k: int, precision: str, chunk_size: Optional[int],
+                          show: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """kNN of every row of unit ``x`` (float32 [N, D], CPU), each product computed once.
+
+    The scores are symmetric: a tile of rows a.. against columns b.. (b past the
+    block of rows a..) is offered to its rows and, mirrored, to its columns' rows
+    (:meth:`sepfl.ops.RowTopk.offer`), so only the blocks on and above
+    the diagonal are multiplied, half the products of :func:`_torch_search`. Every
+    row is offered its columns in increasing order (earlier blocks' mirrored
+    tiles, then its own block's tiles from its block on), so the candidates are
+    those :func:`_torch_search` selects. The selection holds every row's candidates
+    until the end: 8 bytes per candidate, ``2 * (width - 1)`` per row.
+
+    Returns int64 [N, k] indices and float32 [N, k] similarities, each row's own
+    index first.
+    """
+    n = x.shape[0]
+    width = min(n, search_width(k, precision))
+    base = x.to(torch.bfloat16) if precision == "bf16" else x
+    block = max(_CPU_TILE, (chunk_size or _CPU_BLOCK) // _CPU_TILE * _CPU_TILE)
+    best = ops.RowTopk(torch.arange(n), width)
+    buffer = base.new_empty(block * _CPU_TILE)
+    with _bar(n * (n + 1) // 2, show, unit="pair") as bar:
+        for first_row in range(0, n, block):
+            queries = base[first_row:first_row + block]
+            after = first_row + len(queries)
+            with _matmul_precision("high" if precision == "tf32" else "highest"):
+                for first in range(first_row, n, _CPU_TILE):
+                    columns = base[first:first + _CPU_TILE]
+                    tile = buffer[:len(queries) * len(columns)].view(len(queries), len(columns))
+                    torch.mm(queries, columns.T, out=tile)
+                    best.offer(tile, first, first_row, mirror=first >= after)
+            bar.update(len(queries) * (n - first_row) - len(queries) * (len(queries) - 1) // 2)
+    nbrs = torch.empty((n, k), dtype=torch.int64)
+    sims = torch.empty((n, k), dtype=torch.float32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        idx, vals = best.result(start, stop)
+        _finish(x, torch.arange(start, stop), vals, idx, k, nbrs[start:stop], sims[start:stop])
     return nbrs, sims
 
 
@@ -467,6 +520,8 @@ def _rerank(x: torch.Tensor, part: torch.Tensor, idx: torch.Tensor,
 
 def _torch_knn(x: torch.Tensor, k: int, precision: str, chunk_size: Optional[int],
                show: bool, rows: range) -> Tuple[torch.Tensor, torch.Tensor]:
+    if x.device.type == "cpu" and len(rows) == x.shape[0]:
+        return _cpu_symmetric_search(x, k, precision, chunk_size, show)
     return _torch_search(x, torch.arange(rows.start, rows.stop, device=x.device), k, precision,
                          chunk_size, show)
 

@@ -423,31 +423,39 @@ class RowTopk:
         self._best = _core.RowTopk(_to_numpy(own), check_positive_int(width, "width"),
                                    None if above is None else _to_numpy(above))
 
-    def offer(self, tile: Array, first_col: int) -> None:
-        """Offer the columns ``first_col .. first_col + C - 1``.
+    def offer(self, tile: Array, first_col: int, first_row: int = 0,
+              mirror: bool = False) -> None:
+        """Offer the columns ``first_col .. first_col + C - 1`` to rows ``first_row ..
+        first_row + R - 1``.
 
-        ``tile`` is float32 [B, C], or a bfloat16 tensor [B, C] (read as it is,
-        without a float32 copy); CPU, C-contiguous.
+        ``tile`` is float32 [R, C], or a bfloat16 tensor [R, C] (read as it is,
+        without a float32 copy); CPU, C-contiguous. Ties are decided as
+        :meth:`result` says when each row is offered its columns in increasing order.
+
+        With ``mirror``, the scores are symmetric and the tile is also offered, as
+        if transposed, to rows ``first_col .. first_col + C - 1`` as their columns
+        ``first_row .. first_row + R - 1``: a symmetric search computes each product
+        once for both sides. The two ranges of rows must not overlap.
         """
         if is_tensor(tile) and tile.dtype == torch.bfloat16:
-            if tile.ndim != 2 or tile.shape[0] != self._rows or tile.is_cuda:
-                raise ValueError(f"tile must be a CPU tensor [{self._rows}, C], got "
-                                 f"{tuple(tile.shape)} on {tile.device}")
-            self._best.offer(tile.contiguous().view(torch.int16).numpy().view(np.uint16),
-                             first_col)
+            if tile.ndim != 2 or tile.is_cuda:
+                raise ValueError(f"tile must be a 2-D CPU tensor, got {tuple(tile.shape)} on "
+                                 f"{tile.device}")
+            bits = tile.contiguous().view(torch.int16).numpy().view(np.uint16)
         else:
-            self._best.offer(_to_numpy(as_values(tile, "tile", 2, shape=(self._rows, None))),
-                             first_col)
+            bits = _to_numpy(as_values(tile, "tile", 2))
+        self._best.offer(bits, first_col, first_row, mirror)
 
-    def result(self) -> Tuple[Array, Array]:
-        """``idx`` int64 [B, width] and ``vals`` float32 [B, width] of every row.
+    def result(self, start: int = 0, stop: Optional[int] = None) -> Tuple[Array, Array]:
+        """``idx`` int64 [M, width] and ``vals`` float32 [M, width] of rows ``start ..
+        stop - 1`` (default: every row).
 
         Row i's own column first (value +inf), then its ``width - 1`` largest
         entries among the other columns offered, in non-increasing order; among
         equal values the smaller column first. Slots left empty (fewer columns
         offered) hold -1 and -inf. Numpy arrays, or tensors when ``own`` was one.
         """
-        idx, vals = self._best.result()
+        idx, vals = self._best.result(start, stop)
         return _wrap(idx, self._as_tensor), _wrap(vals, self._as_tensor)
 
 
