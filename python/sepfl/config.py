@@ -119,13 +119,14 @@ class ClusterConfig:
                                        ":func:`sepfl.knn.build_knn`).", knn="backend")
     knn_precision: str = setting(
         "auto", '"fp32", "tf32" or "bf16" for the torch kNN backend; "auto" (default) is "bf16" '
-                "for an exact search on a CPU with AMX, where the torch backend's bf16 search "
-                'runs several times faster than exact faiss and finds the same lists, and "fp32" '
-                "otherwise (:func:`sepfl.knn.resolve_precision`).", knn="precision")
+                "on a CPU with AMX, where the torch backend's bf16 search runs several times "
+                "faster than exact faiss and than faiss's graph index and finds the exact lists, "
+                'and "fp32" otherwise (:func:`sepfl.knn.resolve_precision`).', knn="precision")
     knn_exact: Optional[bool] = setting(
         True, "True searches exactly; False lets faiss use its approximate graph index (HNSW; "
-              "its estimated recall is logged); None does so from "
-              "sepfl.knn.APPROXIMATE_FROM (250,000) samples up.", knn="exact")
+              "its estimated recall is logged) where the search is faiss's (not on a CPU "
+              "with AMX, see knn_precision); None does so from sepfl.knn.APPROXIMATE_FROM "
+              "(250,000) samples up.", knn="exact")
     knn_ef_search: int = setting(160, "Candidate list of the approximate kNN search: larger "
                                       "finds more true neighbours, more slowly.", knn="ef_search")
     node_batch_size: int = setting(2048, "Samples embedded at a time.")

@@ -20,7 +20,9 @@ Backends
     Brute force, a block of query rows at a time; CPU or CUDA. On the CPU the
     block's similarities are computed in cache-sized tiles of columns, each
     offered to a running top-k (:class:`sepfl.ops.RowTopk`), so the ``[block,
-    N]`` matrix never exists; on CUDA it does (never ``N x N``), followed by an
+    N]`` matrix never exists; a search of every row multiplies each pair once
+    and offers it to both rows (:func:`_cpu_symmetric_search`), half the
+    products. On CUDA the block's matrix exists (never ``N x N``), followed by an
     exact two-stage top-k (top groups by maximum, then top entries within them;
     see :func:`_grouped_topk`). Always exact up to ``precision``: ``"fp32"``
     computes everything in float32 (TF32 disabled);
@@ -31,8 +33,8 @@ Backends
 ``"auto"``
     ``"torch"`` for CUDA or reduced precision (fastest there), else
     ``"faiss"`` when it is importable, else ``"torch"``. With ``precision="auto"``
-    (the default) an exact search on a CPU with AMX runs on the torch backend
-    in bf16 (:func:`resolve_precision`), any other search in fp32.
+    (the default) a search on a CPU with AMX, exact or approximate, runs on the
+    torch backend in bf16 (:func:`resolve_precision`), any other search in fp32.
 
 Self first
     The sample itself is at rank 0 with similarity exactly 1.0, also when
