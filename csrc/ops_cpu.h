@@ -116,13 +116,15 @@ class RowTopk {
   template <typename T>
   void offer_tile(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
                   int64_t first_col, bool mirror);
-  // The two sides of offer_tile, each a share of an enclosing OpenMP region's threads.
+  // The rows' side of a tile, a share of an enclosing OpenMP region's threads.
   template <typename T>
   void offer_rows(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
                   int64_t first_col);
+  // Both sides of a mirrored tile, each score read once: the columns' lists take their
+  // entries during the scan, the rows' after it (row_hits_, one buffer per thread).
   template <typename T>
-  void offer_columns(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
-                     int64_t first_col);
+  void offer_mirrored(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                      int64_t first_col);
   // Offer the entry (val, col) to row i: kept when it beats the row's floor.
   void take(int64_t i, float val, int64_t col);
   // Keep row i's best min(count, width - 1) entries (best first when `sorted`), and
@@ -135,6 +137,12 @@ class RowTopk {
   std::vector<int64_t> count_;
   // Per row, room for 2 * (width - 1) candidates.
   std::vector<Entry> entries_;
+  // An entry of a mirrored tile's row found by the scan: tile row, column, value.
+  struct RowHit {
+    int64_t row, col;
+    float val;
+  };
+  std::vector<std::vector<RowHit>> row_hits_;
 };
 
 // Edges (src, dst) [e] over num_nodes nodes; keeps edge i when scores == nullptr or

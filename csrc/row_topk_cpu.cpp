@@ -10,12 +10,25 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace sepfl {
 
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+#ifdef _OPENMP
+int64_t max_threads() { return omp_get_max_threads(); }
+int64_t thread_num() { return omp_get_thread_num(); }
+int64_t team_size() { return omp_get_num_threads(); }
+#else
+int64_t max_threads() { return 1; }
+int64_t thread_num() { return 0; }
+int64_t team_size() { return 1; }
+#endif
 
 inline float value_of(float v) { return v; }
 
@@ -149,68 +162,83 @@ inline int64_t scan(const uint16_t* row, int64_t runs, float floor, int64_t* hit
   return runs_above_any(row, runs, floor_key(floor, row), hits, masks);
 }
 
-// The mirrored scan: `lanes` columns side by side in each tile row, each the list of a row
-// of the search. Writes masks[r], the lanes of tile row r (stride apart) holding a key
-// above their list's floor.
+// The fused scan of a mirrored tile: each tile row read once for both sides. For tile
+// row r and run g of `lanes` columns (whole runs of kRun<Key>, the last may be partial):
+// cols[g * rows + r], the lanes above their own lists' floors, and own[g * rows + r], the
+// lanes above row r's floor `row_floors[r]`.
 template <typename Key>
-inline void lanes_above(const Key* tile, int64_t stride, int64_t rows, int64_t lanes,
-                        const Key* floors, uint64_t* masks) {
+inline void both_above(const Key* tile, int64_t stride, int64_t rows, int64_t lanes,
+                       const Key* floors, const Key* row_floors, uint64_t* cols,
+                       uint64_t* own) {
+  constexpr int64_t run = kRun<Key>;
   for (int64_t r = 0; r < rows; ++r) {
-    uint64_t above = 0;
-    for (int64_t l = 0; l < lanes; ++l) {
-      above |= uint64_t(key_of(tile[r * stride + l]) > floors[l]) << l;
+    for (int64_t g = 0; g * run < lanes; ++g) {
+      uint64_t above = 0, beats = 0;
+      for (int64_t l = g * run; l < std::min(lanes, (g + 1) * run); ++l) {
+        const Key key = key_of(tile[r * stride + l]);
+        above |= uint64_t(key > floors[l]) << (l - g * run);
+        beats |= uint64_t(key > row_floors[r]) << (l - g * run);
+      }
+      cols[g * rows + r] = above;
+      own[g * rows + r] = beats;
     }
-    masks[r] = above;
   }
 }
 
 SEPFL_VECTOR_CLONES
-void lanes_above_any(const uint32_t* tile, int64_t stride, int64_t rows, int64_t lanes,
-                     const uint32_t* floors, uint64_t* masks) {
-  lanes_above(tile, stride, rows, lanes, floors, masks);
+void both_above_any(const uint32_t* tile, int64_t stride, int64_t rows, int64_t lanes,
+                    const uint32_t* floors, const uint32_t* row_floors, uint64_t* cols,
+                    uint64_t* own) {
+  both_above(tile, stride, rows, lanes, floors, row_floors, cols, own);
 }
 
 SEPFL_VECTOR_CLONES
-void lanes_above_any(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
-                     const uint16_t* floors, uint64_t* masks) {
-  lanes_above(tile, stride, rows, lanes, floors, masks);
+void both_above_any(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
+                    const uint16_t* floors, const uint16_t* row_floors, uint64_t* cols,
+                    uint64_t* own) {
+  both_above(tile, stride, rows, lanes, floors, row_floors, cols, own);
 }
 
 #ifdef SEPFL_BF16_SCAN_AVX512BW
-// A full run of bf16 lanes: one compare per tile row.
-__attribute__((target("avx512bw"))) void lanes_above_avx512bw(const uint16_t* tile,
-                                                                int64_t stride, int64_t rows,
-                                                                const uint16_t* floors,
-                                                                uint64_t* masks) {
-  const __m512i lane_floors = _mm512_loadu_si512(floors);
+__attribute__((target("avx512bw"))) void both_above_avx512bw(
+    const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes, const uint16_t* floors,
+    const uint16_t* row_floors, uint64_t* cols, uint64_t* own) {
   const __m512i high = _mm512_set1_epi16(int16_t(0x8000));
   for (int64_t r = 0; r < rows; ++r) {
-    const __m512i bits = _mm512_loadu_si512(tile + r * stride);
-    const __m512i keys =
-        _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
-    masks[r] = _mm512_cmpgt_epu16_mask(keys, lane_floors);
+    const __m512i row_floor = _mm512_set1_epi16(int16_t(row_floors[r]));
+    for (int64_t g = 0; g * kRun<uint16_t> < lanes; ++g) {
+      const __m512i bits = _mm512_loadu_si512(tile + r * stride + g * kRun<uint16_t>);
+      const __m512i keys =
+          _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
+      const __m512i lane_floors = _mm512_loadu_si512(floors + g * kRun<uint16_t>);
+      cols[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, lane_floors);
+      own[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, row_floor);
+    }
   }
 }
 #endif
 
-inline void lanes_scan(const float* tile, int64_t stride, int64_t rows, int64_t lanes,
-                       const uint32_t* floors, uint64_t* masks) {
-  lanes_above_any(reinterpret_cast<const uint32_t*>(tile), stride, rows, lanes, floors, masks);
+inline void both_scan(const float* tile, int64_t stride, int64_t rows, int64_t lanes,
+                      const uint32_t* floors, const uint32_t* row_floors, uint64_t* cols,
+                      uint64_t* own) {
+  both_above_any(reinterpret_cast<const uint32_t*>(tile), stride, rows, lanes, floors,
+                 row_floors, cols, own);
 }
 
-inline void lanes_scan(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
-                       const uint16_t* floors, uint64_t* masks) {
+inline void both_scan(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
+                      const uint16_t* floors, const uint16_t* row_floors, uint64_t* cols,
+                      uint64_t* own) {
 #ifdef SEPFL_BF16_SCAN_AVX512BW
-  if (kHasAvx512bw && lanes == kRun<uint16_t>) {
-    lanes_above_avx512bw(tile, stride, rows, floors, masks);
+  if (kHasAvx512bw && lanes % kRun<uint16_t> == 0) {
+    both_above_avx512bw(tile, stride, rows, lanes, floors, row_floors, cols, own);
     return;
   }
 #endif
-  lanes_above_any(tile, stride, rows, lanes, floors, masks);
+  both_above_any(tile, stride, rows, lanes, floors, row_floors, cols, own);
 }
 
-// Tile rows per pass of the mirrored scan: the lanes' floors are read again between
-// passes, so a row whose floor rises early in a tile is not offered entries above its
+// Tile rows per pass of the mirrored scan: the columns' floors are read again between
+// passes, so a list whose floor rises early in a tile is not offered entries above its
 // stale floor to the end of it.
 constexpr int64_t kPass = 64;
 
@@ -273,33 +301,66 @@ void RowTopk::offer_rows(const T* tile, int64_t tile_rows, int64_t cols, int64_t
 }
 
 template <typename T>
-void RowTopk::offer_columns(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
-                            int64_t first_col) {
+void RowTopk::offer_mirrored(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
+                             int64_t first_col) {
   using Key = KeyOf<T>;
-  const int64_t strips = (cols + kRun<T> - 1) / kRun<T>;
-  std::vector<uint64_t> masks(kPass);
-  Key lane_floors[kRun<T>];
-  // Passes over kPass tile rows; in each, a thread scans its strips of kRun<T> columns side
-  // by side, the same strips in every pass (a static schedule of the same loop), so no
-  // thread waits for another and each reads a contiguous part of a tile row.
-  for (int64_t pass = 0; pass < tile_rows; pass += kPass) {
-    const int64_t rows = std::min(kPass, tile_rows - pass);
-#pragma omp for schedule(static) nowait
-    for (int64_t s = 0; s < strips; ++s) {
-      // Columns s * run ..: one lane each, the list of row first_col + column; tile row r
-      // is its entry at column first_row + r.
-      const int64_t first_lane = s * kRun<T>;
-      const int64_t lanes = std::min(kRun<T>, cols - first_lane);
+  constexpr int64_t run = kRun<T>;
+  const int64_t strips = (cols + run - 1) / run;
+  if (int64_t(row_hits_.size()) < max_threads()) row_hits_.resize(max_threads());
+#pragma omp parallel
+  {
+    const int64_t t = thread_num(), team = team_size();
+    // This thread's columns: a contiguous range of whole runs, after the ranges of the
+    // threads before it.
+    const int64_t first_lane = strips * t / team * run;
+    const int64_t lanes = std::min(strips * (t + 1) / team * run, cols) - first_lane;
+    const int64_t runs = (lanes + run - 1) / run;
+    std::vector<RowHit>& mine = row_hits_[t];
+    mine.clear();
+    std::vector<Key> lane_floors(lanes);
+    Key row_floors[kPass];
+    std::vector<uint64_t> col_masks(runs * kPass), row_masks(runs * kPass);
+    for (int64_t pass = 0; lanes > 0 && pass < tile_rows; pass += kPass) {
+      const int64_t rows = std::min(kPass, tile_rows - pass);
       for (int64_t l = 0; l < lanes; ++l) {
         lane_floors[l] = floor_key(floors_[first_col + first_lane + l], tile);
       }
-      const T* part = tile + pass * cols + first_lane;
-      lanes_scan(part, cols, rows, lanes, lane_floors, masks.data());
       for (int64_t r = 0; r < rows; ++r) {
-        for (uint64_t above = masks[r]; above != 0; above &= above - 1) {
-          const int64_t l = __builtin_ctzll(above);
-          take(first_col + first_lane + l, value_of(part[r * cols + l]), first_row + pass + r);
+        row_floors[r] = floor_key(floors_[first_row + pass + r], tile);
+      }
+      const T* part = tile + pass * cols + first_lane;
+      both_scan(part, cols, rows, lanes, lane_floors.data(), row_floors, col_masks.data(),
+                row_masks.data());
+      // The columns' own lists are this thread's alone: taken now.
+      for (int64_t g = 0; g < runs; ++g) {
+        for (int64_t r = 0; r < rows; ++r) {
+          for (uint64_t above = col_masks[g * rows + r]; above != 0; above &= above - 1) {
+            const int64_t l = g * run + __builtin_ctzll(above);
+            take(first_col + first_lane + l, value_of(part[r * cols + l]),
+                 first_row + pass + r);
+          }
         }
+      }
+      // The tile rows' lists are every thread's: kept, by row and then column.
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t g = 0; g < runs; ++g) {
+          for (uint64_t above = row_masks[g * rows + r]; above != 0; above &= above - 1) {
+            const int64_t l = g * run + __builtin_ctzll(above);
+            mine.push_back({pass + r, first_col + first_lane + l, value_of(part[r * cols + l])});
+          }
+        }
+      }
+    }
+#pragma omp barrier
+    // Each thread takes a range of tile rows' entries, from the threads in order, so each
+    // row gets its columns in increasing order.
+    const int64_t lo = tile_rows * t / team, hi = tile_rows * (t + 1) / team;
+    for (int64_t u = 0; u < team; ++u) {
+      const std::vector<RowHit>& hits = row_hits_[u];
+      auto hit = std::lower_bound(hits.begin(), hits.end(), lo,
+                                  [](const RowHit& h, int64_t row) { return h.row < row; });
+      for (; hit != hits.end() && hit->row < hi; ++hit) {
+        take(first_row + hit->row, hit->val, hit->col);
       }
     }
   }
@@ -309,12 +370,12 @@ template <typename T>
 void RowTopk::offer_tile(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
                          int64_t first_col, bool mirror) {
   if (keep_ == 0) return;
-  // One parallel region for both sides: their rows are apart, so neither waits.
-#pragma omp parallel
-  {
-    offer_rows(tile, tile_rows, cols, first_row, first_col);
-    if (mirror) offer_columns(tile, tile_rows, cols, first_row, first_col);
+  if (mirror) {
+    offer_mirrored(tile, tile_rows, cols, first_row, first_col);
+    return;
   }
+#pragma omp parallel
+  offer_rows(tile, tile_rows, cols, first_row, first_col);
 }
 
 void RowTopk::offer(const float* tile, int64_t tile_rows, int64_t cols, int64_t first_row,

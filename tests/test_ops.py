@@ -526,6 +526,19 @@ def test_row_topk_mirrored_long_lists_cross_many_cuts(dtype):
         np.testing.assert_array_equal(vals, want_vals[start:stop])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_topk_mirrored_ties_go_to_the_smaller_column(dtype):
+    # Every score equal: the rows' lists must keep the smallest columns, though the scan
+    # splits a tile's columns among threads (two runs of columns or more each).
+    tile = torch.full((64, 128), 0.5).to(dtype)
+    best = ops.RowTopk(np.arange(192), 5)
+    best.offer(tile, 64, 0, mirror=True)
+    idx, vals = best.result()
+    np.testing.assert_array_equal(idx[:64, 1:], np.tile(np.arange(64, 68), (64, 1)))
+    np.testing.assert_array_equal(idx[64:, 1:], np.tile(np.arange(4), (128, 1)))
+    assert (vals[:, 1:] == 0.5).all()
+
+
 def test_row_topk_refuses_bad_input():
     best = ops.RowTopk(np.arange(3), 4)
     with pytest.raises(ValueError, match="rows"):
