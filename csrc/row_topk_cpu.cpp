@@ -164,12 +164,12 @@ inline int64_t scan(const uint16_t* row, int64_t runs, float floor, int64_t* hit
 
 // The fused scan of a mirrored tile: each tile row read once for both sides. For tile
 // row r and run g of `lanes` columns (whole runs of kRun<Key>, the last may be partial):
-// cols[g * rows + r], the lanes above their own lists' floors, and own[g * rows + r], the
-// lanes above row r's floor `row_floors[r]`.
+// col_masks[g * rows + r], the lanes above their own lists' floors `floors`, and
+// row_masks[g * rows + r], the lanes above row r's floor `row_floors[r]`.
 template <typename Key>
 inline void both_above(const Key* tile, int64_t stride, int64_t rows, int64_t lanes,
-                       const Key* floors, const Key* row_floors, uint64_t* cols,
-                       uint64_t* own) {
+                       const Key* floors, const Key* row_floors, uint64_t* col_masks,
+                       uint64_t* row_masks) {
   constexpr int64_t run = kRun<Key>;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g * run < lanes; ++g) {
@@ -179,30 +179,30 @@ inline void both_above(const Key* tile, int64_t stride, int64_t rows, int64_t la
         above |= uint64_t(key > floors[l]) << (l - g * run);
         beats |= uint64_t(key > row_floors[r]) << (l - g * run);
       }
-      cols[g * rows + r] = above;
-      own[g * rows + r] = beats;
+      col_masks[g * rows + r] = above;
+      row_masks[g * rows + r] = beats;
     }
   }
 }
 
 SEPFL_VECTOR_CLONES
 void both_above_any(const uint32_t* tile, int64_t stride, int64_t rows, int64_t lanes,
-                    const uint32_t* floors, const uint32_t* row_floors, uint64_t* cols,
-                    uint64_t* own) {
-  both_above(tile, stride, rows, lanes, floors, row_floors, cols, own);
+                    const uint32_t* floors, const uint32_t* row_floors, uint64_t* col_masks,
+                    uint64_t* row_masks) {
+  both_above(tile, stride, rows, lanes, floors, row_floors, col_masks, row_masks);
 }
 
 SEPFL_VECTOR_CLONES
 void both_above_any(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
-                    const uint16_t* floors, const uint16_t* row_floors, uint64_t* cols,
-                    uint64_t* own) {
-  both_above(tile, stride, rows, lanes, floors, row_floors, cols, own);
+                    const uint16_t* floors, const uint16_t* row_floors, uint64_t* col_masks,
+                    uint64_t* row_masks) {
+  both_above(tile, stride, rows, lanes, floors, row_floors, col_masks, row_masks);
 }
 
 #ifdef SEPFL_BF16_SCAN_AVX512BW
 __attribute__((target("avx512bw"))) void both_above_avx512bw(
     const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes, const uint16_t* floors,
-    const uint16_t* row_floors, uint64_t* cols, uint64_t* own) {
+    const uint16_t* row_floors, uint64_t* col_masks, uint64_t* row_masks) {
   const __m512i high = _mm512_set1_epi16(int16_t(0x8000));
   for (int64_t r = 0; r < rows; ++r) {
     const __m512i row_floor = _mm512_set1_epi16(int16_t(row_floors[r]));
@@ -211,30 +211,30 @@ __attribute__((target("avx512bw"))) void both_above_avx512bw(
       const __m512i keys =
           _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
       const __m512i lane_floors = _mm512_loadu_si512(floors + g * kRun<uint16_t>);
-      cols[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, lane_floors);
-      own[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, row_floor);
+      col_masks[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, lane_floors);
+      row_masks[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, row_floor);
     }
   }
 }
 #endif
 
 inline void both_scan(const float* tile, int64_t stride, int64_t rows, int64_t lanes,
-                      const uint32_t* floors, const uint32_t* row_floors, uint64_t* cols,
-                      uint64_t* own) {
+                      const uint32_t* floors, const uint32_t* row_floors, uint64_t* col_masks,
+                      uint64_t* row_masks) {
   both_above_any(reinterpret_cast<const uint32_t*>(tile), stride, rows, lanes, floors,
-                 row_floors, cols, own);
+                 row_floors, col_masks, row_masks);
 }
 
 inline void both_scan(const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes,
-                      const uint16_t* floors, const uint16_t* row_floors, uint64_t* cols,
-                      uint64_t* own) {
+                      const uint16_t* floors, const uint16_t* row_floors, uint64_t* col_masks,
+                      uint64_t* row_masks) {
 #ifdef SEPFL_BF16_SCAN_AVX512BW
   if (kHasAvx512bw && lanes % kRun<uint16_t> == 0) {
-    both_above_avx512bw(tile, stride, rows, lanes, floors, row_floors, cols, own);
+    both_above_avx512bw(tile, stride, rows, lanes, floors, row_floors, col_masks, row_masks);
     return;
   }
 #endif
-  both_above_any(tile, stride, rows, lanes, floors, row_floors, cols, own);
+  both_above_any(tile, stride, rows, lanes, floors, row_floors, col_masks, row_masks);
 }
 
 // Tile rows per pass of the mirrored scan: the columns' floors are read again between

@@ -74,12 +74,12 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "faiss", "torch")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
-# Size of one [block, N] similarity matrix (plus the re-ranking gather), by device.
-_BLOCK_BYTES = {"cpu": 256 << 20, "cuda": 2 << 30}
-# Columns per tile of a CPU block: a [2048, 1024] bfloat16 tile stays in two cores' L2.
+# Size of one [block, N] similarity matrix (plus the re-ranking gather) on CUDA.
+_CUDA_BLOCK_BYTES = 2 << 30
+# Columns per tile of a CPU block: [8192, 512] and [8192, 2048] tiles were slower at N = 300,000.
 _CPU_TILE = 1024
-# Rows per block of the CPU search of every row (a multiple of _CPU_TILE): at N = 300,000 blocks
-# of 8,192 rows took 34 s and of 2,184 (the budget's) 42 s, in the per-block search.
+# Rows per CPU block (a multiple of _CPU_TILE): at N = 300,000 the search took 34 s in blocks of
+# 8,192 rows and 42 s in blocks of 2,184 (a 256 MiB budget's), one [block, 1024] tile at a time.
 _CPU_BLOCK = 8192
 _FAISS_BLOCK = 16384
 # N * N * D multiply-adds from which a progress bar is worth showing (seconds on a laptop CPU).
@@ -123,8 +123,9 @@ def build_knn(features: Array, k: int = 80, backend: str = "auto",
         request, an exact graph; otherwise rebuilt (logged) and rewritten
         atomically.
     chunk_size : int, optional
-        Query rows per block. Default: as many as fit a 256 MiB (CPU) / 2 GiB
-        (CUDA) block.
+        Query rows per block. Default: 8,192 on the CPU (a search of every row
+        rounds it down to a multiple of its 1,024-column tiles); on CUDA as many as
+        fit a 2 GiB block.
     progress : bool, optional
         tqdm bar on stderr. Default: shown for builds of more than a few seconds.
     rows : range, optional
@@ -340,9 +341,12 @@ def search_width(k: int, precision: str) -> int:
 
 def _block_rows(n: int, columns: int, d: int, width: int, elem: int,
                 where: torch.device) -> int:
-    """Rows of ``n`` per block: a [block, columns] score buffer and the re-ranking's
-    [block, width, d] float32 gather each within the device's budget."""
-    budget = _BLOCK_BYTES[where.type]
+    """Rows of ``n`` per block: on the CPU ``_CPU_BLOCK``; on CUDA as many as keep a
+    [block, columns] score buffer and the re-ranking's [block, width, d] float32 gather
+    each within the device's budget."""
+    if where.type == "cpu":
+        return min(n, _CPU_BLOCK)
+    budget = _CUDA_BLOCK_BYTES
     return max(1, min(n, budget // (columns * elem), budget // (width * d * 4)))
 
 
