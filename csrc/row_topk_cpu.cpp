@@ -117,6 +117,13 @@ int64_t runs_above_any(const uint16_t* row, int64_t runs, uint16_t floor, int64_
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(__SANITIZE_ADDRESS__)
 #define SEPFL_BF16_SCAN_AVX512BW 1
+// key_of of 32 bf16 scores at once.
+__attribute__((target("avx512bw"))) inline __m512i keys_avx512bw(const uint16_t* scores) {
+  const __m512i bits = _mm512_loadu_si512(scores);
+  return _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15),
+                                                _mm512_set1_epi16(int16_t(0x8000))));
+}
+
 // The bf16 scan written out for AVX-512 BW, whose 16-bit lanes the avx512f clone above
 // lacks: one compare into a mask register per run, which is also the run's mask.
 __attribute__((target("avx512bw"))) int64_t runs_above_avx512bw(const uint16_t* row,
@@ -124,13 +131,10 @@ __attribute__((target("avx512bw"))) int64_t runs_above_avx512bw(const uint16_t* 
                                                                   int64_t* hits,
                                                                   uint64_t* masks) {
   const __m512i floors = _mm512_set1_epi16(int16_t(floor));
-  const __m512i high = _mm512_set1_epi16(int16_t(0x8000));
   int64_t found = 0;
   for (int64_t g = 0; g < runs; ++g) {
-    const __m512i bits = _mm512_loadu_si512(row + g * kRun<uint16_t>);
-    const __m512i keys =
-        _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
-    const uint64_t above = _mm512_cmpgt_epu16_mask(keys, floors);
+    const uint64_t above =
+        _mm512_cmpgt_epu16_mask(keys_avx512bw(row + g * kRun<uint16_t>), floors);
     hits[found] = g;
     masks[found] = above;
     found += above != 0;
@@ -203,13 +207,10 @@ void both_above_any(const uint16_t* tile, int64_t stride, int64_t rows, int64_t 
 __attribute__((target("avx512bw"))) void both_above_avx512bw(
     const uint16_t* tile, int64_t stride, int64_t rows, int64_t lanes, const uint16_t* floors,
     const uint16_t* row_floors, uint64_t* col_masks, uint64_t* row_masks) {
-  const __m512i high = _mm512_set1_epi16(int16_t(0x8000));
   for (int64_t r = 0; r < rows; ++r) {
     const __m512i row_floor = _mm512_set1_epi16(int16_t(row_floors[r]));
     for (int64_t g = 0; g * kRun<uint16_t> < lanes; ++g) {
-      const __m512i bits = _mm512_loadu_si512(tile + r * stride + g * kRun<uint16_t>);
-      const __m512i keys =
-          _mm512_xor_si512(bits, _mm512_or_si512(_mm512_srai_epi16(bits, 15), high));
+      const __m512i keys = keys_avx512bw(tile + r * stride + g * kRun<uint16_t>);
       const __m512i lane_floors = _mm512_loadu_si512(floors + g * kRun<uint16_t>);
       col_masks[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, lane_floors);
       row_masks[g * rows + r] = _mm512_cmpgt_epu16_mask(keys, row_floor);

@@ -5,7 +5,7 @@
 becomes, for M new samples joining N old ones:
 
 * **kNN** (:func:`extend_knn`): exact brute force. The new rows get their
-  lists among old + new (:func:`sepfl.knn.build_knn` of those rows, the search
+  lists among old + new (:func:`sepfl.knn.unit_knn` of those rows, the search
   a one-shot run makes, in ``knn_precision``); the old rows are multiplied
   against the new ones and the new samples at least as close as an old list's
   last entry are merged into it. An old sample's list *changed* when a new
@@ -61,7 +61,7 @@ from sepfl._validate import to_tensor
 from sepfl.stages import ClusterResult, Stopwatch, group, grouping_of, resolve_scheme
 from sepfl.config import ClusterConfig
 from sepfl.features import normalize_features
-from sepfl.knn import build_knn, resolve_precision, search_width
+from sepfl.knn import resolve_precision, search_width, unit_knn
 from sepfl.model import PairClassifier
 
 __all__ = ["AddResult", "State", "add", "extend_knn", "stable_labels"]
@@ -186,8 +186,8 @@ def extend_knn(features: torch.Tensor, nbrs: torch.Tensor, sims: torch.Tensor,
         return nbrs, sims, torch.zeros(n, dtype=torch.int64)
     x = torch.cat([features, new])
     precision = resolve_precision(precision, "torch", x.device)
-    new_nbrs, new_sims = build_knn(x, k, backend="torch", precision=precision,
-                                   rows=range(n, n + m), progress=False)
+    new_nbrs, new_sims = unit_knn(x, k, backend="torch", precision=precision,
+                                  rows=range(n, n + m), progress=False)
     old_at, new_at, found = _entering(x, n, sims[:, k - 1], k, precision)
     best_nbrs, best_sims = _best_per_row(old_at, new_at, found, n, k - 1)
     merged_sims, order = torch.cat([sims[:, 1:], best_sims.clamp(-1.0, 1.0)], 1).topk(k - 1,
