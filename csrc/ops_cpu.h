@@ -103,16 +103,6 @@ class RowTopk {
   int64_t width() const { return keep_ + 1; }
 
  private:
-  struct Entry {
-    float val;
-    uint32_t col;  // columns below 2^32 (checked where offered): 8-byte entries
-    // Better first: the larger value, then the smaller column. Inline: the selection's
-    // cuts call it most of all.
-    bool operator<(const Entry& other) const {
-      return val > other.val || (val == other.val && col < other.col);
-    }
-  };
-
   template <typename T>
   void offer_tile(const T* tile, int64_t tile_rows, int64_t cols, int64_t first_row,
                   int64_t first_col, bool mirror);
@@ -135,8 +125,10 @@ class RowTopk {
   std::vector<int64_t> own_;
   std::vector<float> floors_;
   std::vector<int64_t> count_;
-  // Per row, room for 2 * (width - 1) candidates.
-  std::vector<Entry> entries_;
+  // Per row, room for 2 * (width - 1) candidates, each as its rank: the key of its value
+  // above the complement of its column, so that the better of two entries (the larger
+  // value, then the smaller column) has the greater rank and a cut compares integers.
+  std::vector<uint64_t> entries_;
   // An entry of a mirrored tile's row found by the scan: tile row, column, value.
   struct RowHit {
     int64_t row, col;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <type_traits>
 
@@ -64,6 +65,52 @@ inline uint32_t bits_of(float v) {
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
   return bits;
+}
+
+// An entry's rank (RowTopk::entries_): -0 ranks as +0, so equal values tie on the column.
+inline uint64_t rank_of(float val, int64_t col) {
+  return uint64_t(key_of(bits_of(val + 0.0f))) << 32 | uint32_t(~uint32_t(col));
+}
+
+inline float value_of_rank(uint64_t rank) {
+  const uint32_t key = uint32_t(rank >> 32);
+  const uint32_t bits = key >> 31 ? key ^ 0x80000000u : ~key;
+  float val;
+  std::memcpy(&val, &bits, sizeof val);
+  return val;
+}
+
+inline int64_t column_of_rank(uint64_t rank) { return ~uint32_t(rank); }
+
+// Moves the `kept` greatest of ranks[0, n) to ranks[0, kept), the kept-th greatest at
+// kept - 1 (0 < kept <= n). A quickselect whose partition has no data-dependent branch:
+// the compares of a cut are as unpredictable as coin flips, and std::nth_element
+// mispredicts about half of them.
+void select_greatest(uint64_t* ranks, int64_t n, int64_t kept) {
+  int64_t lo = 0, hi = n;
+  while (hi - lo > 32) {
+    const uint64_t a = ranks[lo], b = ranks[lo + (hi - lo) / 2], c = ranks[hi - 1];
+    const uint64_t pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));
+    // ranks[lo, above) > pivot after the loop: each rank is swapped to `above`, which
+    // moves on only past a greater one.
+    int64_t above = lo;
+    for (int64_t r = lo; r < hi; ++r) {
+      const uint64_t rank = ranks[r];
+      ranks[r] = ranks[above];
+      ranks[above] = rank;
+      above += rank > pivot;
+    }
+    if (above - lo >= kept) {
+      hi = above;
+      continue;
+    }
+    // The pivot is the greatest of ranks[above, hi): it goes next, at `above`.
+    std::swap(*std::find(ranks + above, ranks + hi, pivot), ranks[above]);
+    kept -= above + 1 - lo;
+    lo = above + 1;
+    if (kept == 0) return;
+  }
+  std::nth_element(ranks + lo, ranks + lo + kept - 1, ranks + hi, std::greater<uint64_t>());
 }
 
 // The key of `floor` for scores stored as T: for bf16, of the largest bfloat16 at or
@@ -261,21 +308,21 @@ RowTopk::RowTopk(int64_t rows, int64_t width, const int64_t* own, const float* a
       entries_(rows * 2 * keep_) {}
 
 void RowTopk::cut(int64_t i, bool sorted) {
-  Entry* entries = entries_.data() + i * 2 * keep_;
+  uint64_t* ranks = entries_.data() + i * 2 * keep_;
   const int64_t held = count_[i], kept = std::min(held, keep_);
   if (sorted) {
-    std::partial_sort(entries, entries + kept, entries + held);
+    std::partial_sort(ranks, ranks + kept, ranks + held, std::greater<uint64_t>());
   } else if (kept < held) {
     // The kept-th best in its place, every better one before it: it is the new floor.
-    std::nth_element(entries, entries + kept - 1, entries + held);
+    select_greatest(ranks, held, kept);
   }
   count_[i] = kept;
-  if (kept == keep_ && kept > 0) floors_[i] = entries[kept - 1].val;
+  if (kept == keep_ && kept > 0) floors_[i] = value_of_rank(ranks[kept - 1]);
 }
 
 void RowTopk::take(int64_t i, float val, int64_t col) {
   if (!(val > floors_[i]) || col == own_[i]) return;
-  entries_[i * 2 * keep_ + count_[i]] = {val, uint32_t(col)};
+  entries_[i * 2 * keep_ + count_[i]] = rank_of(val, col);
   if (++count_[i] == 2 * keep_) cut(i, false);
 }
 
@@ -400,9 +447,9 @@ void RowTopk::result(int64_t start, int64_t stop, int64_t* idx, float* vals) {
     row_vals[0] = kInf;
     for (int64_t e = 0; e < keep_; ++e) {
       const bool held = e < count_[i];
-      const Entry& entry = entries_[i * 2 * keep_ + e];
-      row_idx[1 + e] = held ? int64_t(entry.col) : -1;
-      row_vals[1 + e] = held ? entry.val : -kInf;
+      const uint64_t rank = entries_[i * 2 * keep_ + e];
+      row_idx[1 + e] = held ? column_of_rank(rank) : -1;
+      row_vals[1 + e] = held ? value_of_rank(rank) : -kInf;
     }
   }
 }

@@ -411,12 +411,13 @@ def test_core_rechecks_indices_and_shapes():
 
 @st.composite
 def score_tiles(draw):
-    """Scores [B, C] with many ties, a width, own columns (some outside the columns), the
-    column boundaries of the tiles they are offered in, and no floors or a floor per row
-    (some between two bfloat16 values: -0.49999 lies just below -0.498046875)."""
+    """Scores [B, C] with many ties (-0.0 and 0.0 are equal), a width, own columns (some
+    outside the columns), the column boundaries of the tiles they are offered in, and no
+    floors or a floor per row (some between two bfloat16 values: -0.49999 lies just below
+    -0.498046875)."""
     b, c = draw(st.integers(1, 40)), draw(st.integers(1, 150))
     scores = draw(hnp.arrays(np.float32, (b, c), elements=st.sampled_from(
-        [-2.0, -0.5, -0.498046875, 0.0, 0.25, 0.5, 0.75, 1.0, 3.0])))
+        [-2.0, -0.5, -0.498046875, -0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 3.0])))
     own = draw(hnp.arrays(np.int64, b, elements=st.integers(0, c + 3)))
     width = draw(st.integers(1, c + 3))
     cuts = sorted(draw(st.sets(st.integers(1, c - 1), max_size=4))) if c > 1 else []
