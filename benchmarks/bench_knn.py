@@ -5,8 +5,8 @@ Usage: python benchmarks/bench_knn.py [--ids 9000] [--k 80] [--device cuda]
        python benchmarks/bench_knn.py --approximate --n 300000 [--indexes ...]
 
 ``--approximate`` compares approximate indexes on the CPU with exact faiss
-search and with sepfl's brute force in bfloat16 (``backend="torch",
-precision="bf16"``, timed whole): for each index (sepfl's own ``build_knn(exact=False)`` and, where
+search and with sepfl's brute force in the ``--brute-force`` precisions (``backend="torch"``,
+bfloat16 by default, timed whole): for each index (sepfl's own ``build_knn(exact=False)`` and, where
 installed, faiss HNSW / IVF, hnswlib and usearch at the settings listed in
 ``--indexes``), the seconds to build it over all N samples, the seconds to
 search the kNN lists of all N rows (timed on ``--query-rows`` sampled rows and
@@ -101,6 +101,8 @@ def _usearch(x: np.ndarray, links: int, ef_build: int, ef_search: int):
 
 INDEXES = {"faiss-hnsw": _faiss_hnsw, "faiss-ivf": _faiss_ivf, "hnswlib": _hnswlib,
            "usearch-bf16": _usearch}
+BRUTE_FORCE = {"bf16": "bf16 products, float32 re-ranking",
+               "fp32": "float32 products (the path of a CPU without bf16 matrix units)"}
 MODULES = {"faiss-hnsw": "faiss", "faiss-ivf": "faiss", "hnswlib": "hnswlib",
            "usearch-bf16": "usearch"}
 
@@ -149,19 +151,20 @@ def approximate(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - start
     cpu = torch.device("cpu")
     backend = knn_module.choose_backend("auto", cpu, knn_module.resolve_precision("auto", "auto",
-                                                                                  cpu))
+                                                                                  cpu), False)
     what = (f"faiss HNSW{knn_module.HNSW_LINKS} ef build {knn_module.HNSW_EF_BUILD}, ef_search "
             "160" if backend == "faiss" else "the torch brute force in bf16 (AMX)")
     rows.append((f"sepfl build_knn(exact=False), whole call: {what}", "-", "-",
                  f"{seconds:.0f}", *hits(nbrs[queries]), f"{exact_s / seconds:.1f}"))
     print(rows[-1], flush=True)
-    start = time.perf_counter()
-    nbrs, _ = build_knn(x, k=args.k, backend="torch", precision="bf16", progress=False)
-    seconds = time.perf_counter() - start
-    rows.append(("sepfl build_knn(backend='torch', precision='bf16'), whole call: brute force, "
-                 "bf16 products, float32 re-ranking", "-", "-", f"{seconds:.0f}",
-                 *hits(nbrs[queries]), f"{exact_s / seconds:.1f}"))
-    print(rows[-1], flush=True)
+    for precision in filter(None, args.brute_force.split(",")):
+        start = time.perf_counter()
+        nbrs, _ = build_knn(x, k=args.k, backend="torch", precision=precision, progress=False)
+        seconds = time.perf_counter() - start
+        rows.append((f"sepfl build_knn(backend='torch', precision='{precision}'), whole call: "
+                     f"brute force, {BRUTE_FORCE[precision]}", "-", "-", f"{seconds:.0f}",
+                     *hits(nbrs[queries]), f"{exact_s / seconds:.1f}"))
+        print(rows[-1], flush=True)
     for spec in filter(None, args.indexes.split(",")):
         name, *values = spec.split(":")
         if importlib.util.find_spec(MODULES[name]) is None:
@@ -199,6 +202,9 @@ def main() -> None:
                         help="--approximate: name:settings, comma-separated (faiss-hnsw, "
                              "hnswlib and usearch-bf16: links:ef_build:ef_search; faiss-ivf: "
                              "lists:probes; empty: none beyond sepfl's own rows)")
+    parser.add_argument("--brute-force", default="bf16",
+                        help="--approximate: precisions of sepfl's torch brute-force rows, "
+                             "comma-separated (bf16, fp32; empty: none)")
     parser.add_argument("--ids", type=int, default=300)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--k", type=int, default=80)
@@ -214,6 +220,9 @@ def main() -> None:
         unknown = {spec.split(":")[0] for spec in specs} - set(INDEXES)
         if unknown:
             parser.error(f"unknown --indexes {sorted(unknown)}; known: {sorted(INDEXES)}")
+        unknown = set(filter(None, args.brute_force.split(","))) - set(BRUTE_FORCE)
+        if unknown:
+            parser.error(f"unknown --brute-force {sorted(unknown)}; known: {sorted(BRUTE_FORCE)}")
         approximate(args)
         return
 

@@ -232,6 +232,18 @@ def test_read_only_memory_map_input(tmp_path, backend):
     same_up_to_ties(build_knn(mapped, k=5, backend=backend), build_knn(x, k=5, backend="torch"))
 
 
+@pytest.mark.parametrize("exact, device, precision, has_faiss, want", [
+    (True, "cpu", "fp32", True, "torch"), (False, "cpu", "fp32", True, "faiss"),
+    (False, "cpu", "fp32", False, "torch"), (False, "cpu", "bf16", True, "torch"),
+    (False, "cuda", "fp32", True, "torch")])
+def test_auto_backend_is_faiss_for_approximate_float32_cpu_searches_only(
+        monkeypatch, exact, device, precision, has_faiss, want):
+    # Every exact search is the brute force (half the products of exact faiss on the CPU);
+    # faiss's graph index serves approximate float32 searches on the CPU when installed.
+    monkeypatch.setattr(knn_module, "_faiss", lambda: object() if has_faiss else None)
+    assert knn_module.choose_backend("auto", torch.device(device), precision, exact) == want
+
+
 def test_auto_falls_back_to_torch_without_faiss(monkeypatch):
     monkeypatch.setattr(knn_module, "_faiss", lambda: None)
     nbrs, _ = build_knn(circle([0, 30, 100, 250]), k=3)

@@ -126,7 +126,7 @@ class ClusterConfig:
         True, "True searches exactly; False lets faiss use its approximate graph index (HNSW; "
               "its estimated recall is logged) where the search is faiss's (not on a CPU "
               "with AMX, see knn_precision); None does so from sepfl.knn.APPROXIMATE_FROM "
-              "(250,000) samples up.", knn="exact")
+              "(500,000) samples up.", knn="exact")
     knn_ef_search: int = setting(160, "Candidate list of the approximate kNN search: larger "
                                       "finds more true neighbours, more slowly.", knn="ef_search")
     node_batch_size: int = setting(2048, "Samples embedded at a time.")

@@ -31,10 +31,12 @@ Backends
     similarities are float32-accurate and only a near-tie at rank k can differ
     (recall >= 0.99 against fp32 on face-like data).
 ``"auto"``
-    ``"torch"`` for CUDA or reduced precision (fastest there), else
-    ``"faiss"`` when it is importable, else ``"torch"``. With ``precision="auto"``
-    (the default) a search on a CPU with AMX, exact or approximate, runs on the
-    torch backend in bf16 (:func:`resolve_precision`), any other search in fp32.
+    ``"torch"`` for every exact search (on the CPU it computes half the products
+    exact faiss does) and wherever the precision is reduced; ``"faiss"`` for an
+    approximate search in float32 on the CPU when faiss is importable
+    (:func:`choose_backend`). With ``precision="auto"`` (the default) a search on a
+    CPU with AMX, exact or approximate, runs on the torch backend in bf16
+    (:func:`resolve_precision`), any other search in fp32.
 
 Self first
     The sample itself is at rank 0 with similarity exactly 1.0, also when
@@ -85,9 +87,11 @@ _FAISS_BLOCK = 16384
 # N * N * D multiply-adds from which a progress bar is worth showing (seconds on a laptop CPU).
 _PROGRESS_MIN_WORK = 5e10
 _RECALL_ROWS = 1000
-# exact=None searches approximately from this many samples up, where the approximate index is
-# several times faster than exact search (benchmarks/bench_knn.py --approximate).
-APPROXIMATE_FROM = 250_000
+# exact=None searches approximately from this many samples up. The approximate index is faiss's
+# graph index, used where the CPU lacks AMX: at 300,000 samples on such a CPU (this project's Xeon
+# held to AVX2, benchmarks/bench_knn.py --approximate --brute-force fp32) the exact float32 search
+# took 142 s and the index 174 s at recall@80 0.94. The search grows as N², the index about as N.
+APPROXIMATE_FROM = 500_000
 HNSW_LINKS = 32
 HNSW_EF_BUILD = 100
 
@@ -182,7 +186,7 @@ def unit_knn(x: Array, k: int = 80, backend: str = "auto",
     where = resolve_device(device, x, native=False)
     exact = resolve_exact(exact, x.shape[0])
     precision = resolve_precision(precision, backend, where)
-    backend = choose_backend(backend, where, precision)
+    backend = choose_backend(backend, where, precision, exact)
     # a brute-force graph counts as exact whatever its precision (in a cache too): reduced
     # precision only picks candidates, which float32 dot products then rank
     exact = exact or backend != "faiss"
@@ -250,8 +254,10 @@ def resolve_precision(precision: str, backend: str, where: torch.device) -> str:
     return "bf16" if fast else "fp32"
 
 
-def choose_backend(backend: str, where: torch.device, precision: str) -> str:
-    """The backend :func:`build_knn` uses on device ``where`` ("faiss" or "torch").
+def choose_backend(backend: str, where: torch.device, precision: str,
+                   exact: bool = True) -> str:
+    """The backend :func:`build_knn` uses on device ``where`` ("faiss" or "torch") for a
+    search in ``precision``, ``exact`` or not (module notes).
 
     Raises ValueError for an unknown backend or a precision faiss does not
     offer, ImportError for ``"faiss"`` without faiss installed: cheap, so
@@ -260,8 +266,8 @@ def choose_backend(backend: str, where: torch.device, precision: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        cpu_fp32 = where.type == "cpu" and precision == "fp32"
-        return "faiss" if cpu_fp32 and _faiss() is not None else "torch"
+        graph_index = not exact and where.type == "cpu" and precision == "fp32"
+        return "faiss" if graph_index and _faiss() is not None else "torch"
     if backend == "faiss":
         if precision != "fp32":
             raise ValueError(f"precision={precision!r} applies to the torch backend; faiss "
