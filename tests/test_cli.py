@@ -20,7 +20,8 @@ from sepfl.datasets import make_splits, random_models
 SEPFL = Path(sys.executable).with_name("sepfl")
 TINY_TRAIN = ["--k", "20", "--ranks", "10", "--epochs", "1", "--pairs-per-epoch", "256",
               "--batch-size", "64", "--warmup-steps", "20", "--refit-steps", "20",
-              "--classifier-batch-size", "64", "--device", "cpu", "--no-progress"]
+              "--classifier-batch-size", "64", "--edge-steps", "300", "--device", "cpu",
+              "--no-progress"]
 # Sends the process itself a real SIGINT as clustering starts: Ctrl-C at a known point.
 CTRL_C = """
 import signal, sys

@@ -18,7 +18,8 @@ from sepfl import SEPFL
 from sepfl.datasets import make_faces
 data = make_faces(12, dim=16, seed=1)
 est = SEPFL(k=10, ranks=5, epochs=2, pairs_per_epoch=128, batch_size=64, warmup_steps=20,
-            refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)
+            refit_steps=20, classifier_batch_size=64, edge_steps=300, device="cpu",
+            progress=False)
 """
 
 

@@ -10,7 +10,8 @@ from sepfl.datasets import make_faces
 from sepfl.model import PairClassifier
 
 SMALL = dict(k=10, ranks=5, epochs=1, pairs_per_epoch=256, batch_size=64, warmup_steps=20,
-             refit_steps=20, classifier_batch_size=64, device="cpu", progress=False)
+             refit_steps=20, classifier_batch_size=64, edge_steps=300, device="cpu",
+             progress=False)
 
 
 MAKE_FACES = dict(n_ids=20, dim=16, seed=5)

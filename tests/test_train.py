@@ -38,7 +38,7 @@ def small_config(**overrides):
     # fall on the toy set) and a short refit.
     settings = dict(epochs=4, pairs_per_epoch=640, batch_size=32, ranks=RANKS, optimizer="sgd",
                     lr=0.1, lr_milestones=(0.8,), warmup_steps=20, refit_steps=20,
-                    classifier_batch_size=64,
+                    classifier_batch_size=64, edge_steps=300,
                     device="cpu", bf16=False, progress=False)
     return TrainConfig(**{**settings, **overrides})
 
