@@ -31,8 +31,8 @@ Backends
     similarities are float32-accurate and only a near-tie at rank k can differ
     (recall >= 0.99 against fp32 on face-like data).
 ``"auto"``
-    ``"torch"`` for every exact search (on the CPU it computes half the products
-    exact faiss does) and wherever the precision is reduced; ``"faiss"`` for an
+    ``"torch"`` for every exact search (on the CPU, a search of every row computes
+    half the products exact faiss does) and wherever the precision is reduced; ``"faiss"`` for an
     approximate search in float32 on the CPU when faiss is importable
     (:func:`choose_backend`). With ``precision="auto"`` (the default) a search on a
     CPU with AMX, exact or approximate, runs on the torch backend in bf16
