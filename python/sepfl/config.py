@@ -245,8 +245,7 @@ class TrainConfig:
     edge_steps: int = setting(
         24000, "Steps of the edge head (:mod:`sepfl.edges`) after the refit; 0 trains none, and "
                "the model then clusters with SEPFL's scheme only. At 3,000 (the default until "
-               "2026-12-05) the head underfits: eight times as many raised F_P on every "
-               "population tried (docs/results.md).")
+               "2026-12-05) the head underfits (docs/results.md, \"A longer edge head\").")
     candidates: int = setting(
         40, "Candidate edges per sample the edge head is trained on (ranks 1..candidates, "
             "capped at k - 1); :attr:`ClusterConfig.candidates` should match.")
