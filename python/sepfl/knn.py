@@ -32,9 +32,9 @@ Backends
     (recall >= 0.99 against fp32 on face-like data).
 ``"auto"``
     ``"torch"`` for every exact search (on the CPU, a search of every row computes
-    half the products exact faiss does) and wherever the precision is reduced; ``"faiss"`` for an
-    approximate search in float32 on the CPU when faiss is importable
-    (:func:`choose_backend`). With ``precision="auto"`` (the default) a search on a
+    half the products exact faiss does) and wherever the precision is reduced;
+    ``"faiss"`` for an approximate search in float32 on the CPU when faiss is
+    importable (:func:`choose_backend`). With ``precision="auto"`` (the default) a search on a
     CPU with AMX, exact or approximate, runs on the torch backend in bf16
     (:func:`resolve_precision`), any other search in fp32.
 
