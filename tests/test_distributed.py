@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics.cluster import contingency_matrix
 
 from sepfl import distributed
 from sepfl.cluster import cluster
@@ -107,6 +107,16 @@ def runs(faces):
     return single, _spawn(faces.features, model, settings)
 
 
+def _moved(expected, found):
+    """Samples that must move to turn partition ``found`` into ``expected`` (each cluster
+    of one matched to the cluster of the other holding most of it, whichever way gives
+    more): 0 for the same partition under any numbering, 1 when one sample left its
+    cluster, whatever the size of that cluster."""
+    table = contingency_matrix(expected, found, sparse=True)
+    n = len(expected)
+    return max(n - table.max(axis=1).sum(), n - table.max(axis=0).sum())
+
+
 def _assert_scores_match(single, ranks):
     """Each rank's candidate edges and scores are the single process's edges from its rows,
     the scores up to an embedding's last bits, except where an end's kNN list differs
@@ -132,8 +142,7 @@ def test_same_partition_as_one_process(runs):
         labels = report[4]
         # an embedding's last bits depend on the node tile it shares (see
         # sepfl.distributed), so an Infomap partition can move a sample or two
-        assert adjusted_rand_score(single.labels, labels) > 0.999
-        assert (labels != single.labels).sum() <= 3
+        assert _moved(single.labels, labels) <= 3
     np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
     _assert_scores_match(single, ranks)
 
@@ -181,8 +190,7 @@ def test_sharded_features_give_the_one_process_lists_and_partition(runs, faces):
         assert (nbrs == expected).mean() > 0.999
         np.testing.assert_array_equal(np.sort(nbrs, 1), np.sort(expected, 1))
         np.testing.assert_array_equal(report[5], single.density[rows.start:rows.stop])
-        assert adjusted_rand_score(single.labels, labels) > 0.999
-        assert (labels != single.labels).sum() <= 3
+        assert _moved(single.labels, labels) <= 3
         # the shards' broadcasts and the named rows' fetch, no all-gather of features
         assert "knn" in report[9]
     np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
@@ -199,7 +207,7 @@ def test_sepfl_scheme_matches_one_process(faces):
     ranks = _spawn(features, model, settings)
     assert all(report[1] == "ok" for report in ranks.values()), ranks
     for report in ranks.values():
-        assert adjusted_rand_score(single.labels, report[4]) > 0.999
+        assert _moved(single.labels, report[4]) <= 3
 
 
 def test_prior_shift_estimates_the_prior_over_every_rank(faces):
@@ -214,7 +222,7 @@ def test_prior_shift_estimates_the_prior_over_every_rank(faces):
     assert all(report[1] == "ok" for report in ranks.values()), ranks
     for report in ranks.values():
         assert report[12].prior == pytest.approx(single.grouping.prior, rel=1e-6)
-        assert adjusted_rand_score(single.labels, report[4]) > 0.999
+        assert _moved(single.labels, report[4]) <= 3
 
 
 @pytest.mark.parametrize("fail", ["raise", "hang"])
