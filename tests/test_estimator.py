@@ -125,11 +125,24 @@ def test_fit_predict_returns_numpy_labels(faces, fitted):
 def test_save_load_round_trip(tmp_path, faces, fitted):
     path = tmp_path / "model.pt"
     fitted.save(path)
-    loaded = SEPFL.load(path)
+    loaded = SEPFL.load(path, progress=False)
     assert loaded.cluster_config == fitted.cluster_config
     np.testing.assert_array_equal(loaded.predict(faces.features), fitted.predict(faces.features))
     assert SEPFL.load(path, threshold=1.0).cluster_config.threshold == 1.0
-    assert SEPFL.load(path).get_params() == fitted.get_params()
+    assert SEPFL.load(path, progress=False).get_params() == fitted.get_params()
+
+
+def test_load_leaves_progress_and_threads_to_the_caller(tmp_path, fitted):
+    # fitted was trained and saved with progress=False: a later run still shows its bars
+    path = tmp_path / "model.pt"
+    fitted.set_params(threads=1).save(path)
+    try:
+        params = SEPFL.load(path).get_params()
+    finally:
+        fitted.set_params(threads=None)
+    assert params["progress"] is True and params["threads"] is None
+    assert params["edge_steps"] == fitted.get_params()["edge_steps"] == 300
+    assert SEPFL.load(path, threads=2).cluster_config.threads == 2
 
 
 def test_model_saved_for_cuda_loads_on_a_cpu_machine(tmp_path, faces, fitted):

@@ -59,6 +59,8 @@ def _defaults() -> Tuple[Dict[str, Any], FrozenSet[str]]:
 
 
 _DEFAULTS, _PER_CONFIG = _defaults()
+# settings of one run that a saved model does not carry over to the next
+_RUN_TIME = ("progress", "threads")
 
 
 def _build(cls: type, params: Mapping[str, Any]):
@@ -316,7 +318,9 @@ class SEPFL:
         The stored settings come first (k is the model's), then the non-default
         fields of ``cluster_config``, then ``params``; only then are they
         validated, so ``SEPFL.load(path, device="cpu")`` reads a model saved
-        with ``device="cuda"`` on a machine without a GPU.
+        with ``device="cuda"`` on a machine without a GPU. ``progress`` and
+        ``threads`` are not taken from the file: how visibly and on how many
+        threads to run is this run's choice, not the one of the run that saved it.
         """
         checkpoint = load_checkpoint(path)
         trained = checkpoint["config"]  # None for a bare state_dict
@@ -327,6 +331,8 @@ class SEPFL:
                        (checkpoint.get("cluster_config") or {}).items()
                        if name in known and value != known[name]})
         stored["k"] = checkpoint["model"].k
+        for name in _RUN_TIME:
+            stored.pop(name, None)
         overrides = _from_configs([cluster_config]) if cluster_config is not None else {}
         estimator = cls(**{**stored, **overrides, **params})
         _check(estimator.get_params())  # only now that every override is applied
