@@ -22,7 +22,8 @@ four randomised face models (seeds 7001-7004). The ``drawn`` populations are
 more randomised models: 7005-7007 first clustered after that choice was made;
 7008-7010 first clustered on 2026-12-04, after a model trained on a hard mixture
 (``random_models(hard=True)``) had been chosen looking at the other ten; 7011-7012 first
-clustered on 2026-12-05 and run only when ``--only`` names them.
+clustered on 2026-12-05 and 7013-7015 later that day, after the bundled weights of that day
+were shipped; these five run only when ``--only`` names them.
 
 ``--thin S`` clusters a random share S of each test split instead (the same
 identities with fewer samples each, as in a smaller data set). ``--whole`` clusters
@@ -86,9 +87,10 @@ POPULATIONS = {
 # drawn as random_models draws face models, with seeds no model of the project was trained or
 # tuned on: 7005-7007 after the grouping of 2026-12-03 was fixed, 7008-7010 after a model
 # trained on a hard mixture (random_models(hard=True)) was chosen on 2026-12-04; 7011-7012,
-# after prior_shift was built on 2026-12-05, only run when --only names them
+# after prior_shift was built on 2026-12-05, 7013-7015 after that day's bundled weights were
+# shipped: only run when --only names them
 DRAWN_SEEDS = range(7005, 7011)
-LATER_SEEDS = range(7011, 7013)
+LATER_SEEDS = range(7011, 7016)
 POPULATIONS.update({f"drawn{seed}": (256, 1000, random_models(1, seed=seed)[0],
                                      f"one randomised face model, seed {seed}")
                     for seed in (*DRAWN_SEEDS, *LATER_SEEDS)})
