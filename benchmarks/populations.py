@@ -34,6 +34,7 @@ where every member of a family is there.
 
     python benchmarks/populations.py                          # bundled weights, D = 256 sets
     python benchmarks/populations.py --train --only d128,d512
+    python benchmarks/populations.py --train --train-ids 100 --only base  # 100 labelled ids
     python benchmarks/populations.py --thin 0.1               # ~6 samples per identity
     python benchmarks/populations.py --thin 0.05 --prior-shift  # and with prior_shift=True
     python benchmarks/populations.py --whole                  # whole look-alike families
@@ -106,6 +107,9 @@ DEFAULT_PARAMS = dict(join=None, prior_shift=False)
 def _model(args, dim: int, train) -> SEPFL:
     settings = dict(device="cpu", progress=False)
     if args.train:
+        if args.train_ids:  # make_splits numbers the training identities 0..n-1
+            kept = train.labels < args.train_ids
+            train = Dataset(train.features[kept], train.labels[kept])
         return SEPFL(**settings).fit(train.features, train.labels)
     if dim != 256:
         raise SystemExit("the bundled weights are for D = 256: use --train for d128 / d512")
@@ -203,6 +207,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="model to use (default: the bundled weights)")
     parser.add_argument("--train", action="store_true",
                         help="train on each population's own training split")
+    parser.add_argument("--train-ids", type=int, default=None, metavar="N",
+                        help="with --train, train on the first N identities of the training "
+                             "split only (how much labelled data a user needs)")
     parser.add_argument("--save", metavar="DIR",
                         help="with --train, save each population's model as DIR/NAME.pt (to "
                              "cluster it again with --checkpoint)")
@@ -218,6 +225,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.thin <= 1:
         parser.error(f"--thin must be in (0, 1], got {args.thin}")
+    if args.train_ids is not None and (not args.train or args.train_ids < 2):
+        parser.error("--train-ids needs --train and at least 2 identities")
     if args.whole and args.train:
         parser.error("--whole clusters a fresh population of each model, whose nuisance "
                      "subspace is not its training split's: use it with the bundled weights "
@@ -238,7 +247,9 @@ def main() -> None:
     sets = "whole populations" if args.whole else "test splits"
     print(header(f"quality across populations ({sets}, identities unseen in training"
                  + (f"; a random {args.thin:g} of each)" if args.thin < 1 else ")")))
-    print("model: " + ("trained on each population's own training split" if args.train
+    print("model: " + ("trained on each population's own training split"
+                       + (f" (its first {args.train_ids} identities)" if args.train_ids else "")
+                       if args.train
                        else (args.checkpoint or "bundled weights") + ", trained on a randomised "
                        "mixture of face models"))
     for name in dict.fromkeys(row[0] for row in rows):
