@@ -247,11 +247,13 @@ def main() -> None:
     sets = "whole populations" if args.whole else "test splits"
     print(header(f"quality across populations ({sets}, identities unseen in training"
                  + (f"; a random {args.thin:g} of each)" if args.thin < 1 else ")")))
-    print("model: " + ("trained on each population's own training split"
-                       + (f" (its first {args.train_ids} identities)" if args.train_ids else "")
-                       if args.train
-                       else (args.checkpoint or "bundled weights") + ", trained on a randomised "
-                       "mixture of face models"))
+    if args.train:
+        model = "trained on each population's own training split" + (
+            f" (its first {args.train_ids} identities)" if args.train_ids else "")
+    else:
+        model = (args.checkpoint or "bundled weights") + ", trained on a randomised mixture of " \
+            "face models"
+    print("model: " + model)
     for name in dict.fromkeys(row[0] for row in rows):
         print(f"- {name}: {POPULATIONS[name][3]}")
     print(table(["population", "method", "F_P", "F_B", "P", "R", "NMI", "seconds", "note"], rows))
