@@ -9,7 +9,9 @@ with the bundled weights, it prints milliseconds per node of
   in float32 (its default) and under bfloat16 autocast; timed on
   ``--old-nodes`` nodes, plus its projections over all N;
 * the **new path** (``node_embeddings``) in float32 and in the auto-selected
-  compute dtype, over all N;
+  compute dtype, over all N; where its bfloat16 token mix runs fused on AMX
+  (``ops.token_mix_``), also with that step as torch's ops (as on a CPU without
+  AMX);
 * the **GEMM floor**: the same matrix products as the new path (channel mix,
   token mix, attention, projections) as plain ``torch.mm`` calls on node
   tiles with preallocated outputs, at the new path's tile size and at
@@ -25,6 +27,7 @@ against the float32 reference path (``embed`` over gathered neighbour features
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -118,6 +121,21 @@ def gemm_floor(dim, k, tile, dtype, nodes):
     return dense + min(loop(token_left), loop(token_channels_first))
 
 
+@contextlib.contextmanager
+def torch_token_mix(model):
+    """The new path with its token mix as torch's ops, as where ``ops.token_mix_ready()``
+    is False: the model's folded weights are rebuilt without the fused step, and again
+    after."""
+    ready = ops.token_mix_ready
+    ops.token_mix_ready = lambda: False
+    model.__dict__.pop("_folded", None)
+    try:
+        yield
+    finally:
+        ops.token_mix_ready = ready
+        model.__dict__.pop("_folded", None)
+
+
 def flops_per_node(dim, k):
     width = 2 * dim
     return 2 * (k * 2 * width * width + width * (2 * k * (k + 1) + k * (2 * k + 1))
@@ -149,7 +167,9 @@ def main() -> None:
     tiles = {dtype: cpu_tile(dim, k, dtype) for dtype in (torch.float32, torch.bfloat16)}
     names += [f"GEMM floor, {str(dtype)[6:]} (tiles of {tile} and 256 nodes)"
               for dtype, tile in tiles.items()]
-    best = dict.fromkeys(names, float("inf"))
+    # the bf16 path with its token mix as torch's ops, where the fused AMX step runs
+    unfused = "new path, bf16, token mix by torch ops" if auto and ops.token_mix_ready() else None
+    best = dict.fromkeys(names + [unfused] * (unfused is not None), float("inf"))
     scoring, old_e, new = {}, {}, {}
     # Rounds of every measurement, best of each: the machine is shared, so
     # interleaving keeps a busy spell from landing on one path only.
@@ -164,6 +184,11 @@ def main() -> None:
             start = time.perf_counter()
             new[bf16] = e, model.score_pairs(e, src, dst, bf16=bf16)
             scoring[name] = min(scoring.get(name, float("inf")), time.perf_counter() - start)
+        if unfused:
+            with torch_token_mix(model):
+                start = time.perf_counter()
+                model.node_embeddings(x, nbrs, bf16=True)
+                best[unfused] = min(best[unfused], (time.perf_counter() - start) / n)
         for name, (dtype, tile) in zip(names[4:], tiles.items()):
             best[name] = min(best[name], *(gemm_floor(dim, k, t, dtype, 2048)
                                            for t in (tile, 256)))
@@ -186,7 +211,8 @@ def main() -> None:
           f"{flops_per_node(dim, k) / 1e6:.1f} MFLOP per node in the new path's GEMMs")
     print(table(["path", "ms / node", f"pair scores s ({len(src):,} pairs)"],
                 [(name, f"{best[name] * 1e3:.3f}",
-                  f"{scoring[name]:.2f}" if name in scoring else "") for name in names]))
+                  f"{scoring[name]:.2f}" if name in scoring else "")
+                 for name in names[:4] + [unfused] * (unfused is not None) + names[4:]]))
     print(f"new default vs GEMM floor (best of fp32 / bf16): {new_default / best_floor:.2f}x; "
           f"old default vs new default: {old_default / new_default:.1f}x")
     print(f"max |e| difference, old fp32 path vs new fp32 path: {gap_old:.1e}; max |P| "

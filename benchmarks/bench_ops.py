@@ -17,6 +17,7 @@ import torch
 from common import components_scipy, header, table, timed
 from sepfl import ops
 from sepfl.knn import search_width
+from sepfl.model import cpu_tile
 
 
 def knn_like(n: int, k: int, rng: np.random.Generator):
@@ -157,6 +158,32 @@ def main() -> None:
     bench(f"RowTopk ({block.shape[0]} x {block.shape[1]:,} bf16 scores, width {width})",
           row_topk, [("torch", topk_torch)], close(rtol=0, atol=0))
     del block, tiles
+
+    # the node embeddings' token mix on one CPU tile of bfloat16 activations, fused (AMX)
+    # against the torch ops the path runs without it
+    if ops.token_mix_ready():
+        nodes, width = cpu_tile(d, k, torch.bfloat16), 2 * d
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randn(k + 1, nodes * width, generator=g).bfloat16()
+        tokens[k] = 1
+        w_in = (torch.randn(2 * k, k + 1, generator=g) / (k + 1) ** 0.5).bfloat16()
+        w_out = (torch.randn(k, 2 * k + 1, generator=g) / (2 * k + 1) ** 0.5).bfloat16()
+        scale = torch.rand(width, generator=g) + 0.5
+        tiles, gain = ops.token_mix_weights(w_in, w_out), scale.bfloat16()
+        mixed = torch.ones(2 * k + 1, nodes * width, dtype=torch.bfloat16)
+
+        def token_mix_torch():
+            out = tokens.clone()
+            torch.ops.aten.gelu_(torch.mm(w_in, out, out=mixed[:2 * k]))
+            out[:k].view(k, nodes, width).addcmul_(torch.mm(w_out, mixed).view(k, nodes, width),
+                                                   gain)
+            return out.float()
+
+        bench(f"token_mix_ ({nodes} nodes, bf16)",
+              lambda: ops.token_mix_(tokens.clone(), *tiles, scale).float(),
+              [("torch", token_mix_torch)], close(rtol=2 ** -5, atol=5e-2))
+    else:
+        print("token_mix_: skipped (no AMX-BF16 here)")
 
     for e in (n, 10 * n):
         src, dst = rng.integers(0, n, e), rng.integers(0, n, e)

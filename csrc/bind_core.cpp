@@ -145,6 +145,35 @@ Floats gather_add(const Floats& a, const Floats& bproj, const Indices& nbrs,
   return out;
 }
 
+// tokens [k + 1, cols] bfloat16 bits, in place; w_in, w_out padded as token_mix_cpu says
+// (token_mix_shapes gives the shapes), scale [width] float32.
+void token_mix(Array<uint16_t>& tokens, const Array<uint16_t>& w_in,
+               const Array<uint16_t>& w_out, const Floats& scale) {
+  require_ndim(tokens, 2, "tokens");
+  require_ndim(w_in, 2, "w_in");
+  require_ndim(w_out, 2, "w_out");
+  require_ndim(scale, 1, "scale");
+  const int64_t k = tokens.shape(0) - 1, cols = tokens.shape(1), width = scale.shape(0);
+  SEPFL_CHECK(k >= 1, "tokens must have at least 2 rows (k tokens and the row of ones)");
+  require_dim(w_in, 0, sepfl::token_mix_rows(2 * k), "w_in");
+  require_dim(w_in, 1, sepfl::token_mix_depth(k + 1), "w_in");
+  require_dim(w_out, 0, sepfl::token_mix_rows(k), "w_out");
+  require_dim(w_out, 1, sepfl::token_mix_depth(2 * k + 1), "w_out");
+  SEPFL_CHECK(width >= 1 && cols % width == 0,
+              "tokens' " << cols << " columns must be a multiple of scale's " << width);
+  uint16_t* data = tokens.mutable_data();
+  py::gil_scoped_release release;
+  sepfl::token_mix_cpu(data, k, cols, width, w_in.data(), w_out.data(), scale.data());
+}
+
+// The padded shapes of token_mix's weights for k tokens: ((rows, cols) of w_in, of w_out).
+py::tuple token_mix_shapes(int64_t k) {
+  SEPFL_CHECK(k >= 1, "k must be >= 1, got " << k);
+  return py::make_tuple(
+      py::make_tuple(sepfl::token_mix_rows(2 * k), sepfl::token_mix_depth(k + 1)),
+      py::make_tuple(sepfl::token_mix_rows(k), sepfl::token_mix_depth(2 * k + 1)));
+}
+
 Floats aggregate(const Floats& weights, const Floats& features, const Indices& nbrs,
                  const Indices& node_ids) {
   require_ndim(weights, 2, "weights");
@@ -280,6 +309,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("aggregate", &bind::aggregate, py::arg("weights").noconvert(),
         py::arg("features").noconvert(), py::arg("nbrs").noconvert(),
         py::arg("node_ids").noconvert());
+  m.def("token_mix", &bind::token_mix, py::arg("tokens").noconvert(),
+        py::arg("w_in").noconvert(), py::arg("w_out").noconvert(),
+        py::arg("scale").noconvert());
+  m.def("token_mix_ready", &sepfl::token_mix_ready);
+  m.def("token_mix_shapes", &bind::token_mix_shapes, py::arg("k"));
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());
   m.def("list_dots", &bind::list_dots, py::arg("features").noconvert(),

@@ -62,6 +62,23 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
                    const int64_t* node_ids, int64_t n, int64_t k, int64_t d, int64_t b,
                    float* out);
 
+// The token-mixing step of the node embeddings' bfloat16 path, in place on tokens
+// [k + 1, cols] (bfloat16 bits; row k all ones, the bias row): for rows r < k,
+//   tokens[r, c] += scale[c % width] * sum_j w_out[r, j] * m[j, c],
+//   m = [GELU(w_in @ tokens); 1] (exact-form GELU, float32 sums, m rounded to bfloat16),
+// where w_in holds the first token-mix Linear with its bias as column k, zero-padded to
+// [token_mix_rows(2k), token_mix_depth(k + 1)], and w_out the second with its bias as
+// column 2k, padded to [token_mix_rows(k), token_mix_depth(2k + 1)] (bfloat16 bits);
+// scale [width] float32, cols a multiple of width. Only where token_mix_ready(): AMX-BF16
+// (token_mix_amx.cpp); throws std::runtime_error elsewhere.
+bool token_mix_ready();
+void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
+                   const uint16_t* w_in, const uint16_t* w_out, const float* scale);
+// Padded weight shapes of token_mix_cpu: rows to a multiple of 16 (an AMX tile's rows),
+// columns to a multiple of 32 (the bfloat16 depth of one AMX product).
+constexpr int64_t token_mix_rows(int64_t rows) { return (rows + 15) / 16 * 16; }
+constexpr int64_t token_mix_depth(int64_t cols) { return (cols + 31) / 32 * 32; }
+
 // nbrs [n, k], edges (src, dst) [e] -> shared, reverse [e]: shared[i] = how many entries
 // of dst[i]'s list are in src[i]'s list (-1 slots never count), reverse[i] = the first
 // rank at which src[i] appears in dst[i]'s list, k when it does not.

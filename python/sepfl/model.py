@@ -604,7 +604,9 @@ class _Folded:
     * ``token_in`` [2k, k + 1], ``token_out`` [k, 2k + 1]: the token-mix Linears
       with their bias as a last column (the activations carry a row of ones);
       ``token_scale`` [2D]: ``token_bn``'s scale (its shift is folded into
-      ``attention_bias``).
+      ``attention_bias``). ``token_tiles``: both Linears padded for
+      :func:`sepfl.ops.token_mix_` and ``token_gain`` float32 [2D], the same scale,
+      where that fused step runs (bfloat16 on a CPU with AMX), else None.
     * ``attention`` [D, 2D], ``attention_bias`` [D]: the first attention Linear
       with ``attention_bn`` and the ``token_bn`` shift folded in;
       ``attention_out`` [D] and float ``attention_out_bias``: the last one.
@@ -624,6 +626,8 @@ class _Folded:
     token_in: torch.Tensor
     token_out: torch.Tensor
     token_scale: torch.Tensor
+    token_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    token_gain: Optional[torch.Tensor]
     attention: torch.Tensor
     attention_bias: torch.Tensor
     attention_out: torch.Tensor
@@ -668,11 +672,16 @@ class _Folded:
         def c(x: torch.Tensor) -> torch.Tensor:
             return x.to(dtype).contiguous()
 
+        fused = (dtype == torch.bfloat16 and first.device.type == "cpu"
+                 and ops.token_mix_ready())
+
         return cls(key=key, centre=c(first[:, :dim]), neighbour=c(first[:, dim:]),
                    hidden_bias=c(first_bias), first=c(first),
                    first_bias=c(first_bias - first @ mix_bias), mix=c(mix),
                    mix_bias=c(mix_bias), token_in=c(token_in), token_out=c(token_out),
-                   token_scale=c(token_scale), attention=c(attention),
+                   token_scale=c(token_scale),
+                   token_tiles=ops.token_mix_weights(token_in, token_out) if fused else None,
+                   token_gain=token_scale.float() if fused else None, attention=c(attention),
                    attention_bias=c(attention_bias), attention_out=c(attention_out[0]),
                    attention_out_bias=float(attention_out_bias[0]), pair_in=c(pair_in),
                    pair_in_bias=c(pair_in_bias), pair_mid=c(pair_mid),
@@ -760,9 +769,14 @@ class _Tables:
         else:
             hidden = torch.addmm(folded.first_bias, x, folded.first.t())
         x.addmm_(_gelu_(hidden), folded.mix.t())
-        _gelu_(torch.mm(folded.token_in, tokens.view(k + 1, b * width), out=mixed[:2 * k]))
-        token_mix = torch.mm(folded.token_out, mixed)
-        x.view(k, b, width).addcmul_(token_mix.view(k, b, width), folded.token_scale)
+        if folded.token_tiles is not None:
+            ops.token_mix_(tokens.view(k + 1, b * width), *folded.token_tiles,
+                           folded.token_gain)
+        else:
+            _gelu_(torch.mm(folded.token_in, tokens.view(k + 1, b * width),
+                            out=mixed[:2 * k]))
+            token_mix = torch.mm(folded.token_out, mixed)
+            x.view(k, b, width).addcmul_(token_mix.view(k, b, width), folded.token_scale)
         hidden = _gelu_(torch.addmm(folded.attention_bias, x, folded.attention.t()))
         weights = torch.mv(hidden, folded.attention_out).view(k, b).t()
         return weights.float() + folded.attention_out_bias

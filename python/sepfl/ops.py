@@ -329,6 +329,61 @@ def gather_add(a: Array, bproj: Array, nbrs: Array, node_ids: Array,
     return _wrap(out, is_tensor(a))
 
 
+def token_mix_ready() -> bool:
+    """Whether :func:`token_mix_` runs here: this build has its AMX kernel, the CPU
+    lists AMX-BF16 and AVX-512 BF16, and the OS lets this process use AMX tiles."""
+    return bool(_core.token_mix_ready())
+
+
+def token_mix_weights(w_in: torch.Tensor, w_out: torch.Tensor) -> Tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """The token-mix Linears ``w_in`` [2k, k + 1] and ``w_out`` [k, 2k + 1] (bias as
+    the last column; any float dtype) as :func:`token_mix_` reads them: bfloat16,
+    zero-padded to the AMX tile shapes."""
+    k = w_out.shape[0]
+    if w_in.shape != (2 * k, k + 1) or w_out.shape != (k, 2 * k + 1):
+        raise ValueError(f"expected w_in [2k, k + 1] and w_out [k, 2k + 1], got "
+                         f"{tuple(w_in.shape)} and {tuple(w_out.shape)}")
+    padded = []
+    for weight, shape in zip((w_in, w_out), _core.token_mix_shapes(k)):
+        tiles = torch.zeros(shape, dtype=torch.bfloat16)
+        tiles[:weight.shape[0], :weight.shape[1]] = weight
+        padded.append(tiles)
+    return padded[0], padded[1]
+
+
+def token_mix_(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
+               scale: torch.Tensor) -> torch.Tensor:
+    """The token-mixing step of the bfloat16 node embeddings, fused, in place (CPU, AMX).
+
+    Parameters
+    ----------
+    tokens : bfloat16 Tensor [k + 1, C], C-contiguous
+        Token-major activations of C / W nodes' W channels each; row k all ones (the
+        bias row).
+    w_in, w_out : bfloat16 Tensor
+        :func:`token_mix_weights` of the two token-mix Linears.
+    scale : float32 Tensor [W]
+        Per-channel gain of the mix.
+
+    Returns
+    -------
+    tokens, with rows 0..k-1 plus ``scale[c % W] * (w_out @ [GELU(w_in @ tokens); 1])``
+    (exact-form GELU, float32 sums, the GELU's output rounded to bfloat16 once).
+    """
+    for name, t, dtype in (("tokens", tokens, torch.bfloat16), ("w_in", w_in, torch.bfloat16),
+                           ("w_out", w_out, torch.bfloat16), ("scale", scale, torch.float32)):
+        if not is_tensor(t) or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous {dtype} CPU tensor")
+    _core.token_mix(_bits(tokens), _bits(w_in), _bits(w_out), scale.numpy())
+    return tokens
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """A contiguous bfloat16 CPU tensor's bits as a uint16 numpy view (no copy)."""
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
 def aggregate(weights: Array, features: Array, nbrs: Array, node_ids: Array) -> Array:
     """Weighted sum of each node's neighbour features, without materialising them.
 
@@ -441,7 +496,7 @@ class RowTopk:
             if tile.ndim != 2 or tile.is_cuda:
                 raise ValueError(f"tile must be a 2-D CPU tensor, got {tuple(tile.shape)} on "
                                  f"{tile.device}")
-            bits = tile.contiguous().view(torch.int16).numpy().view(np.uint16)
+            bits = _bits(tile.contiguous())
         else:
             bits = _to_numpy(as_values(tile, "tile", 2))
         self._best.offer(bits, first_col, first_row, mirror)

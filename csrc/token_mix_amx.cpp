@@ -1,0 +1,166 @@
+// The token-mixing step of the node embeddings on AMX tiles (token_mix_cpu in ops_cpu.h).
+//
+// This file alone is compiled with -mamx-tile -mamx-bf16 and AVX-512 (CMakeLists.txt):
+// nothing in it may run before token_mix_ready() (token_mix_cpu.cpp) has found AMX-BF16
+// and the OS's leave to use its tiles.
+//
+// Per block of 16 columns (one node's channels, or the tail of the last node's):
+//   1. the block's k + 1 token rows are packed as bfloat16 row pairs (the VNNI layout
+//      of an AMX B operand), zero-padded to k1p rows;
+//   2. hidden = w_in @ tokens, 16 output rows per tile, each tile's float32 result
+//      through the exact-form GELU and packed the same way as the B operand of
+//   3. mix = w_out @ [hidden; 1], then tokens[r, c] += scale[c % width] * mix[r, c],
+//      rounded to bfloat16 once.
+// Every product accumulates in float32; the hidden activations are rounded to bfloat16
+// once, as the B operand must be.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "ops_cpu.h"
+
+namespace sepfl {
+
+namespace {
+
+constexpr int64_t kTile = 16;  // rows of an output tile, columns of a block
+constexpr int64_t kDepth = 32;  // bfloat16 values of an A tile row (one product's depth)
+// tile registers (the _tile_* intrinsics need them as literals): results 0 and 1, the
+// weights' A operands 2 and 3, the packed activations' B operand 4
+constexpr int kTiles = 5;
+
+// palette 1, every tile 16 rows of 64 bytes
+struct TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void load_tile_config() {
+  TileConfig config;
+  for (int t = 0; t < kTiles; ++t) {
+    config.colsb[t] = 64;
+    config.rows[t] = kTile;
+  }
+  _tile_loadconfig(&config);
+}
+
+// Exact-form GELU x * Phi(x) of 16 floats, with Phi(|x|) = 1 - q and Phi(-|x|) = q,
+// q = (1 - erf(|x| / sqrt 2)) / 2 = 1 / (2 (1 + a1 z + ... + a6 z^6)^16) for z = |x| / sqrt 2
+// (Abramowitz & Stegun 7.1.28, absolute error of erf below 3e-7; the coefficients below are
+// a_i / sqrt(2)^i, so the polynomial takes |x|). The reciprocal by rcp14 and one Newton step.
+// Far below bfloat16's rounding.
+inline __m512 gelu(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 a = _mm512_abs_ps(x);
+  __m512 poly = _mm512_set1_ps(5.382975e-6f);
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(4.8890636e-5f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(3.8003575e-5f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(3.2776263e-3f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(2.1141006e-2f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(4.9867347e-2f));
+  poly = _mm512_fmadd_ps(poly, a, one);
+  __m512 r = _mm512_rcp14_ps(poly);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(poly, r, _mm512_set1_ps(2.f)));
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  const __m512 q = _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_set1_ps(0.5f));
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, _mm512_sub_ps(one, q), q));
+}
+
+// Rows a and b (16 floats each) as 32 bfloat16 values a0 b0 a1 b1 ...: one row pair of a
+// B operand.
+inline __m512i row_pair(__m512 a, __m512 b) {
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half
+  const __m512i interleave = _mm512_set_epi16(
+      31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+      23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(interleave, both);
+}
+
+inline __m512 load_bf16(const uint16_t* p, __mmask16 lanes) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// hidden (or mix) rows m .. m + 31 (one or two tiles) of one block: the products of
+// `rows` tile rows of `w` (stride `depth`) with the packed B operand `b` of `depth` rows.
+// Results in c[0 .. 16 * 16 * tiles).
+inline void products(const uint16_t* w, int64_t depth, int tiles, const uint16_t* b,
+                     float* c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  for (int64_t kc = 0; kc < depth; kc += kDepth) {
+    _tile_loadd(4, b + kc * kTile, 64);
+    _tile_loadd(2, w + kc, depth * 2);
+    _tile_dpbf16ps(0, 2, 4);
+    if (tiles == 2) {
+      _tile_loadd(3, w + kTile * depth + kc, depth * 2);
+      _tile_dpbf16ps(1, 3, 4);
+    }
+  }
+  _tile_stored(0, c, 64);
+  if (tiles == 2) _tile_stored(1, c + kTile * kTile, 64);
+}
+
+}  // namespace
+
+void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
+                   const uint16_t* w_in, const uint16_t* w_out, const float* scale) {
+  const int64_t hidden = 2 * k;
+  const int64_t in_depth = token_mix_depth(k + 1), out_depth = token_mix_depth(hidden + 1);
+  const int64_t in_rows = token_mix_rows(hidden), out_rows = token_mix_rows(k);
+  const int64_t blocks = (cols + kTile - 1) / kTile;
+#pragma omp parallel
+  {
+    load_tile_config();
+    // packed B operands (row pairs of 16 columns) and one or two float32 result tiles
+    std::vector<uint16_t> in(in_depth * kTile), mixed(out_depth * kTile);
+    std::vector<float> c(2 * kTile * kTile);
+    const __m512 ones = _mm512_set1_ps(1.f), zeros = _mm512_setzero_ps();
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t c0 = block * kTile;
+      const __mmask16 lanes = cols - c0 >= kTile ? 0xFFFF : (__mmask16)((1u << (cols - c0)) - 1);
+      for (int64_t r = 0; r < in_depth; r += 2) {
+        const __m512 a = r <= k ? load_bf16(tokens + r * cols + c0, lanes) : zeros;
+        const __m512 b = r + 1 <= k ? load_bf16(tokens + (r + 1) * cols + c0, lanes) : zeros;
+        _mm512_storeu_si512(in.data() + r * kTile, row_pair(a, b));
+      }
+      for (int64_t m = 0; m < in_rows; m += 2 * kTile) {
+        const int tiles = in_rows - m > kTile ? 2 : 1;
+        products(w_in + m * in_depth, in_depth, tiles, in.data(), c.data());
+        for (int64_t i = 0; i < tiles * kTile; i += 2) {
+          const __m512 a = gelu(_mm512_loadu_ps(c.data() + i * kTile));
+          const __m512 b = gelu(_mm512_loadu_ps(c.data() + (i + 1) * kTile));
+          _mm512_storeu_si512(mixed.data() + (m + i) * kTile, row_pair(a, b));
+        }
+      }
+      // row `hidden` is the bias row of ones (w_out's column 2k), every row after it zero
+      for (int64_t r = hidden; r < out_depth; r += 2) {
+        _mm512_storeu_si512(mixed.data() + r * kTile, row_pair(r == hidden ? ones : zeros, zeros));
+      }
+      float lane_scale[kTile] = {};
+      for (int64_t j = 0; j < kTile && c0 + j < cols; ++j) lane_scale[j] = scale[(c0 + j) % width];
+      const __m512 gain = _mm512_loadu_ps(lane_scale);
+      for (int64_t m = 0; m < out_rows; m += 2 * kTile) {
+        const int tiles = out_rows - m > kTile ? 2 : 1;
+        products(w_out + m * out_depth, out_depth, tiles, mixed.data(), c.data());
+        for (int64_t i = 0; i < tiles * kTile && m + i < k; ++i) {
+          uint16_t* row = tokens + (m + i) * cols + c0;
+          const __m512 sum = _mm512_fmadd_ps(gain, _mm512_loadu_ps(c.data() + i * kTile),
+                                             load_bf16(row, lanes));
+          _mm256_mask_storeu_epi16(row, lanes, (__m256i)_mm512_cvtneps_pbh(sum));
+        }
+      }
+    }
+    _tile_release();
+  }
+}
+
+}  // namespace sepfl
