@@ -34,6 +34,10 @@ def f32(*shape, fill=0.0):
     return np.full(shape, fill, np.float32)
 
 
+def u16(*shape):
+    return np.zeros(shape, np.uint16)
+
+
 def i64(*values):
     return np.array(values, np.int64)
 
@@ -188,6 +192,23 @@ CASES = [
          "_core.link(i64(0), i64(1), f32(1, fill=1.0), float('nan'), 2).tolist()",
          "returned [0, 1]"),
     case("link-no-nodes", "_core.link(i64(), i64(), None, 0.5, 0).shape", "returned (0,)"),
+    # token_mix (k = 2 tokens: w_in [16, 32], w_out [16, 32]), checked before any AMX work
+    case("token-mix-one-row", "_core.token_mix(u16(1, 4), u16(16, 32), u16(16, 32), f32(4))",
+         "raised ValueError"),
+    case("token-mix-w-in-unpadded", "_core.token_mix(u16(3, 4), u16(4, 3), u16(16, 32), f32(4))",
+         "raised ValueError"),
+    case("token-mix-w-out-short", "_core.token_mix(u16(3, 4), u16(16, 32), u16(16, 16), f32(4))",
+         "raised ValueError"),
+    case("token-mix-width-not-dividing",
+         "_core.token_mix(u16(3, 4), u16(16, 32), u16(16, 32), f32(3))", "raised ValueError"),
+    case("token-mix-empty-scale", "_core.token_mix(u16(3, 0), u16(16, 32), u16(16, 32), f32(0))",
+         "raised ValueError"),
+    case("token-mix-float-tokens", "_core.token_mix(f32(3, 4), u16(16, 32), u16(16, 32), f32(4))",
+         "raised TypeError"),
+    case("token-mix-read-only-tokens",
+         "_core.token_mix(readonly(u16(3, 4)), u16(16, 32), u16(16, 32), f32(4))",
+         "raised ValueError"),
+    case("token-mix-shapes-k-0", "_core.token_mix_shapes(0)", "raised ValueError"),
 ]
 
 
