@@ -3,11 +3,17 @@ test files."""
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from sepfl import ops
 from sepfl.model import PairClassifier
+
+
+# the fused bfloat16 token mix (ops.token_mix_) runs on CPUs with AMX-BF16 only
+needs_amx = pytest.mark.skipif(not ops.token_mix_ready(),
+                               reason="the fused token mix runs on AMX-BF16 only")
 
 
 def unit_rows(n, d, seed=0):

@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import oracles
+from samples import needs_amx
 import sepfl
 from sepfl import _core, ops
 from sepfl._threads import torch_threads
@@ -594,3 +595,55 @@ def test_list_dots_refuses_bad_indices():
         ops.list_dots(features, np.array([0, 1]), np.array([[0, 1], [2, 9]]))
     with pytest.raises(ValueError):
         ops.list_dots(features, np.array([0, 1]), np.zeros((3, 2), np.int64))
+
+
+def token_mix_reference(tokens, w_in, w_out, scale):
+    """float32 of what ops.token_mix_ computes from bfloat16 inputs: the hidden activations
+    rounded to bfloat16 once, everything else in float32."""
+    t = tokens.float()
+    k = t.shape[0] - 1
+    hidden = torch.nn.functional.gelu(w_in.float() @ t).bfloat16().float()
+    mix = w_out.float() @ torch.cat([hidden, torch.ones(1, t.shape[1])])
+    out = t.clone()
+    out[:k] += scale.repeat(t.shape[1] // scale.shape[0]) * mix
+    return out
+
+
+def random_token_mix(k, width, nodes, seed):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(k + 1, nodes * width, generator=g).bfloat16()
+    tokens[k] = 1
+    w_in = (torch.randn(2 * k, k + 1, generator=g) / (k + 1) ** 0.5).bfloat16()
+    w_out = (torch.randn(k, 2 * k + 1, generator=g) / (2 * k + 1) ** 0.5).bfloat16()
+    return tokens, w_in, w_out, torch.rand(width, generator=g) + 0.5
+
+
+@needs_amx
+@pytest.mark.parametrize("k,width,nodes", [(80, 512, 2), (5, 24, 3), (17, 8, 5), (1, 2, 1)])
+def test_fused_token_mix_equals_float32_reference(k, width, nodes):
+    # k and widths whose rows and columns are no multiple of the 16-row, 16-column tiles,
+    # blocks of 16 columns that span two nodes, a last block of fewer columns
+    tokens, w_in, w_out, scale = random_token_mix(k, width, nodes, seed=k)
+    want = token_mix_reference(tokens, w_in, w_out, scale)
+    got = ops.token_mix_(tokens.clone(), *ops.token_mix_weights(w_in, w_out), scale)
+    assert got.dtype == torch.bfloat16 and got.shape == tokens.shape
+    assert torch.equal(got[k], tokens[k])
+    assert float((want - tokens.float()).abs().max()) > 0.1  # the mix changed the tokens
+    # one bfloat16 rounding of each result, float32 sums in another order (and a hidden
+    # value's rounding may fall the other way)
+    assert torch.allclose(got.float(), want, rtol=2 ** -8, atol=1e-3)
+
+
+def test_token_mix_rejects_bad_weights_and_dtypes():
+    tokens, w_in, w_out, scale = random_token_mix(6, 8, 2, seed=0)
+    with pytest.raises(ValueError, match="w_in"):
+        ops.token_mix_weights(w_in[:, :-1], w_out)
+    tiles = ops.token_mix_weights(w_in, w_out)
+    with pytest.raises(TypeError, match="tokens"):
+        ops.token_mix_(tokens.float(), *tiles, scale)
+    with pytest.raises(TypeError, match="scale"):
+        ops.token_mix_(tokens, *tiles, scale.double())
+    with pytest.raises(ValueError, match="w_out"):  # checked before any work, AMX or not
+        ops.token_mix_(tokens, tiles[0], tiles[1][:, :-32].contiguous(), scale)
+    with pytest.raises(ValueError, match="multiple"):
+        ops.token_mix_(tokens, *tiles, torch.ones(5))
