@@ -9,9 +9,10 @@ with the bundled weights, it prints milliseconds per node of
   in float32 (its default) and under bfloat16 autocast; timed on
   ``--old-nodes`` nodes, plus its projections over all N;
 * the **new path** (``node_embeddings``) in float32 and in the auto-selected
-  compute dtype, over all N; where its bfloat16 token mix runs fused on AMX
-  (``ops.token_mix_``), also with that step as torch's ops (as on a CPU without
-  AMX);
+  compute dtype, over all N; where its bfloat16 steps written out for the CPU run
+  (the token mix fused on AMX, ``ops.token_mix_``; the hidden gather with its GELU
+  on AVX-512 BF16, ``ops.gather_gelu``), also with those steps as torch's ops (as
+  on a CPU without them);
 * the **GEMM floor**: the same matrix products as the new path (channel mix,
   token mix, attention, projections) as plain ``torch.mm`` calls on node
   tiles with preallocated outputs, at the new path's tile size and at
@@ -122,17 +123,17 @@ def gemm_floor(dim, k, tile, dtype, nodes):
 
 
 @contextlib.contextmanager
-def torch_token_mix(model):
-    """The new path with its token mix as torch's ops, as where ``ops.token_mix_ready()``
-    is False: the model's folded weights are rebuilt without the fused step, and again
-    after."""
-    ready = ops.token_mix_ready
-    ops.token_mix_ready = lambda: False
+def torch_ops_only(model):
+    """The new path with torch's ops only, as where ``ops.token_mix_ready()`` and
+    ``ops.gather_gelu_ready()`` are False: the model's folded weights are rebuilt
+    without the fused token mix, and again after."""
+    ready = ops.token_mix_ready, ops.gather_gelu_ready
+    ops.token_mix_ready = ops.gather_gelu_ready = lambda: False
     model.__dict__.pop("_folded", None)
     try:
         yield
     finally:
-        ops.token_mix_ready = ready
+        ops.token_mix_ready, ops.gather_gelu_ready = ready
         model.__dict__.pop("_folded", None)
 
 
@@ -167,8 +168,9 @@ def main() -> None:
     tiles = {dtype: cpu_tile(dim, k, dtype) for dtype in (torch.float32, torch.bfloat16)}
     names += [f"GEMM floor, {str(dtype)[6:]} (tiles of {tile} and 256 nodes)"
               for dtype, tile in tiles.items()]
-    # the bf16 path with its token mix as torch's ops, where the fused AMX step runs
-    unfused = "new path, bf16, token mix by torch ops" if auto and ops.token_mix_ready() else None
+    # the bf16 path with torch's ops only, where native steps run in it
+    native = ops.token_mix_ready() or ops.gather_gelu_ready()
+    unfused = "new path, bf16, torch ops only" if auto and native else None
     best = dict.fromkeys(names + [unfused] * (unfused is not None), float("inf"))
     scoring, old_e, new = {}, {}, {}
     # Rounds of every measurement, best of each: the machine is shared, so
@@ -185,7 +187,7 @@ def main() -> None:
             new[bf16] = e, model.score_pairs(e, src, dst, bf16=bf16)
             scoring[name] = min(scoring.get(name, float("inf")), time.perf_counter() - start)
         if unfused:
-            with torch_token_mix(model):
+            with torch_ops_only(model):
                 start = time.perf_counter()
                 model.node_embeddings(x, nbrs, bf16=True)
                 best[unfused] = min(best[unfused], (time.perf_counter() - start) / n)

@@ -159,6 +159,26 @@ def main() -> None:
           row_topk, [("torch", topk_torch)], close(rtol=0, atol=0))
     del block, tiles
 
+    # the node embeddings' first hidden activations of one CPU tile: bfloat16 sums of two
+    # rows of the [N, 4D] projection table with their GELU (AVX-512 BF16), against torch's
+    # embedding_bag and GELU
+    if ops.gather_gelu_ready():
+        nodes = cpu_tile(d, k, torch.bfloat16)
+        g = torch.Generator().manual_seed(0)
+        table = torch.randn(min(n, 100_000) + nodes, h, generator=g).bfloat16()
+        pairs = torch.stack([torch.randint(0, table.shape[0] - nodes, (k * nodes,), generator=g),
+                             (table.shape[0] - nodes + torch.arange(nodes)).repeat(k)], 1)
+
+        def gather_gelu_torch():
+            return torch.ops.aten.gelu_(torch.nn.functional.embedding_bag(pairs, table,
+                                                                          mode="sum")).float()
+
+        bench(f"gather_gelu ({nodes} nodes x k, H={h}, bf16)",
+              lambda: ops.gather_gelu(table, pairs).float(), [("torch", gather_gelu_torch)],
+              close(rtol=2 ** -5, atol=5e-2))
+    else:
+        print("gather_gelu: skipped (no AVX-512 BF16 here)")
+
     # the node embeddings' token mix on one CPU tile of bfloat16 activations, fused (AMX)
     # against the torch ops the path runs without it
     if ops.token_mix_ready():

@@ -166,6 +166,26 @@ void token_mix(Array<uint16_t>& tokens, const Array<uint16_t>& w_in,
   sepfl::token_mix_cpu(data, k, cols, width, w_in.data(), w_out.data(), scale.data());
 }
 
+// table [R, width] bfloat16 bits, pairs [rows, 2] of rows in [0, R) -> [rows, width]
+// bfloat16 bits (gather_gelu_cpu).
+Array<uint16_t> gather_gelu(const Array<uint16_t>& table, const Indices& pairs) {
+  require_ndim(table, 2, "table");
+  require_ndim(pairs, 2, "pairs");
+  require_dim(pairs, 1, 2, "pairs");
+  const int64_t table_rows = table.shape(0), width = table.shape(1), rows = pairs.shape(0);
+  const int64_t* entries = pairs.data();
+  for (int64_t i = 0; i < 2 * rows; ++i) {
+    SEPFL_CHECK_INDEX(entries[i] >= 0 && entries[i] < table_rows,
+                      "pairs[" << i / 2 << ", " << i % 2 << "] = " << entries[i]
+                               << " is outside the table's " << table_rows << " rows");
+  }
+  Array<uint16_t> out({rows, width});
+  uint16_t* data = out.mutable_data();
+  py::gil_scoped_release release;
+  sepfl::gather_gelu_cpu(table.data(), width, entries, rows, data);
+  return out;
+}
+
 // The padded shapes of token_mix's weights for k tokens: ((rows, cols) of w_in, of w_out).
 py::tuple token_mix_shapes(int64_t k) {
   SEPFL_CHECK(k >= 1, "k must be >= 1, got " << k);
@@ -313,6 +333,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("w_in").noconvert(), py::arg("w_out").noconvert(),
         py::arg("scale").noconvert());
   m.def("token_mix_ready", &sepfl::token_mix_ready);
+  m.def("gather_gelu", &bind::gather_gelu, py::arg("table").noconvert(),
+        py::arg("pairs").noconvert());
+  m.def("gather_gelu_ready", &sepfl::gather_gelu_ready);
   m.def("token_mix_shapes", &bind::token_mix_shapes, py::arg("k"));
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());

@@ -74,6 +74,15 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
 bool token_mix_ready();
 void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
                    const uint16_t* w_in, const uint16_t* w_out, const float* scale);
+// table [*, width] and pairs [rows, 2] -> out [rows, width], all bfloat16 bits but pairs:
+// out[i] = GELU(table[pairs[i, 0]] + table[pairs[i, 1]]) (exact-form GELU of the float32 sum,
+// rounded to bfloat16 once): the node embeddings' first hidden activations from their
+// factorised tables. Pairs are trusted (the binding checks them). Only where
+// gather_gelu_ready(): AVX-512 BF16 (gather_gelu_avx512.cpp); throws std::runtime_error
+// elsewhere.
+bool gather_gelu_ready();
+void gather_gelu_cpu(const uint16_t* table, int64_t width, const int64_t* pairs, int64_t rows,
+                     uint16_t* out);
 // Padded weight shapes of token_mix_cpu: rows to a multiple of 16 (an AMX tile's rows),
 // columns to a multiple of 32 (the bfloat16 depth of one AMX product).
 constexpr int64_t token_mix_rows(int64_t rows) { return (rows + 15) / 16 * 16; }

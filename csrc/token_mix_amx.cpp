@@ -1,7 +1,7 @@
 // The token-mixing step of the node embeddings on AMX tiles (token_mix_cpu in ops_cpu.h).
 //
 // This file alone is compiled with -mamx-tile -mamx-bf16 and AVX-512 (CMakeLists.txt):
-// nothing in it may run before token_mix_ready() (token_mix_cpu.cpp) has found AMX-BF16
+// nothing in it may run before token_mix_ready() (bf16_dispatch_cpu.cpp) has found AMX-BF16
 // and the OS's leave to use its tiles.
 //
 // Per block of 16 columns (one node's channels, or the tail of the last node's):
@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "gelu_avx512.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
@@ -46,31 +47,6 @@ void load_tile_config() {
     config.rows[t] = kTile;
   }
   _tile_loadconfig(&config);
-}
-
-// Exact-form GELU x * Phi(x) of 16 floats, with Phi(|x|) = 1 - q and Phi(-|x|) = q,
-// q = (1 - erf(|x| / sqrt 2)) / 2 = 1 / (2 (1 + a1 z + ... + a6 z^6)^16) for z = |x| / sqrt 2
-// (Abramowitz & Stegun 7.1.28, absolute error of erf below 3e-7; the coefficients below are
-// a_i / sqrt(2)^i, so the polynomial takes |x|). The reciprocal by rcp14 and one Newton step.
-// Far below bfloat16's rounding.
-inline __m512 gelu(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 a = _mm512_abs_ps(x);
-  __m512 poly = _mm512_set1_ps(5.382975e-6f);
-  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(4.8890636e-5f));
-  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(3.8003575e-5f));
-  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(3.2776263e-3f));
-  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(2.1141006e-2f));
-  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(4.9867347e-2f));
-  poly = _mm512_fmadd_ps(poly, a, one);
-  __m512 r = _mm512_rcp14_ps(poly);
-  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(poly, r, _mm512_set1_ps(2.f)));
-  r = _mm512_mul_ps(r, r);
-  r = _mm512_mul_ps(r, r);
-  r = _mm512_mul_ps(r, r);
-  const __m512 q = _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_set1_ps(0.5f));
-  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-  return _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, _mm512_sub_ps(one, q), q));
 }
 
 // Rows a and b (16 floats each) as 32 bfloat16 values a0 b0 a1 b1 ...: one row pair of a
@@ -136,8 +112,8 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
         const int tiles = in_rows - m > kTile ? 2 : 1;
         products(w_in + m * in_depth, in_depth, tiles, in.data(), c.data());
         for (int64_t i = 0; i < tiles * kTile; i += 2) {
-          const __m512 a = gelu(_mm512_loadu_ps(c.data() + i * kTile));
-          const __m512 b = gelu(_mm512_loadu_ps(c.data() + (i + 1) * kTile));
+          const __m512 a = gelu_avx512(_mm512_loadu_ps(c.data() + i * kTile));
+          const __m512 b = gelu_avx512(_mm512_loadu_ps(c.data() + (i + 1) * kTile));
           _mm512_storeu_si512(mixed.data() + (m + i) * kTile, row_pair(a, b));
         }
       }

@@ -209,6 +209,19 @@ CASES = [
          "_core.token_mix(readonly(u16(3, 4)), u16(16, 32), u16(16, 32), f32(4))",
          "raised ValueError"),
     case("token-mix-shapes-k-0", "_core.token_mix_shapes(0)", "raised ValueError"),
+    # gather_gelu: every pair checked before any work
+    case("gather-gelu-row-past-table", "_core.gather_gelu(u16(3, 16), i64(0, 3).reshape(1, 2))",
+         "raised IndexError"),
+    case("gather-gelu-row-minus-1", "_core.gather_gelu(u16(3, 16), i64(-1, 0).reshape(1, 2))",
+         "raised IndexError"),
+    case("gather-gelu-row-int64-max", "_core.gather_gelu(u16(3, 16), i64(0, BIG).reshape(1, 2))",
+         "raised IndexError"),
+    case("gather-gelu-three-columns", "_core.gather_gelu(u16(3, 16), i64(0, 1, 2).reshape(1, 3))",
+         "raised ValueError"),
+    case("gather-gelu-1d-table", "_core.gather_gelu(u16(16), i64(0, 0).reshape(1, 2))",
+         "raised ValueError"),
+    case("gather-gelu-float-table", "_core.gather_gelu(f32(3, 16), i64(0, 1).reshape(1, 2))",
+         "raised TypeError"),
 ]
 
 

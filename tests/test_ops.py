@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import oracles
-from samples import needs_amx
+from samples import needs_amx, needs_avx512_bf16
 import sepfl
 from sepfl import _core, ops
 from sepfl._threads import torch_threads
@@ -647,3 +647,31 @@ def test_token_mix_rejects_bad_weights_and_dtypes():
         ops.token_mix_(tokens, tiles[0], tiles[1][:, :-32].contiguous(), scale)
     with pytest.raises(ValueError, match="multiple"):
         ops.token_mix_(tokens, *tiles, torch.ones(5))
+
+
+@needs_avx512_bf16
+@pytest.mark.parametrize("width", [1024, 24, 7])
+def test_gather_gelu_is_the_gelu_of_the_float32_sums(width):
+    g = torch.Generator().manual_seed(width)
+    table = torch.randn(9, width, generator=g).bfloat16()
+    pairs = torch.randint(0, 9, (13, 2), generator=g)
+    want = torch.nn.functional.gelu(table[pairs[:, 0]].float() + table[pairs[:, 1]].float())
+    got = ops.gather_gelu(table, pairs)
+    assert got.dtype == torch.bfloat16 and got.shape == (13, width)
+    # one bfloat16 rounding of each value
+    assert torch.allclose(got.float(), want, rtol=2 ** -8, atol=1e-6)
+    assert ops.gather_gelu(table, pairs[:0]).shape == (0, width)
+
+
+def test_gather_gelu_refuses_bad_input():
+    table, pairs = torch.zeros(4, 16, dtype=torch.bfloat16), torch.tensor([[0, 3], [1, 2]])
+    with pytest.raises(TypeError, match="table"):
+        ops.gather_gelu(table.float(), pairs)
+    with pytest.raises(TypeError, match="pairs"):
+        ops.gather_gelu(table, pairs.int())
+    with pytest.raises(IndexError, match=r"pairs\[1, 1\] = 4"):  # checked before any work
+        ops.gather_gelu(table, torch.tensor([[0, 3], [1, 4]]))
+    with pytest.raises(IndexError, match="-1"):
+        ops.gather_gelu(table, torch.tensor([[-1, 0]]))
+    with pytest.raises(ValueError, match="pairs"):
+        ops.gather_gelu(table, torch.zeros(2, 3, dtype=torch.int64))

@@ -711,13 +711,17 @@ class _Tables:
       token mix's row of ones), then ``[f_u + mix_bias_lo ‖ 0]`` of the batch.
 
     So a tile's tokens arrive as ``[f_u ‖ f_j] + mix_bias``, ready to receive
-    the second channel-mix GEMM as a residual.
+    the second channel-mix GEMM as a residual. In bfloat16 on a CPU with AVX-512
+    BF16, the hidden sums come with their GELU from :func:`sepfl.ops.gather_gelu`.
     """
 
     def __init__(self, folded: _Folded, features: torch.Tensor, batch: int, factorised: bool):
         n, dim = features.shape
         self.folded, self.features, self.n, self.dim = folded, features, n, dim
         self.hidden: Optional[torch.Tensor] = None
+        # the hidden table's two rows per token summed with their GELU in one native pass
+        self.gather_gelu = (features.dtype == torch.bfloat16 and features.device.type == "cpu"
+                            and ops.gather_gelu_ready())
         if factorised:
             self.hidden = features.new_empty((n + 2 + batch, 4 * dim))
             torch.mm(features, folded.neighbour.t(), out=self.hidden[:n])
@@ -764,11 +768,13 @@ class _Tables:
         token_bags[:, :, 1] = self.slots[first_slot:first_slot + b]
         tokens = nn.functional.embedding_bag(bags, self.tokens, mode="sum")
         x = tokens[:k * b]
-        if self.hidden is not None:
-            hidden = nn.functional.embedding_bag(bags[:k * b], self.hidden, mode="sum")
+        if self.hidden is None:
+            hidden = _gelu_(torch.addmm(folded.first_bias, x, folded.first.t()))
+        elif self.gather_gelu:
+            hidden = ops.gather_gelu(self.hidden, bags[:k * b])
         else:
-            hidden = torch.addmm(folded.first_bias, x, folded.first.t())
-        x.addmm_(_gelu_(hidden), folded.mix.t())
+            hidden = _gelu_(nn.functional.embedding_bag(bags[:k * b], self.hidden, mode="sum"))
+        x.addmm_(hidden, folded.mix.t())
         if folded.token_tiles is not None:
             ops.token_mix_(tokens.view(k + 1, b * width), *folded.token_tiles,
                            folded.token_gain)

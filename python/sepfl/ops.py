@@ -379,6 +379,34 @@ def token_mix_(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
     return tokens
 
 
+def gather_gelu_ready() -> bool:
+    """Whether :func:`gather_gelu` runs here: this build has its AVX-512 kernel and the
+    CPU lists AVX-512 BF16."""
+    return bool(_core.gather_gelu_ready())
+
+
+def gather_gelu(table: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """GELU of sums of two table rows, in bfloat16 (CPU, AVX-512 BF16).
+
+    Parameters
+    ----------
+    table : bfloat16 Tensor [R, W], C-contiguous
+    pairs : int64 Tensor [M, 2], C-contiguous
+        Rows of ``table``, each in [0, R) (IndexError otherwise).
+
+    Returns
+    -------
+    bfloat16 Tensor [M, W]: ``GELU(table[pairs[i, 0]] + table[pairs[i, 1]])``, the exact-form
+    GELU of the float32 sum rounded to bfloat16 once (the node embeddings' first hidden
+    activations from their factorised tables).
+    """
+    for name, t, dtype in (("table", table, torch.bfloat16), ("pairs", pairs, torch.int64)):
+        if not is_tensor(t) or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous {dtype} CPU tensor")
+    out = _core.gather_gelu(_bits(table), pairs.numpy())
+    return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+
+
 def _bits(t: torch.Tensor) -> np.ndarray:
     """A contiguous bfloat16 CPU tensor's bits as a uint16 numpy view (no copy)."""
     return t.view(torch.int16).numpy().view(np.uint16)

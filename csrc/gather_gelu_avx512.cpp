@@ -1,0 +1,40 @@
+// The bfloat16 gather of the node embeddings' first hidden activations with their GELU
+// (gather_gelu_cpu in ops_cpu.h), written out for AVX-512 with BF16.
+//
+// This file alone is compiled with AVX-512 and BF16 flags (CMakeLists.txt): nothing in it
+// may run before gather_gelu_ready() (bf16_dispatch_cpu.cpp) has found them.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "gelu_avx512.h"
+#include "ops_cpu.h"
+
+namespace sepfl {
+
+namespace {
+
+inline __m512 load_bf16(const uint16_t* p, __mmask16 lanes) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+}  // namespace
+
+void gather_gelu_avx512(const uint16_t* table, int64_t width, const int64_t* pairs,
+                        int64_t rows, uint16_t* out) {
+  const __mmask16 tail = static_cast<__mmask16>((1u << (width % 16)) - 1);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const uint16_t* a = table + pairs[2 * i] * width;
+    const uint16_t* b = table + pairs[2 * i + 1] * width;
+    uint16_t* row = out + i * width;
+    for (int64_t c = 0; c < width; c += 16) {
+      const __mmask16 lanes = width - c >= 16 ? 0xFFFF : tail;
+      const __m512 sum = _mm512_add_ps(load_bf16(a + c, lanes), load_bf16(b + c, lanes));
+      _mm256_mask_storeu_epi16(row + c, lanes, (__m256i)_mm512_cvtneps_pbh(gelu_avx512(sum)));
+    }
+  }
+}
+
+}  // namespace sepfl

@@ -1,0 +1,34 @@
+// The exact-form GELU on 16 floats for the kernels compiled with AVX-512 (token_mix_amx.cpp,
+// gather_gelu_avx512.cpp); include it only from files built with AVX-512 flags.
+#pragma once
+
+#include <immintrin.h>
+
+namespace sepfl {
+
+// Exact-form GELU x * Phi(x) of 16 floats, with Phi(|x|) = 1 - q and Phi(-|x|) = q,
+// q = (1 - erf(|x| / sqrt 2)) / 2 = 1 / (2 (1 + a1 z + ... + a6 z^6)^16) for z = |x| / sqrt 2
+// (Abramowitz & Stegun 7.1.28, absolute error of erf below 3e-7; the coefficients below are
+// a_i / sqrt(2)^i, so the polynomial takes |x|). The reciprocal by rcp14 and one Newton step.
+// Far below bfloat16's rounding.
+inline __m512 gelu_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 a = _mm512_abs_ps(x);
+  __m512 poly = _mm512_set1_ps(5.382975e-6f);
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(4.8890636e-5f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(3.8003575e-5f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(3.2776263e-3f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(2.1141006e-2f));
+  poly = _mm512_fmadd_ps(poly, a, _mm512_set1_ps(4.9867347e-2f));
+  poly = _mm512_fmadd_ps(poly, a, one);
+  __m512 r = _mm512_rcp14_ps(poly);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(poly, r, _mm512_set1_ps(2.f)));
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  r = _mm512_mul_ps(r, r);
+  const __m512 q = _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_set1_ps(0.5f));
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, _mm512_sub_ps(one, q), q));
+}
+
+}  // namespace sepfl
