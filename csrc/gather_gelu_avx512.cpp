@@ -1,7 +1,7 @@
 // The bfloat16 gather of the node embeddings' first hidden activations with their GELU
 // (gather_gelu_cpu in ops_cpu.h), written out for AVX-512 with BF16.
 //
-// This file alone is compiled with AVX-512 and BF16 flags (CMakeLists.txt): nothing in it
+// This file is compiled with AVX-512 and BF16 flags (CMakeLists.txt): nothing in it
 // may run before gather_gelu_ready() (bf16_dispatch_cpu.cpp) has found them.
 #include <immintrin.h>
 

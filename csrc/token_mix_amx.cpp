@@ -1,6 +1,6 @@
 // The token-mixing step of the node embeddings on AMX tiles (token_mix_cpu in ops_cpu.h).
 //
-// This file alone is compiled with -mamx-tile -mamx-bf16 and AVX-512 (CMakeLists.txt):
+// This file is compiled with -mamx-tile -mamx-bf16 and AVX-512 (CMakeLists.txt):
 // nothing in it may run before token_mix_ready() (bf16_dispatch_cpu.cpp) has found AMX-BF16
 // and the OS's leave to use its tiles.
 //

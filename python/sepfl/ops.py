@@ -371,10 +371,8 @@ def token_mix_(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
     tokens, with rows 0..k-1 plus ``scale[c % W] * (w_out @ [GELU(w_in @ tokens); 1])``
     (exact-form GELU, float32 sums, the GELU's output rounded to bfloat16 once).
     """
-    for name, t, dtype in (("tokens", tokens, torch.bfloat16), ("w_in", w_in, torch.bfloat16),
-                           ("w_out", w_out, torch.bfloat16), ("scale", scale, torch.float32)):
-        if not is_tensor(t) or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
-            raise TypeError(f"{name} must be a contiguous {dtype} CPU tensor")
+    _require_cpu_tensors(("tokens", tokens, torch.bfloat16), ("w_in", w_in, torch.bfloat16),
+                         ("w_out", w_out, torch.bfloat16), ("scale", scale, torch.float32))
     _core.token_mix(_bits(tokens), _bits(w_in), _bits(w_out), scale.numpy())
     return tokens
 
@@ -400,11 +398,16 @@ def gather_gelu(table: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
     GELU of the float32 sum rounded to bfloat16 once (the node embeddings' first hidden
     activations from their factorised tables).
     """
-    for name, t, dtype in (("table", table, torch.bfloat16), ("pairs", pairs, torch.int64)):
-        if not is_tensor(t) or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
-            raise TypeError(f"{name} must be a contiguous {dtype} CPU tensor")
+    _require_cpu_tensors(("table", table, torch.bfloat16), ("pairs", pairs, torch.int64))
     out = _core.gather_gelu(_bits(table), pairs.numpy())
     return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
+
+
+def _require_cpu_tensors(*specs: Tuple[str, torch.Tensor, torch.dtype]) -> None:
+    """TypeError unless each (name, tensor, dtype) is a contiguous CPU tensor of that dtype."""
+    for name, t, dtype in specs:
+        if not is_tensor(t) or t.dtype != dtype or t.is_cuda or not t.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous {dtype} CPU tensor")
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:
