@@ -7,19 +7,10 @@
 
 #include <cstdint>
 
-#include "gelu_avx512.h"
+#include "bf16_avx512.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
-
-namespace {
-
-inline __m512 load_bf16(const uint16_t* p, __mmask16 lanes) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-}  // namespace
 
 void gather_gelu_avx512(const uint16_t* table, int64_t width, const int64_t* pairs,
                         int64_t rows, uint16_t* out) {

@@ -6,7 +6,7 @@
 //
 // Per block of 16 columns (one node's channels, or the tail of the last node's):
 //   1. the block's k + 1 token rows are packed as bfloat16 row pairs (the VNNI layout
-//      of an AMX B operand), zero-padded to k1p rows;
+//      of an AMX B operand), zero-padded to token_mix_depth(k + 1) rows;
 //   2. hidden = w_in @ tokens, 16 output rows per tile, each tile's float32 result
 //      through the exact-form GELU and packed the same way as the B operand of
 //   3. mix = w_out @ [hidden; 1], then tokens[r, c] += scale[c % width] * mix[r, c],
@@ -18,7 +18,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "gelu_avx512.h"
+#include "bf16_avx512.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
@@ -59,14 +59,8 @@ inline __m512i row_pair(__m512 a, __m512 b) {
   return _mm512_permutexvar_epi16(interleave, both);
 }
 
-inline __m512 load_bf16(const uint16_t* p, __mmask16 lanes) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// hidden (or mix) rows m .. m + 31 (one or two tiles) of one block: the products of
-// `rows` tile rows of `w` (stride `depth`) with the packed B operand `b` of `depth` rows.
-// Results in c[0 .. 16 * 16 * tiles).
+// One or two row tiles (`tiles`) of one block's product: 16 or 32 rows of `w` (row stride
+// `depth`) times the packed B operand `b` of `depth` rows, into c[0 .. 256 * tiles).
 inline void products(const uint16_t* w, int64_t depth, int tiles, const uint16_t* b,
                      float* c) {
   _tile_zero(0);

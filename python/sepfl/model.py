@@ -731,16 +731,19 @@ class _Tables:
         self.tokens[n, dim:] = folded.mix_bias[dim:]
         self.tokens[n + 1] = 0.5
         self.slots = torch.arange(n + 2, n + 2 + batch, device=features.device)
-        self._scratch: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._scratch: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
-    def _scratch_for(self, b: int, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Reused per-tile buffers for B = ``b``: bags int64 [(k + 1) B, 2] and the token-mix
-        activations [2k + 1, B · 2D], each with its constant last rows already written."""
+    def _scratch_for(self, b: int, k: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Reused per-tile buffers for B = ``b``: bags int64 [(k + 1) B, 2] and, unless the
+        fused token mix runs, the token-mix activations [2k + 1, B · 2D], each with its
+        constant last rows already written."""
         if b not in self._scratch:
             bags = torch.full(((k + 1) * b, 2), self.n + 1, dtype=torch.int64,
                               device=self.features.device)
-            mixed = self.features.new_empty((2 * k + 1, b * 2 * self.dim))
-            mixed[2 * k] = 1
+            mixed = None
+            if self.folded.token_tiles is None:
+                mixed = self.features.new_empty((2 * k + 1, b * 2 * self.dim))
+                mixed[2 * k] = 1
             self._scratch[b] = bags, mixed
         return self._scratch[b]
 

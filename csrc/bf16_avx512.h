@@ -1,10 +1,19 @@
-// The exact-form GELU on 16 floats for the kernels compiled with AVX-512 (token_mix_amx.cpp,
-// gather_gelu_avx512.cpp); include it only from files built with AVX-512 flags.
+// Helpers of the bfloat16 kernels compiled with AVX-512 (token_mix_amx.cpp,
+// gather_gelu_avx512.cpp): a masked bfloat16 load and the exact-form GELU. Include this only
+// from files built with AVX-512 flags.
 #pragma once
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace sepfl {
+
+// The `lanes` of 16 bfloat16 values at p as floats (the other lanes 0).
+inline __m512 load_bf16(const uint16_t* p, __mmask16 lanes) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
 
 // Exact-form GELU x * Phi(x) of 16 floats, with Phi(|x|) = 1 - q and Phi(-|x|) = q,
 // q = (1 - erf(|x| / sqrt 2)) / 2 = 1 / (2 (1 + a1 z + ... + a6 z^6)^16) for z = |x| / sqrt 2
