@@ -124,16 +124,16 @@ def gemm_floor(dim, k, tile, dtype, nodes):
 
 @contextlib.contextmanager
 def torch_ops_only(model):
-    """The new path with torch's ops only, as where ``ops.token_mix_ready()`` and
-    ``ops.gather_gelu_ready()`` are False: the model's folded weights are rebuilt
-    without the fused token mix, and again after."""
-    ready = ops.token_mix_ready, ops.gather_gelu_ready
-    ops.token_mix_ready = ops.gather_gelu_ready = lambda: False
+    """The new path with torch's ops only, as where ``ops.token_mix_ready()``,
+    ``ops.channel_mix_ready()`` and ``ops.gather_gelu_ready()`` are False: the model's
+    folded weights are rebuilt without the fused steps, and again after."""
+    ready = ops.token_mix_ready, ops.channel_mix_ready, ops.gather_gelu_ready
+    ops.token_mix_ready = ops.channel_mix_ready = ops.gather_gelu_ready = lambda: False
     model.__dict__.pop("_folded", None)
     try:
         yield
     finally:
-        ops.token_mix_ready, ops.gather_gelu_ready = ready
+        ops.token_mix_ready, ops.channel_mix_ready, ops.gather_gelu_ready = ready
         model.__dict__.pop("_folded", None)
 
 

@@ -165,16 +165,17 @@ def main() -> None:
     if ops.gather_gelu_ready():
         nodes = cpu_tile(d, k, torch.bfloat16)
         g = torch.Generator().manual_seed(0)
-        table = torch.randn(min(n, 100_000) + nodes, h, generator=g).bfloat16()
-        pairs = torch.stack([torch.randint(0, table.shape[0] - nodes, (k * nodes,), generator=g),
-                             (table.shape[0] - nodes + torch.arange(nodes)).repeat(k)], 1)
+        projections = torch.randn(min(n, 100_000) + nodes, h, generator=g).bfloat16()
+        slots = projections.shape[0] - nodes
+        pairs = torch.stack([torch.randint(0, slots, (k * nodes,), generator=g),
+                             (slots + torch.arange(nodes)).repeat(k)], 1)
 
         def gather_gelu_torch():
-            return torch.ops.aten.gelu_(torch.nn.functional.embedding_bag(pairs, table,
+            return torch.ops.aten.gelu_(torch.nn.functional.embedding_bag(pairs, projections,
                                                                           mode="sum")).float()
 
         bench(f"gather_gelu ({nodes} nodes x k, H={h}, bf16)",
-              lambda: ops.gather_gelu(table, pairs).float(), [("torch", gather_gelu_torch)],
+              lambda: ops.gather_gelu(projections, pairs).float(), [("torch", gather_gelu_torch)],
               close(rtol=2 ** -5, atol=5e-2))
     else:
         print("gather_gelu: skipped (no AVX-512 BF16 here)")
@@ -204,6 +205,34 @@ def main() -> None:
               [("torch", token_mix_torch)], close(rtol=2 ** -5, atol=5e-2))
     else:
         print("token_mix_: skipped (no AMX-BF16 here)")
+
+    # the node embeddings' channel mix on one CPU tile, fused (AMX: two token rows and two
+    # hidden rows per token, the GELU, the [4D -> 2D] product and the residual) against the
+    # torch ops and the native gather the path runs without it
+    if ops.channel_mix_ready():
+        nodes, width = cpu_tile(d, k, torch.bfloat16), 2 * d
+        g = torch.Generator().manual_seed(0)
+        rows_total = min(n, 100_000) + nodes
+        tokens = torch.randn(rows_total, width, generator=g).bfloat16()
+        hidden = torch.randn(rows_total, h, generator=g).bfloat16()
+        pairs = torch.stack([torch.randint(0, rows_total - nodes, (k * nodes,), generator=g),
+                             (rows_total - nodes + torch.arange(nodes)).repeat(k)], 1)
+        mix = (torch.randn(width, h, generator=g) / h ** 0.5).bfloat16()
+        mix_tiles = ops.channel_mix_weights(mix)
+        out = torch.empty(k * nodes, width, dtype=torch.bfloat16)
+
+        def channel_mix_torch():
+            x = torch.nn.functional.embedding_bag(pairs, tokens, mode="sum")
+            activations = (ops.gather_gelu(hidden, pairs) if ops.gather_gelu_ready() else
+                           torch.ops.aten.gelu_(torch.nn.functional.embedding_bag(
+                               pairs, hidden, mode="sum")))
+            return x.addmm_(activations, mix.t()).float()
+
+        bench(f"channel_mix ({nodes} nodes x k, {h} -> {width}, bf16)",
+              lambda: ops.channel_mix(tokens, hidden, pairs, mix_tiles, out).float(),
+              [("torch", channel_mix_torch)], close(rtol=2 ** -5, atol=5e-2))
+    else:
+        print("channel_mix: skipped (no AMX-BF16 here)")
 
     for e in (n, 10 * n):
         src, dst = rng.integers(0, n, e), rng.integers(0, n, e)

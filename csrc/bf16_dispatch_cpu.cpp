@@ -1,8 +1,8 @@
 // Run-time dispatch of the bfloat16 kernels written out for the CPU's matrix and vector
-// units (ops_cpu.h): the AMX token mix of token_mix_amx.cpp and the AVX-512 gather with its
-// GELU of gather_gelu_avx512.cpp, each where this build has it (a compiler with their
-// intrinsics) and the CPU has what it needs; the AMX one also needs Linux to grant this
-// process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM). Compiled for any x86-64:
+// units (ops_cpu.h): the AMX token and channel mixes of token_mix_amx.cpp and
+// channel_mix_amx.cpp and the AVX-512 gather with its GELU of gather_gelu_avx512.cpp, each
+// where this build has it (a compiler with their intrinsics) and the CPU has what it needs;
+// the AMX ones also need Linux to grant this process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM). Compiled for any x86-64:
 // nothing here may use an instruction the CPU might lack.
 #include <stdexcept>
 
@@ -20,6 +20,9 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
                    const uint16_t* w_in, const uint16_t* w_out, const float* scale);
 void gather_gelu_avx512(const uint16_t* table, int64_t width, const int64_t* pairs,
                         int64_t rows, uint16_t* out);
+void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidden,
+                     int64_t depth, const int64_t* pairs, int64_t rows, const uint16_t* weights,
+                     uint16_t* out);
 
 namespace {
 
@@ -53,6 +56,8 @@ bool token_mix_ready() {
 #endif
 }
 
+bool channel_mix_ready() { return token_mix_ready(); }
+
 void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
                    const uint16_t* w_in, const uint16_t* w_out, const float* scale) {
 #if defined(SEPFL_HAVE_BF16_KERNELS)
@@ -73,6 +78,18 @@ void gather_gelu_cpu(const uint16_t* table, int64_t width, const int64_t* pairs,
   }
 #endif
   throw std::runtime_error("gather_gelu needs AVX-512 BF16 (see gather_gelu_ready())");
+}
+
+void channel_mix_cpu(const uint16_t* tokens, int64_t width, const uint16_t* hidden,
+                     int64_t depth, const int64_t* pairs, int64_t rows, const uint16_t* weights,
+                     uint16_t* out) {
+#if defined(SEPFL_HAVE_BF16_KERNELS)
+  if (channel_mix_ready()) {
+    channel_mix_amx(tokens, width, hidden, depth, pairs, rows, weights, out);
+    return;
+  }
+#endif
+  throw std::runtime_error("channel_mix needs AMX-BF16 (see channel_mix_ready())");
 }
 
 }  // namespace sepfl

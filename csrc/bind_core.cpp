@@ -166,6 +166,16 @@ void token_mix(Array<uint16_t>& tokens, const Array<uint16_t>& w_in,
   sepfl::token_mix_cpu(data, k, cols, width, w_in.data(), w_out.data(), scale.data());
 }
 
+// IndexError unless every entry of pairs [rows, 2] is a row of a table of table_rows rows.
+void check_pairs(const Indices& pairs, int64_t table_rows) {
+  const int64_t* entries = pairs.data();
+  for (int64_t i = 0; i < 2 * pairs.shape(0); ++i) {
+    SEPFL_CHECK_INDEX(entries[i] >= 0 && entries[i] < table_rows,
+                      "pairs[" << i / 2 << ", " << i % 2 << "] = " << entries[i]
+                               << " is outside the table's " << table_rows << " rows");
+  }
+}
+
 // table [R, width] bfloat16 bits, pairs [rows, 2] of rows in [0, R) -> [rows, width]
 // bfloat16 bits (gather_gelu_cpu).
 Array<uint16_t> gather_gelu(const Array<uint16_t>& table, const Indices& pairs) {
@@ -173,17 +183,48 @@ Array<uint16_t> gather_gelu(const Array<uint16_t>& table, const Indices& pairs) 
   require_ndim(pairs, 2, "pairs");
   require_dim(pairs, 1, 2, "pairs");
   const int64_t table_rows = table.shape(0), width = table.shape(1), rows = pairs.shape(0);
+  check_pairs(pairs, table_rows);
   const int64_t* entries = pairs.data();
-  for (int64_t i = 0; i < 2 * rows; ++i) {
-    SEPFL_CHECK_INDEX(entries[i] >= 0 && entries[i] < table_rows,
-                      "pairs[" << i / 2 << ", " << i % 2 << "] = " << entries[i]
-                               << " is outside the table's " << table_rows << " rows");
-  }
   Array<uint16_t> out({rows, width});
   uint16_t* data = out.mutable_data();
   py::gil_scoped_release release;
   sepfl::gather_gelu_cpu(table.data(), width, entries, rows, data);
   return out;
+}
+
+// out [rows, width], tokens [R, width] and hidden [R, depth] bfloat16 bits; pairs [rows, 2]
+// of rows in [0, R); weights packed as channel_mix_cpu says (channel_mix_shape gives the
+// shape). Writes out.
+void channel_mix(Array<uint16_t>& out, const Array<uint16_t>& tokens,
+                 const Array<uint16_t>& hidden, const Indices& pairs,
+                 const Array<uint16_t>& weights) {
+  require_ndim(out, 2, "out");
+  require_ndim(tokens, 2, "tokens");
+  require_ndim(hidden, 2, "hidden");
+  require_ndim(pairs, 2, "pairs");
+  require_dim(pairs, 1, 2, "pairs");
+  require_ndim(weights, 4, "weights");
+  const int64_t rows = out.shape(0), width = out.shape(1), depth = hidden.shape(1);
+  require_dim(tokens, 1, width, "tokens");
+  require_dim(hidden, 0, tokens.shape(0), "hidden");
+  require_dim(pairs, 0, rows, "pairs");
+  require_dim(weights, 0, sepfl::channel_mix_width(width) / 16, "weights");
+  require_dim(weights, 1, sepfl::channel_mix_depth(depth) / 32, "weights");
+  require_dim(weights, 2, 16, "weights");
+  require_dim(weights, 3, 32, "weights");
+  check_pairs(pairs, tokens.shape(0));
+  uint16_t* data = out.mutable_data();
+  py::gil_scoped_release release;
+  sepfl::channel_mix_cpu(tokens.data(), width, hidden.data(), depth, pairs.data(), rows,
+                         weights.data(), data);
+}
+
+// The packed shape of channel_mix's weights for W [width, depth].
+py::tuple channel_mix_shape(int64_t width, int64_t depth) {
+  SEPFL_CHECK(width >= 1 && depth >= 1,
+              "width and depth must be >= 1, got " << width << " and " << depth);
+  return py::make_tuple(sepfl::channel_mix_width(width) / 16,
+                        sepfl::channel_mix_depth(depth) / 32, 16, 32);
 }
 
 // The padded shapes of token_mix's weights for k tokens: ((rows, cols) of w_in, of w_out).
@@ -337,6 +378,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("pairs").noconvert());
   m.def("gather_gelu_ready", &sepfl::gather_gelu_ready);
   m.def("token_mix_shapes", &bind::token_mix_shapes, py::arg("k"));
+  m.def("channel_mix", &bind::channel_mix, py::arg("out").noconvert(),
+        py::arg("tokens").noconvert(), py::arg("hidden").noconvert(),
+        py::arg("pairs").noconvert(), py::arg("weights").noconvert());
+  m.def("channel_mix_ready", &sepfl::channel_mix_ready);
+  m.def("channel_mix_shape", &bind::channel_mix_shape, py::arg("width"), py::arg("depth"));
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());
   m.def("list_dots", &bind::list_dots, py::arg("features").noconvert(),

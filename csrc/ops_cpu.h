@@ -83,6 +83,24 @@ void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
 bool gather_gelu_ready();
 void gather_gelu_cpu(const uint16_t* table, int64_t width, const int64_t* pairs, int64_t rows,
                      uint16_t* out);
+// The channel-mixing step of the node embeddings' bfloat16 path: tokens [*, width] and
+// hidden [*, depth] (two tables with the same rows), pairs [rows, 2] -> out [rows, width],
+// all bfloat16 bits but pairs:
+//   out[i] = tokens[a] + tokens[b] + W @ GELU(hidden[a] + hidden[b]),  (a, b) = pairs[i],
+// the GELU the exact form of the float32 sum rounded to bfloat16 once, the products and the
+// sum in float32, out rounded once. W [width, depth] (the second channel-mix Linear) comes
+// packed as AMX B tiles: weights [channel_mix_width(width) / 16, channel_mix_depth(depth) /
+// 32, 16, 32], element [t, c, r, 2j + s] = W[16t + j, 32c + 2r + s], zero past W's edges.
+// Pairs are trusted (the binding checks them). Only where channel_mix_ready(): AMX-BF16
+// (channel_mix_amx.cpp); throws std::runtime_error elsewhere.
+bool channel_mix_ready();
+void channel_mix_cpu(const uint16_t* tokens, int64_t width, const uint16_t* hidden,
+                     int64_t depth, const int64_t* pairs, int64_t rows, const uint16_t* weights,
+                     uint16_t* out);
+// Padded shape of channel_mix_cpu's weights: output columns to a multiple of 32 (two result
+// tiles per step), depth to a multiple of 32 (one AMX product's depth).
+constexpr int64_t channel_mix_width(int64_t width) { return (width + 31) / 32 * 32; }
+constexpr int64_t channel_mix_depth(int64_t depth) { return (depth + 31) / 32 * 32; }
 // Padded weight shapes of token_mix_cpu: rows to a multiple of 16 (an AMX tile's rows),
 // columns to a multiple of 32 (the bfloat16 depth of one AMX product).
 constexpr int64_t token_mix_rows(int64_t rows) { return (rows + 15) / 16 * 16; }

@@ -16,7 +16,6 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <vector>
 
 #include "bf16_avx512.h"
 #include "ops_cpu.h"
@@ -90,8 +89,8 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
   {
     load_tile_config();
     // packed B operands (row pairs of 16 columns) and one or two float32 result tiles
-    std::vector<uint16_t> in(in_depth * kTile), mixed(out_depth * kTile);
-    std::vector<float> c(2 * kTile * kTile);
+    AlignedBuffer<uint16_t> in(in_depth * kTile), mixed(out_depth * kTile);
+    AlignedBuffer<float> c(2 * kTile * kTile);
     const __m512 ones = _mm512_set1_ps(1.f), zeros = _mm512_setzero_ps();
 #pragma omp for schedule(static)
     for (int64_t block = 0; block < blocks; ++block) {

@@ -126,13 +126,16 @@ def test_cpu_bf16_detection(monkeypatch, tmp_path, flags, capability, fast, amx)
 def test_bf16_embeddings_take_the_native_steps(monkeypatch):
     model = randomise(PairClassifier(12, 7), seed=8).eval()
     x, nbrs = toy_graph(70, 12, 7, seed=8, missing=10)
-    assert model._folded_weights(torch.bfloat16).token_tiles is not None
-    assert model._folded_weights(torch.float32).token_tiles is None
+    folded = model._folded_weights(torch.bfloat16)
+    assert folded.token_tiles is not None and folded.mix_tiles is not None
+    folded = model._folded_weights(torch.float32)
+    assert folded.token_tiles is None and folded.mix_tiles is None
     native = model.node_embeddings(x, nbrs, batch_size=16, bf16=True)
-    monkeypatch.setattr(ops, "token_mix_ready", lambda: False)
-    monkeypatch.setattr(ops, "gather_gelu_ready", lambda: False)
+    for name in ("token_mix_ready", "gather_gelu_ready", "channel_mix_ready"):
+        monkeypatch.setattr(ops, name, lambda: False)
     model.__dict__.pop("_folded")
-    assert model._folded_weights(torch.bfloat16).token_tiles is None
+    folded = model._folded_weights(torch.bfloat16)
+    assert folded.token_tiles is None and folded.mix_tiles is None
     torch_ops = model.node_embeddings(x, nbrs, batch_size=16, bf16=True)
     exact = model.node_embeddings(x, nbrs, bf16=False)
     scale = float(exact.abs().max())

@@ -209,6 +209,36 @@ CASES = [
          "_core.token_mix(readonly(u16(3, 4)), u16(16, 32), u16(16, 32), f32(4))",
          "raised ValueError"),
     case("token-mix-shapes-k-0", "_core.token_mix_shapes(0)", "raised ValueError"),
+    # channel_mix (out [1, 16], tables of 3 rows, depth 32: weights [2, 1, 16, 32]), every
+    # shape and pair checked before any AMX work
+    case("channel-mix-row-past-table",
+         "_core.channel_mix(u16(1, 16), u16(3, 16), u16(3, 32), i64(0, 3).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised IndexError"),
+    case("channel-mix-row-minus-1",
+         "_core.channel_mix(u16(1, 16), u16(3, 16), u16(3, 32), i64(-1, 0).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised IndexError"),
+    case("channel-mix-pairs-short",
+         "_core.channel_mix(u16(2, 16), u16(3, 16), u16(3, 32), i64(0, 1).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised ValueError"),
+    case("channel-mix-hidden-rows-differ",
+         "_core.channel_mix(u16(1, 16), u16(3, 16), u16(2, 32), i64(0, 1).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised ValueError"),
+    case("channel-mix-tokens-narrow",
+         "_core.channel_mix(u16(1, 16), u16(3, 8), u16(3, 32), i64(0, 1).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised ValueError"),
+    case("channel-mix-weights-too-shallow",
+         "_core.channel_mix(u16(1, 16), u16(3, 16), u16(3, 64), i64(0, 1).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised ValueError"),
+    case("channel-mix-weights-2d",
+         "_core.channel_mix(u16(1, 16), u16(3, 16), u16(3, 32), i64(0, 1).reshape(1, 2), "
+         "u16(16, 32))", "raised ValueError"),
+    case("channel-mix-read-only-out",
+         "_core.channel_mix(readonly(u16(1, 16)), u16(3, 16), u16(3, 32), "
+         "i64(0, 1).reshape(1, 2), u16(2, 1, 16, 32))", "raised ValueError"),
+    case("channel-mix-float-hidden",
+         "_core.channel_mix(u16(1, 16), u16(3, 16), f32(3, 32), i64(0, 1).reshape(1, 2), "
+         "u16(2, 1, 16, 32))", "raised TypeError"),
+    case("channel-mix-shape-width-0", "_core.channel_mix_shape(0, 32)", "raised ValueError"),
     # gather_gelu: every pair checked before any work
     case("gather-gelu-row-past-table", "_core.gather_gelu(u16(3, 16), i64(0, 3).reshape(1, 2))",
          "raised IndexError"),

@@ -649,6 +649,68 @@ def test_token_mix_rejects_bad_weights_and_dtypes():
         ops.token_mix_(tokens, *tiles, torch.ones(5))
 
 
+def random_channel_mix(rows, width, depth, seed):
+    """Token and hidden tables of 9 rows, pairs [rows, 2] of them, a mix Linear [width, depth]."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(9, width, generator=g).bfloat16()
+    hidden = torch.randn(9, depth, generator=g).bfloat16()
+    pairs = torch.randint(0, 9, (rows, 2), generator=g)
+    mix = torch.randn(width, depth, generator=g) / depth ** 0.5
+    return tokens, hidden, pairs, mix
+
+
+@needs_amx
+@pytest.mark.parametrize("rows,width,depth", [(160, 512, 1024), (70, 48, 96), (33, 40, 50),
+                                              (1, 7, 3), (31, 16, 32)])
+def test_fused_channel_mix_equals_float32_reference(rows, width, depth):
+    # row counts that are no multiple of the 32-row blocks (one thread may get none),
+    # widths and depths that are no multiple of the 32-column steps and 32-deep products
+    tokens, hidden, pairs, mix = random_channel_mix(rows, width, depth, seed=rows)
+    a, b = pairs[:, 0], pairs[:, 1]
+    activations = torch.nn.functional.gelu(hidden[a].float() + hidden[b].float())
+    want = (tokens[a].float() + tokens[b].float()
+            + activations.bfloat16().float() @ mix.bfloat16().float().t())
+    out = torch.full((rows, width), float("nan"), dtype=torch.bfloat16)
+    got = ops.channel_mix(tokens, hidden, pairs, ops.channel_mix_weights(mix), out)
+    assert got is out
+    # one bfloat16 rounding of each result, float32 sums in another order
+    assert torch.allclose(got.float(), want, rtol=2 ** -8, atol=1e-3)
+    assert float((want - tokens[a].float() - tokens[b].float()).abs().max()) > 0.1
+
+
+def test_channel_mix_weights_are_amx_b_tiles():
+    mix = torch.arange(40 * 50, dtype=torch.float32).view(40, 50) % 251
+    tiles = ops.channel_mix_weights(mix)
+    assert tiles.dtype == torch.bfloat16 and tiles.shape == (4, 2, 16, 32)
+    # element [t, c, r, 2j + s] = mix[16t + j, 32c + 2r + s], zero past the edges
+    for t, c, r, j, s in [(0, 0, 0, 0, 0), (1, 1, 3, 5, 1), (2, 1, 8, 7, 1), (2, 0, 15, 3, 0)]:
+        assert float(tiles[t, c, r, 2 * j + s]) == float(mix[16 * t + j, 32 * c + 2 * r + s])
+    assert float(tiles[2, 1, 9, 2 * 7]) == 0  # depth 50 is past the edge
+    assert float(tiles[3, 0, 0, 2 * 9]) == 0  # row 57 is past the edge
+    assert float(tiles.float().sum()) == float(mix.bfloat16().float().sum())
+
+
+def test_channel_mix_refuses_bad_input():
+    tokens, hidden, pairs, mix = random_channel_mix(4, 8, 40, seed=0)
+    tiles = ops.channel_mix_weights(mix)
+    out = torch.empty(4, 8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="weight"):
+        ops.channel_mix_weights(mix[0])
+    with pytest.raises(TypeError, match="hidden"):
+        ops.channel_mix(tokens, hidden.float(), pairs, tiles, out)
+    with pytest.raises(TypeError, match="out"):
+        ops.channel_mix(tokens, hidden, pairs, tiles, out.t())
+    # shapes and pairs checked before any work, AMX or not
+    with pytest.raises(ValueError, match="weights"):
+        ops.channel_mix(tokens, hidden, pairs, tiles[:, :1].contiguous(), out)
+    with pytest.raises(ValueError, match="pairs"):
+        ops.channel_mix(tokens, hidden, pairs[:3], tiles, out)
+    with pytest.raises(ValueError, match="hidden"):
+        ops.channel_mix(tokens, hidden[:8], pairs, tiles, out)
+    with pytest.raises(IndexError, match=r"pairs\[0, 1\] = 9"):
+        ops.channel_mix(tokens, hidden, torch.tensor([[0, 9]] * 4), tiles, out)
+
+
 @needs_avx512_bf16
 @pytest.mark.parametrize("width", [1024, 24, 7])
 def test_gather_gelu_is_the_gelu_of_the_float32_sums(width):

@@ -600,7 +600,9 @@ class _Folded:
       channel-mix Linear split over ``[f_u ‖ f_j]``; ``first`` [4D, 2D] whole,
       with ``first_bias`` [4D] for tokens that already hold ``mix_bias``.
     * ``mix`` [2D, 4D], ``mix_bias`` [2D]: the second channel-mix Linear with
-      ``channel_bn`` folded in.
+      ``channel_bn`` folded in; ``mix_tiles``: ``mix`` packed for
+      :func:`sepfl.ops.channel_mix` where that fused step runs (bfloat16 on a CPU with
+      AMX), else None.
     * ``token_in`` [2k, k + 1], ``token_out`` [k, 2k + 1]: the token-mix Linears
       with their bias as a last column (the activations carry a row of ones);
       ``token_scale`` [2D]: ``token_bn``'s scale (its shift is folded into
@@ -623,6 +625,7 @@ class _Folded:
     first_bias: torch.Tensor
     mix: torch.Tensor
     mix_bias: torch.Tensor
+    mix_tiles: Optional[torch.Tensor]
     token_in: torch.Tensor
     token_out: torch.Tensor
     token_scale: torch.Tensor
@@ -674,11 +677,13 @@ class _Folded:
 
         fused = (dtype == torch.bfloat16 and first.device.type == "cpu"
                  and ops.token_mix_ready())
+        mix_tiles = (ops.channel_mix_weights(mix) if dtype == torch.bfloat16
+                     and first.device.type == "cpu" and ops.channel_mix_ready() else None)
 
         return cls(key=key, centre=c(first[:, :dim]), neighbour=c(first[:, dim:]),
                    hidden_bias=c(first_bias), first=c(first),
                    first_bias=c(first_bias - first @ mix_bias), mix=c(mix),
-                   mix_bias=c(mix_bias), token_in=c(token_in), token_out=c(token_out),
+                   mix_bias=c(mix_bias), mix_tiles=mix_tiles, token_in=c(token_in), token_out=c(token_out),
                    token_scale=c(token_scale),
                    token_tiles=ops.token_mix_weights(token_in, token_out) if fused else None,
                    token_gain=token_scale.float() if fused else None, attention=c(attention),
@@ -711,8 +716,11 @@ class _Tables:
       token mix's row of ones), then ``[f_u + mix_bias_lo ‖ 0]`` of the batch.
 
     So a tile's tokens arrive as ``[f_u ‖ f_j] + mix_bias``, ready to receive
-    the second channel-mix GEMM as a residual. In bfloat16 on a CPU with AVX-512
-    BF16, the hidden sums come with their GELU from :func:`sepfl.ops.gather_gelu`.
+    the second channel-mix GEMM as a residual. In bfloat16 on a CPU with AMX,
+    :func:`sepfl.ops.channel_mix` reads the same row pairs of both tables itself and
+    writes the tokens with that residual (the hidden activations never leave the
+    core's cache); with AVX-512 BF16 only, the hidden sums come with their GELU from
+    :func:`sepfl.ops.gather_gelu`.
     """
 
     def __init__(self, folded: _Folded, features: torch.Tensor, batch: int, factorised: bool):
@@ -722,6 +730,8 @@ class _Tables:
         # the hidden table's two rows per token summed with their GELU in one native pass
         self.gather_gelu = (features.dtype == torch.bfloat16 and features.device.type == "cpu"
                             and ops.gather_gelu_ready())
+        # the tokens, the hidden table's GELU and the channel mix in one native pass
+        self.channel_mix = factorised and folded.mix_tiles is not None
         if factorised:
             self.hidden = features.new_empty((n + 2 + batch, 4 * dim))
             torch.mm(features, folded.neighbour.t(), out=self.hidden[:n])
@@ -733,18 +743,23 @@ class _Tables:
         self.slots = torch.arange(n + 2, n + 2 + batch, device=features.device)
         self._scratch: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
 
-    def _scratch_for(self, b: int, k: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Reused per-tile buffers for B = ``b``: bags int64 [(k + 1) B, 2] and, unless the
-        fused token mix runs, the token-mix activations [2k + 1, B · 2D], each with its
-        constant last rows already written."""
+    def _scratch_for(self, b: int, k: int) -> Tuple[torch.Tensor, Optional[torch.Tensor],
+                                                    Optional[torch.Tensor]]:
+        """Reused per-tile buffers for B = ``b``, each with its constant last rows already
+        written: bags int64 [(k + 1) B, 2]; unless the fused token mix runs, the token-mix
+        activations [2k + 1, B · 2D]; where the fused channel mix runs, the tokens
+        [(k + 1) B, 2D] it writes (the last B rows the token mix's ones)."""
         if b not in self._scratch:
             bags = torch.full(((k + 1) * b, 2), self.n + 1, dtype=torch.int64,
                               device=self.features.device)
-            mixed = None
+            mixed = tokens = None
             if self.folded.token_tiles is None:
                 mixed = self.features.new_empty((2 * k + 1, b * 2 * self.dim))
                 mixed[2 * k] = 1
-            self._scratch[b] = bags, mixed
+            if self.channel_mix:
+                tokens = self.features.new_empty(((k + 1) * b, 2 * self.dim))
+                tokens[k * b:] = 1
+            self._scratch[b] = bags, mixed, tokens
         return self._scratch[b]
 
     def set_centres(self, start: int, stop: int) -> None:
@@ -765,19 +780,24 @@ class _Tables:
         folded = self.folded
         b, k = rows.shape
         width = 2 * self.dim
-        bags, mixed = self._scratch_for(b, k)
+        bags, mixed, tokens = self._scratch_for(b, k)
         token_bags = bags[:k * b].view(k, b, 2)
         token_bags[:, :, 0] = rows.t()
         token_bags[:, :, 1] = self.slots[first_slot:first_slot + b]
-        tokens = nn.functional.embedding_bag(bags, self.tokens, mode="sum")
-        x = tokens[:k * b]
-        if self.hidden is None:
-            hidden = _gelu_(torch.addmm(folded.first_bias, x, folded.first.t()))
-        elif self.gather_gelu:
-            hidden = ops.gather_gelu(self.hidden, bags[:k * b])
+        if tokens is not None:
+            x = ops.channel_mix(self.tokens, self.hidden, bags[:k * b], folded.mix_tiles,
+                                tokens[:k * b])
         else:
-            hidden = _gelu_(nn.functional.embedding_bag(bags[:k * b], self.hidden, mode="sum"))
-        x.addmm_(hidden, folded.mix.t())
+            tokens = nn.functional.embedding_bag(bags, self.tokens, mode="sum")
+            x = tokens[:k * b]
+            if self.hidden is None:
+                hidden = _gelu_(torch.addmm(folded.first_bias, x, folded.first.t()))
+            elif self.gather_gelu:
+                hidden = ops.gather_gelu(self.hidden, bags[:k * b])
+            else:
+                hidden = _gelu_(nn.functional.embedding_bag(bags[:k * b], self.hidden,
+                                                            mode="sum"))
+            x.addmm_(hidden, folded.mix.t())
         if folded.token_tiles is not None:
             ops.token_mix_(tokens.view(k + 1, b * width), *folded.token_tiles,
                            folded.token_gain)

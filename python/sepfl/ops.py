@@ -377,6 +377,56 @@ def token_mix_(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
     return tokens
 
 
+def channel_mix_ready() -> bool:
+    """Whether :func:`channel_mix` runs here: as :func:`token_mix_ready`."""
+    return bool(_core.channel_mix_ready())
+
+
+def channel_mix_weights(mix: torch.Tensor) -> torch.Tensor:
+    """The second channel-mix Linear ``mix`` [W, H] (any float dtype) as :func:`channel_mix`
+    reads it: bfloat16 AMX tiles [⌈W/32⌉·2, ⌈H/32⌉, 16, 32], element ``[t, c, r, 2j + s]``
+    = ``mix[16t + j, 32c + 2r + s]``, zero past the edges."""
+    if mix.dim() != 2:
+        raise ValueError(f"expected a [W, H] weight, got shape {tuple(mix.shape)}")
+    width, depth = mix.shape
+    col_tiles, chunks, _, _ = _core.channel_mix_shape(width, depth)
+    padded = torch.zeros((col_tiles * 16, chunks * 32), dtype=torch.bfloat16)
+    padded[:width, :depth] = mix
+    # [t, j, c, r, s] -> [t, c, r, j, s]
+    tiles = padded.view(col_tiles, 16, chunks, 16, 2).permute(0, 2, 3, 1, 4)
+    return tiles.reshape(col_tiles, chunks, 16, 32).contiguous()
+
+
+def channel_mix(tokens: torch.Tensor, hidden: torch.Tensor, pairs: torch.Tensor,
+                weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The channel-mixing step of the bfloat16 node embeddings, fused (CPU, AMX).
+
+    Parameters
+    ----------
+    tokens : bfloat16 Tensor [R, W], C-contiguous
+    hidden : bfloat16 Tensor [R, H], C-contiguous
+        Two tables over the same R rows: token parts and pre-activation hidden parts.
+    pairs : int64 Tensor [M, 2], C-contiguous
+        Rows of both tables, each in [0, R) (IndexError otherwise).
+    weights : bfloat16 Tensor
+        :func:`channel_mix_weights` of the Linear ``mix`` [W, H].
+    out : bfloat16 Tensor [M, W], C-contiguous
+        Written.
+
+    Returns
+    -------
+    out, row i = ``tokens[a] + tokens[b] + GELU(hidden[a] + hidden[b]) @ mix.T`` for
+    ``(a, b) = pairs[i]`` (exact-form GELU of the float32 sum rounded to bfloat16 once,
+    float32 products and sums, rounded once): :func:`gather_gelu`, the product and the
+    residual in one pass whose hidden rows stay in cache.
+    """
+    _require_cpu_tensors(("tokens", tokens, torch.bfloat16), ("hidden", hidden, torch.bfloat16),
+                         ("pairs", pairs, torch.int64), ("weights", weights, torch.bfloat16),
+                         ("out", out, torch.bfloat16))
+    _core.channel_mix(_bits(out), _bits(tokens), _bits(hidden), pairs.numpy(), _bits(weights))
+    return out
+
+
 def gather_gelu_ready() -> bool:
     """Whether :func:`gather_gelu` runs here: this build has its AVX-512 kernel and the
     CPU lists AVX-512 BF16."""
