@@ -124,16 +124,16 @@ def gemm_floor(dim, k, tile, dtype, nodes):
 
 @contextlib.contextmanager
 def torch_ops_only(model):
-    """The new path with torch's ops only, as where ``ops.token_mix_ready()``,
-    ``ops.channel_mix_ready()`` and ``ops.gather_gelu_ready()`` are False: the model's
-    folded weights are rebuilt without the fused steps, and again after."""
-    ready = ops.token_mix_ready, ops.channel_mix_ready, ops.gather_gelu_ready
-    ops.token_mix_ready = ops.channel_mix_ready = ops.gather_gelu_ready = lambda: False
+    """The new path with torch's ops only, as where ``ops.amx_ready()`` and
+    ``ops.gather_gelu_ready()`` are False: the model's folded weights are rebuilt
+    without the fused steps, and again after."""
+    ready = ops.amx_ready, ops.gather_gelu_ready
+    ops.amx_ready = ops.gather_gelu_ready = lambda: False
     model.__dict__.pop("_folded", None)
     try:
         yield
     finally:
-        ops.token_mix_ready, ops.channel_mix_ready, ops.gather_gelu_ready = ready
+        ops.amx_ready, ops.gather_gelu_ready = ready
         model.__dict__.pop("_folded", None)
 
 
@@ -169,7 +169,7 @@ def main() -> None:
     names += [f"GEMM floor, {str(dtype)[6:]} (tiles of {tile} and 256 nodes)"
               for dtype, tile in tiles.items()]
     # the bf16 path with torch's ops only, where native steps run in it
-    native = ops.token_mix_ready() or ops.gather_gelu_ready()
+    native = ops.amx_ready() or ops.gather_gelu_ready()
     unfused = "new path, bf16, torch ops only" if auto and native else None
     best = dict.fromkeys(names + [unfused] * (unfused is not None), float("inf"))
     scoring, old_e, new = {}, {}, {}

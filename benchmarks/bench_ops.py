@@ -182,7 +182,7 @@ def main() -> None:
 
     # the node embeddings' token mix on one CPU tile of bfloat16 activations, fused (AMX)
     # against the torch ops the path runs without it
-    if ops.token_mix_ready():
+    if ops.amx_ready():
         nodes, width = cpu_tile(d, k, torch.bfloat16), 2 * d
         g = torch.Generator().manual_seed(0)
         tokens = torch.randn(k + 1, nodes * width, generator=g).bfloat16()
@@ -209,7 +209,7 @@ def main() -> None:
     # the node embeddings' channel mix on one CPU tile, fused (AMX: two token rows and two
     # hidden rows per token, the GELU, the [4D -> 2D] product and the residual) against the
     # torch ops and the native gather the path runs without it
-    if ops.channel_mix_ready():
+    if ops.amx_ready():
         nodes, width = cpu_tile(d, k, torch.bfloat16), 2 * d
         g = torch.Generator().manual_seed(0)
         rows_total = min(n, 100_000) + nodes

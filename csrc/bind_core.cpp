@@ -219,6 +219,29 @@ void channel_mix(Array<uint16_t>& out, const Array<uint16_t>& tokens,
                          weights.data(), data);
 }
 
+// x [rows, width] bfloat16 bits; weights packed as channel_mix's are for W [out, width];
+// bias, out_w [out] float32 -> scores [rows] float32 (attention_scores_cpu).
+Floats attention_scores(const Array<uint16_t>& x, const Array<uint16_t>& weights,
+                        const Floats& bias, const Floats& out_w) {
+  require_ndim(x, 2, "x");
+  require_ndim(weights, 4, "weights");
+  require_ndim(bias, 1, "bias");
+  require_ndim(out_w, 1, "out_w");
+  const int64_t rows = x.shape(0), width = x.shape(1), out = bias.shape(0);
+  SEPFL_CHECK(out >= 1, "bias must not be empty");
+  require_dim(out_w, 0, out, "out_w");
+  require_dim(weights, 0, sepfl::channel_mix_width(out) / 16, "weights");
+  require_dim(weights, 1, sepfl::channel_mix_depth(width) / 32, "weights");
+  require_dim(weights, 2, 16, "weights");
+  require_dim(weights, 3, 32, "weights");
+  Floats scores(rows);
+  float* data = scores.mutable_data();
+  py::gil_scoped_release release;
+  sepfl::attention_scores_cpu(x.data(), rows, width, weights.data(), out, bias.data(),
+                              out_w.data(), data);
+  return scores;
+}
+
 // The packed shape of channel_mix's weights for W [width, depth].
 py::tuple channel_mix_shape(int64_t width, int64_t depth) {
   SEPFL_CHECK(width >= 1 && depth >= 1,
@@ -373,7 +396,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("token_mix", &bind::token_mix, py::arg("tokens").noconvert(),
         py::arg("w_in").noconvert(), py::arg("w_out").noconvert(),
         py::arg("scale").noconvert());
-  m.def("token_mix_ready", &sepfl::token_mix_ready);
+  m.def("amx_ready", &sepfl::amx_ready);
   m.def("gather_gelu", &bind::gather_gelu, py::arg("table").noconvert(),
         py::arg("pairs").noconvert());
   m.def("gather_gelu_ready", &sepfl::gather_gelu_ready);
@@ -381,7 +404,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("channel_mix", &bind::channel_mix, py::arg("out").noconvert(),
         py::arg("tokens").noconvert(), py::arg("hidden").noconvert(),
         py::arg("pairs").noconvert(), py::arg("weights").noconvert());
-  m.def("channel_mix_ready", &sepfl::channel_mix_ready);
+  m.def("attention_scores", &bind::attention_scores, py::arg("x").noconvert(),
+        py::arg("weights").noconvert(), py::arg("bias").noconvert(),
+        py::arg("out_w").noconvert());
   m.def("channel_mix_shape", &bind::channel_mix_shape, py::arg("width"), py::arg("depth"));
   m.def("shared_neighbours", &bind::shared_neighbours, py::arg("nbrs").noconvert(),
         py::arg("src").noconvert(), py::arg("dst").noconvert());

@@ -1,7 +1,7 @@
 // The channel-mixing step of the node embeddings on AMX tiles (channel_mix_cpu in ops_cpu.h).
 //
 // This file is compiled with -mamx-tile -mamx-bf16 and AVX-512 (CMakeLists.txt):
-// nothing in it may run before channel_mix_ready() (bf16_dispatch_cpu.cpp) has found AMX-BF16
+// nothing in it may run before amx_ready() (bf16_dispatch_cpu.cpp) has found AMX-BF16
 // and the OS's leave to use its tiles.
 //
 // Each thread takes a contiguous range of blocks of 32 rows; per block:
@@ -23,36 +23,13 @@
 #include <omp.h>
 #endif
 
+#include "amx_tiles.h"
 #include "bf16_avx512.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
 
 namespace {
-
-constexpr int64_t kTile = 16;   // rows of a tile, columns of a result tile
-constexpr int64_t kDepth = 32;  // bfloat16 values of an A tile row (one product's depth)
-constexpr int64_t kBlock = 2 * kTile;  // token rows per block, output columns per step
-// tile registers (the _tile_* intrinsics need them as literals): results 0-3 (row tile i,
-// column tile j at 2i + j), the A operands 4 and 5, the packed weights' B operands 6 and 7
-constexpr int kTiles = 8;
-
-struct TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void load_tile_config() {
-  TileConfig config;
-  for (int t = 0; t < kTiles; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = kTile;
-  }
-  _tile_loadconfig(&config);
-}
 
 // The hidden activations of one block of rows, written into an A buffer a few vectors at a
 // time, so that the AVX-512 work of the next block interleaves with the AMX products of the
@@ -131,7 +108,7 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
     load_tile_config();
     // A operands of this block and the next
     AlignedBuffer<uint16_t> a(2 * kBlock * depth_p);
-    AlignedBuffer<float> c(4 * kTile * kTile);
+    AlignedBuffer<float> c(kBlock * kBlock);
     HiddenRows next(hidden, depth, pairs);
     int64_t threads = 1, thread = 0;
 #if defined(_OPENMP)
@@ -156,27 +133,9 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
       }
       for (int64_t n = 0; n < width_p; n += kBlock) {
         const uint16_t* w0 = weights + (n / kTile) * chunks * tile_size;
-        const uint16_t* w1 = w0 + chunks * tile_size;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t kc = 0; kc < chunks; ++kc) {
-          _tile_loadd(4, current + kc * kBlock * kDepth, 64);
-          _tile_loadd(5, current + (kc * kBlock + kTile) * kDepth, 64);
-          _tile_loadd(6, w0 + kc * tile_size, 64);
-          _tile_loadd(7, w1 + kc * tile_size, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-          next.step(per_step);
-        }
-        // c as [2 row tiles][16 rows][2 column tiles][16]: one row of 32 columns each
-        _tile_stored(0, c.data(), 128);
-        _tile_stored(1, c.data() + kTile, 128);
-        _tile_stored(2, c.data() + 2 * kTile * kTile, 128);
-        _tile_stored(3, c.data() + 2 * kTile * kTile + kTile, 128);
+        products_2x2(current, w0, w0 + chunks * tile_size, chunks,
+                     [&](int64_t) { next.step(per_step); });
+        store_results(c.data());
         for (int64_t i = 0; i < count; ++i) {
           const uint16_t* token_a = tokens + pairs[2 * (first + i)] * width + n;
           const uint16_t* token_b = tokens + pairs[2 * (first + i) + 1] * width + n;

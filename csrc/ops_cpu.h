@@ -69,9 +69,9 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
 // where w_in holds the first token-mix Linear with its bias as column k, zero-padded to
 // [token_mix_rows(2k), token_mix_depth(k + 1)], and w_out the second with its bias as
 // column 2k, padded to [token_mix_rows(k), token_mix_depth(2k + 1)] (bfloat16 bits);
-// scale [width] float32, cols a multiple of width. Only where token_mix_ready(): AMX-BF16
+// scale [width] float32, cols a multiple of width. Only where amx_ready(): AMX-BF16
 // (token_mix_amx.cpp); throws std::runtime_error elsewhere.
-bool token_mix_ready();
+bool amx_ready();
 void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
                    const uint16_t* w_in, const uint16_t* w_out, const float* scale);
 // table [*, width] and pairs [rows, 2] -> out [rows, width], all bfloat16 bits but pairs:
@@ -91,12 +91,21 @@ void gather_gelu_cpu(const uint16_t* table, int64_t width, const int64_t* pairs,
 // sum in float32, out rounded once. W [width, depth] (the second channel-mix Linear) comes
 // packed as AMX B tiles: weights [channel_mix_width(width) / 16, channel_mix_depth(depth) /
 // 32, 16, 32], element [t, c, r, 2j + s] = W[16t + j, 32c + 2r + s], zero past W's edges.
-// Pairs are trusted (the binding checks them). Only where channel_mix_ready(): AMX-BF16
+// Pairs are trusted (the binding checks them). Only where amx_ready(): AMX-BF16
 // (channel_mix_amx.cpp); throws std::runtime_error elsewhere.
-bool channel_mix_ready();
 void channel_mix_cpu(const uint16_t* tokens, int64_t width, const uint16_t* hidden,
                      int64_t depth, const int64_t* pairs, int64_t rows, const uint16_t* weights,
                      uint16_t* out);
+// The attention scores of the node embeddings' bfloat16 path: x [rows, width] bfloat16 bits
+// -> scores [rows] float32,
+//   scores[i] = sum_c out_w[c] * GELU(bias[c] + (W x[i])[c]),  c < out,
+// all in float32 (exact-form GELU, nothing rounded). W [out, width] (the first attention
+// Linear) comes packed as channel_mix_cpu's weights are (depth = width); bias, out_w [out]
+// float32. Only where amx_ready() (attention_amx.cpp); throws std::runtime_error
+// elsewhere.
+void attention_scores_cpu(const uint16_t* x, int64_t rows, int64_t width,
+                          const uint16_t* weights, int64_t out, const float* bias,
+                          const float* out_w, float* scores);
 // Padded shape of channel_mix_cpu's weights: output columns to a multiple of 32 (two result
 // tiles per step), depth to a multiple of 32 (one AMX product's depth).
 constexpr int64_t channel_mix_width(int64_t width) { return (width + 31) / 32 * 32; }

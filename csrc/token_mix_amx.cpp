@@ -1,7 +1,7 @@
 // The token-mixing step of the node embeddings on AMX tiles (token_mix_cpu in ops_cpu.h).
 //
 // This file is compiled with -mamx-tile -mamx-bf16 and AVX-512 (CMakeLists.txt):
-// nothing in it may run before token_mix_ready() (bf16_dispatch_cpu.cpp) has found AMX-BF16
+// nothing in it may run before amx_ready() (bf16_dispatch_cpu.cpp) has found AMX-BF16
 // and the OS's leave to use its tiles.
 //
 // Per block of 16 columns (one node's channels, or the tail of the last node's):
@@ -17,36 +17,13 @@
 
 #include <cstdint>
 
+#include "amx_tiles.h"
 #include "bf16_avx512.h"
 #include "ops_cpu.h"
 
 namespace sepfl {
 
 namespace {
-
-constexpr int64_t kTile = 16;  // rows of an output tile, columns of a block
-constexpr int64_t kDepth = 32;  // bfloat16 values of an A tile row (one product's depth)
-// tile registers (the _tile_* intrinsics need them as literals): results 0 and 1, the
-// weights' A operands 2 and 3, the packed activations' B operand 4
-constexpr int kTiles = 5;
-
-// palette 1, every tile 16 rows of 64 bytes
-struct TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void load_tile_config() {
-  TileConfig config;
-  for (int t = 0; t < kTiles; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = kTile;
-  }
-  _tile_loadconfig(&config);
-}
 
 // Rows a and b (16 floats each) as 32 bfloat16 values a0 b0 a1 b1 ...: one row pair of a
 // B operand.
@@ -59,7 +36,8 @@ inline __m512i row_pair(__m512 a, __m512 b) {
 }
 
 // One or two row tiles (`tiles`) of one block's product: 16 or 32 rows of `w` (row stride
-// `depth`) times the packed B operand `b` of `depth` rows, into c[0 .. 256 * tiles).
+// `depth`) times the packed B operand `b` of `depth` rows, into c[0 .. 256 * tiles). Results
+// in tiles 0 and 1, the weights' A operands in 2 and 3, the packed activations in 4.
 inline void products(const uint16_t* w, int64_t depth, int tiles, const uint16_t* b,
                      float* c) {
   _tile_zero(0);

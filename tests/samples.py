@@ -12,7 +12,7 @@ from sepfl.model import PairClassifier
 
 
 # the fused bfloat16 token mix (ops.token_mix_) runs on CPUs with AMX-BF16 only
-needs_amx = pytest.mark.skipif(not ops.token_mix_ready(),
+needs_amx = pytest.mark.skipif(not ops.amx_ready(),
                                reason="the fused token mix runs on AMX-BF16 only")
 # the bfloat16 gather with its GELU (ops.gather_gelu) runs on CPUs with AVX-512 BF16 only
 needs_avx512_bf16 = pytest.mark.skipif(not ops.gather_gelu_ready(),

@@ -131,7 +131,7 @@ def test_bf16_embeddings_take_the_native_steps(monkeypatch):
     folded = model._folded_weights(torch.float32)
     assert folded.token_tiles is None and folded.mix_tiles is None
     native = model.node_embeddings(x, nbrs, batch_size=16, bf16=True)
-    for name in ("token_mix_ready", "gather_gelu_ready", "channel_mix_ready"):
+    for name in ("amx_ready", "gather_gelu_ready"):
         monkeypatch.setattr(ops, name, lambda: False)
     model.__dict__.pop("_folded")
     folded = model._folded_weights(torch.bfloat16)

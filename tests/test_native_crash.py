@@ -239,6 +239,19 @@ CASES = [
          "_core.channel_mix(u16(1, 16), u16(3, 16), f32(3, 32), i64(0, 1).reshape(1, 2), "
          "u16(2, 1, 16, 32))", "raised TypeError"),
     case("channel-mix-shape-width-0", "_core.channel_mix_shape(0, 32)", "raised ValueError"),
+    # attention_scores (x [2, 16], out 3: weights [2, 1, 16, 32]), every shape checked first
+    case("attention-scores-no-outputs", "_core.attention_scores(u16(2, 16), u16(2, 1, 16, 32), "
+         "f32(0), f32(0))", "raised ValueError"),
+    case("attention-scores-out-w-short", "_core.attention_scores(u16(2, 16), u16(2, 1, 16, 32), "
+         "f32(3), f32(2))", "raised ValueError"),
+    case("attention-scores-weights-too-shallow",
+         "_core.attention_scores(u16(2, 48), u16(2, 1, 16, 32), f32(3), f32(3))",
+         "raised ValueError"),
+    case("attention-scores-weights-3d",
+         "_core.attention_scores(u16(2, 16), u16(1, 16, 32), f32(3), f32(3))", "raised ValueError"),
+    case("attention-scores-float-x",
+         "_core.attention_scores(f32(2, 16), u16(2, 1, 16, 32), f32(3), f32(3))",
+         "raised TypeError"),
     # gather_gelu: every pair checked before any work
     case("gather-gelu-row-past-table", "_core.gather_gelu(u16(3, 16), i64(0, 3).reshape(1, 2))",
          "raised IndexError"),

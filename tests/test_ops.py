@@ -711,6 +711,40 @@ def test_channel_mix_refuses_bad_input():
         ops.channel_mix(tokens, hidden, torch.tensor([[0, 9]] * 4), tiles, out)
 
 
+@needs_amx
+@pytest.mark.parametrize("rows,width,out", [(160, 512, 256), (70, 24, 12), (33, 40, 50),
+                                            (1, 7, 3), (31, 16, 32)])
+def test_fused_attention_scores_equal_float32_reference(rows, width, out):
+    # rows, widths and outputs that are no multiple of the 32-row blocks, 32-deep products
+    # and 32-column steps
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, width, generator=g).bfloat16()
+    weight = torch.randn(out, width, generator=g) / width ** 0.5
+    bias, out_weight = torch.randn(out, generator=g), torch.randn(out, generator=g)
+    want = (torch.nn.functional.gelu(x.float() @ weight.bfloat16().float().t() + bias)
+            @ out_weight)
+    got = ops.attention_scores(x, ops.channel_mix_weights(weight), bias, out_weight)
+    assert got.dtype == torch.float32 and got.shape == (rows,)
+    # nothing rounded: float32 sums in another order
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4 * float(want.abs().max()))
+
+
+def test_attention_scores_refuse_bad_input():
+    x, weight = torch.zeros(4, 40, dtype=torch.bfloat16), torch.zeros(12, 40)
+    tiles, bias, out_weight = ops.channel_mix_weights(weight), torch.zeros(12), torch.zeros(12)
+    with pytest.raises(TypeError, match="bias"):
+        ops.attention_scores(x, tiles, bias.double(), out_weight)
+    with pytest.raises(TypeError, match="x"):
+        ops.attention_scores(x.float(), tiles, bias, out_weight)
+    # shapes checked before any work, AMX or not
+    with pytest.raises(ValueError, match="out_w"):
+        ops.attention_scores(x, tiles, bias, out_weight[:11])
+    with pytest.raises(ValueError, match="weights"):
+        ops.attention_scores(x[:, :32].contiguous(), tiles, bias, out_weight)
+    with pytest.raises(ValueError, match="weights"):
+        ops.attention_scores(x, tiles, torch.zeros(40), torch.zeros(40))
+
+
 @needs_avx512_bf16
 @pytest.mark.parametrize("width", [1024, 24, 7])
 def test_gather_gelu_is_the_gelu_of_the_float32_sums(width):

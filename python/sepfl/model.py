@@ -611,7 +611,10 @@ class _Folded:
       where that fused step runs (bfloat16 on a CPU with AMX), else None.
     * ``attention`` [D, 2D], ``attention_bias`` [D]: the first attention Linear
       with ``attention_bn`` and the ``token_bn`` shift folded in;
-      ``attention_out`` [D] and float ``attention_out_bias``: the last one.
+      ``attention_out`` [D] and float ``attention_out_bias``: the last one;
+      ``attention_tiles``: ``attention`` packed for :func:`sepfl.ops.attention_scores`
+      with float32 ``attention_bias`` and ``attention_out``, where that fused step runs
+      (bfloat16 on a CPU with AMX), else None.
     * ``pair_in`` [2D, 4D], ``pair_mid`` [D, 2D] and biases: the classifier's
       Linears with all three of its BatchNorms folded in; float32 ``pair_out`` [D]
       and float ``pair_out_bias``: the difference of its two logit rows.
@@ -635,6 +638,7 @@ class _Folded:
     attention_bias: torch.Tensor
     attention_out: torch.Tensor
     attention_out_bias: float
+    attention_tiles: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     pair_in: torch.Tensor
     pair_in_bias: torch.Tensor
     pair_mid: torch.Tensor
@@ -675,20 +679,23 @@ class _Folded:
         def c(x: torch.Tensor) -> torch.Tensor:
             return x.to(dtype).contiguous()
 
-        fused = (dtype == torch.bfloat16 and first.device.type == "cpu"
-                 and ops.token_mix_ready())
-        mix_tiles = (ops.channel_mix_weights(mix) if dtype == torch.bfloat16
-                     and first.device.type == "cpu" and ops.channel_mix_ready() else None)
+        # the fused AMX steps (token mix, channel mix, attention scores) run
+        amx = dtype == torch.bfloat16 and first.device.type == "cpu" and ops.amx_ready()
 
         return cls(key=key, centre=c(first[:, :dim]), neighbour=c(first[:, dim:]),
                    hidden_bias=c(first_bias), first=c(first),
                    first_bias=c(first_bias - first @ mix_bias), mix=c(mix),
-                   mix_bias=c(mix_bias), mix_tiles=mix_tiles, token_in=c(token_in), token_out=c(token_out),
+                   mix_bias=c(mix_bias),
+                   mix_tiles=ops.channel_mix_weights(mix) if amx else None,
+                   token_in=c(token_in), token_out=c(token_out),
                    token_scale=c(token_scale),
-                   token_tiles=ops.token_mix_weights(token_in, token_out) if fused else None,
-                   token_gain=token_scale.float() if fused else None, attention=c(attention),
+                   token_tiles=ops.token_mix_weights(token_in, token_out) if amx else None,
+                   token_gain=token_scale.float() if amx else None, attention=c(attention),
                    attention_bias=c(attention_bias), attention_out=c(attention_out[0]),
-                   attention_out_bias=float(attention_out_bias[0]), pair_in=c(pair_in),
+                   attention_out_bias=float(attention_out_bias[0]),
+                   attention_tiles=(ops.channel_mix_weights(attention), attention_bias.float(),
+                                    attention_out[0].float()) if amx else None,
+                   pair_in=c(pair_in),
                    pair_in_bias=c(pair_in_bias), pair_mid=c(pair_mid),
                    pair_mid_bias=c(pair_mid_bias),
                    pair_out=(pair_out[1] - pair_out[0]).float(),
@@ -806,6 +813,9 @@ class _Tables:
                             out=mixed[:2 * k]))
             token_mix = torch.mm(folded.token_out, mixed)
             x.view(k, b, width).addcmul_(token_mix.view(k, b, width), folded.token_scale)
-        hidden = _gelu_(torch.addmm(folded.attention_bias, x, folded.attention.t()))
-        weights = torch.mv(hidden, folded.attention_out).view(k, b).t()
-        return weights.float() + folded.attention_out_bias
+        if folded.attention_tiles is not None:
+            weights = ops.attention_scores(x, *folded.attention_tiles).view(k, b).t()
+        else:
+            hidden = _gelu_(torch.addmm(folded.attention_bias, x, folded.attention.t()))
+            weights = torch.mv(hidden, folded.attention_out).view(k, b).t().float()
+        return weights + folded.attention_out_bias

@@ -329,10 +329,11 @@ def gather_add(a: Array, bproj: Array, nbrs: Array, node_ids: Array,
     return _wrap(out, is_tensor(a))
 
 
-def token_mix_ready() -> bool:
-    """Whether :func:`token_mix_` runs here: this build has its AMX kernel, the CPU
-    lists AMX-BF16 and AVX-512 BF16, and the OS lets this process use AMX tiles."""
-    return bool(_core.token_mix_ready())
+def amx_ready() -> bool:
+    """Whether the AMX kernels (:func:`token_mix_`, :func:`channel_mix`,
+    :func:`attention_scores`) run here: this build has them, the CPU lists AMX-BF16 and
+    AVX-512 BF16, and the OS lets this process use AMX tiles."""
+    return bool(_core.amx_ready())
 
 
 def token_mix_weights(w_in: torch.Tensor, w_out: torch.Tensor) -> Tuple[torch.Tensor,
@@ -375,11 +376,6 @@ def token_mix_(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
                          ("w_out", w_out, torch.bfloat16), ("scale", scale, torch.float32))
     _core.token_mix(_bits(tokens), _bits(w_in), _bits(w_out), scale.numpy())
     return tokens
-
-
-def channel_mix_ready() -> bool:
-    """Whether :func:`channel_mix` runs here: as :func:`token_mix_ready`."""
-    return bool(_core.channel_mix_ready())
 
 
 def channel_mix_weights(mix: torch.Tensor) -> torch.Tensor:
@@ -425,6 +421,30 @@ def channel_mix(tokens: torch.Tensor, hidden: torch.Tensor, pairs: torch.Tensor,
                          ("out", out, torch.bfloat16))
     _core.channel_mix(_bits(out), _bits(tokens), _bits(hidden), pairs.numpy(), _bits(weights))
     return out
+
+
+def attention_scores(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor,
+                     out_weight: torch.Tensor) -> torch.Tensor:
+    """The attention scores of the bfloat16 node embeddings, fused (CPU, AMX).
+
+    Parameters
+    ----------
+    x : bfloat16 Tensor [M, W], C-contiguous
+        Tokens.
+    weights : bfloat16 Tensor
+        :func:`channel_mix_weights` of the attention's first Linear [O, W].
+    bias, out_weight : float32 Tensor [O]
+        Its bias and the attention's last Linear (one output).
+
+    Returns
+    -------
+    float32 Tensor [M]: ``GELU(x @ W.T + bias) @ out_weight``, all in float32 (exact-form
+    GELU; the [M, O] activations are never rounded nor written out).
+    """
+    _require_cpu_tensors(("x", x, torch.bfloat16), ("weights", weights, torch.bfloat16),
+                         ("bias", bias, torch.float32), ("out_weight", out_weight, torch.float32))
+    return torch.from_numpy(_core.attention_scores(_bits(x), _bits(weights), bias.numpy(),
+                                                   out_weight.numpy()))
 
 
 def gather_gelu_ready() -> bool:
