@@ -52,12 +52,15 @@ class HiddenRows {
     select_row();
   }
 
-  bool done() const { return row_ == kBlock; }
-
   // Up to `vectors` more 16-value pieces.
   void step(int64_t vectors) {
     for (; vectors > 0 && row_ < kBlock; --vectors) {
       uint16_t* out = a_ + ((col_ / kDepth) * kBlock + row_) * kDepth + col_ % kDepth;
+      if (col_ % kDepth == 0 && next_p_ != nullptr && col_ < depth_) {
+        // the next row's cache lines, a row ahead of their use
+        _mm_prefetch(reinterpret_cast<const char*>(next_p_ + col_), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(next_q_ + col_), _MM_HINT_T0);
+      }
       __m256i bits = _mm256_setzero_si256();
       if (p_ != nullptr && col_ < depth_) {
         const __mmask16 lanes = depth_ - col_ >= 16 ? 0xFFFF : tail_;
@@ -76,10 +79,14 @@ class HiddenRows {
 
  private:
   void select_row() {
-    p_ = q_ = nullptr;
+    p_ = q_ = next_p_ = next_q_ = nullptr;
     if (row_ < count_) {
       p_ = table_ + pairs_[2 * (first_ + row_)] * depth_;
       q_ = table_ + pairs_[2 * (first_ + row_) + 1] * depth_;
+    }
+    if (row_ + 1 < count_) {
+      next_p_ = table_ + pairs_[2 * (first_ + row_ + 1)] * depth_;
+      next_q_ = table_ + pairs_[2 * (first_ + row_ + 1) + 1] * depth_;
     }
   }
 
@@ -89,7 +96,7 @@ class HiddenRows {
   __mmask16 tail_;
   int64_t first_ = 0, count_ = 0, row_ = kBlock, col_ = 0;
   uint16_t* a_ = nullptr;
-  const uint16_t *p_ = nullptr, *q_ = nullptr;
+  const uint16_t *p_ = nullptr, *q_ = nullptr, *next_p_ = nullptr, *next_q_ = nullptr;
 };
 
 }  // namespace

@@ -285,8 +285,8 @@ class PairClassifier(nn.Module):
         mix and attention are plain GEMMs over rows and the token mix one GEMM
         from the left, with no transposed copy between layers. On the CPU a tile
         holds as many nodes as keep its [tile, k, 4D] hidden activations in
-        about 2 MiB (a core's L2) per thread (:func:`cpu_tile`); on a GPU a tile
-        is the whole batch.
+        about 2 MiB (a core's L2) per thread, or with the AMX steps its tokens in
+        about 4 MiB (:func:`cpu_tile`); on a GPU a tile is the whole batch.
 
         Parameters
         ----------
@@ -532,6 +532,11 @@ def _local_rows(features: torch.Tensor, lists: torch.Tensor,
 # A CPU tile's [tile, k, 4D] hidden activations are kept to about this size per thread
 # (a core's L2 cache).
 _CPU_TILE_BYTES = 2 * 2**20
+# Where the AMX steps run there are no such activations (the fused channel mix keeps them
+# in cache); a tile's [tile, k + 1, 2D] tokens are kept to about this size per thread
+# instead: the steps stream them in blocks, and larger tiles spread the per-tile Python
+# work over more nodes.
+_AMX_TILE_BYTES = 4 * 2**20
 
 
 def _table_fits(rows: int, width: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -550,9 +555,14 @@ def _table_fits(rows: int, width: int, dtype: torch.dtype, device: torch.device)
 def cpu_tile(dim: int, k: int, dtype: torch.dtype) -> int:
     """Nodes per CPU tile of :meth:`PairClassifier.node_embeddings` for D, k and the
     compute dtype: their [tile, k, 4D] hidden activations fill about 2 MiB per torch
-    thread (12 nodes per thread for D = 256, k = 80 in bfloat16)."""
-    per_node = k * 4 * dim * dtype.itemsize
-    return max(1, torch.get_num_threads() * _CPU_TILE_BYTES // per_node)
+    thread (12 nodes per thread for D = 256, k = 80 in bfloat16), or where the AMX steps
+    run (bfloat16, :func:`sepfl.ops.amx_ready`) their [tile, k + 1, 2D] tokens about
+    4 MiB (50 nodes per thread)."""
+    if dtype == torch.bfloat16 and ops.amx_ready():
+        per_node, budget = (k + 1) * 2 * dim * dtype.itemsize, _AMX_TILE_BYTES
+    else:
+        per_node, budget = k * 4 * dim * dtype.itemsize, _CPU_TILE_BYTES
+    return max(1, torch.get_num_threads() * budget // per_node)
 
 _gelu_ = torch.ops.aten.gelu_
 
