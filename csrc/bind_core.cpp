@@ -145,20 +145,24 @@ Floats gather_add(const Floats& a, const Floats& bproj, const Indices& nbrs,
   return out;
 }
 
-// tokens [k + 1, cols] bfloat16 bits, in place; w_in, w_out padded as token_mix_cpu says
-// (token_mix_shapes gives the shapes), scale [width] float32.
+// tokens [k + 1, cols] bfloat16 bits, in place; w_in, w_out padded and tiled as
+// token_mix_cpu says (token_mix_shapes gives the shapes), scale [width] float32.
 void token_mix(Array<uint16_t>& tokens, const Array<uint16_t>& w_in,
                const Array<uint16_t>& w_out, const Floats& scale) {
   require_ndim(tokens, 2, "tokens");
-  require_ndim(w_in, 2, "w_in");
-  require_ndim(w_out, 2, "w_out");
+  require_ndim(w_in, 4, "w_in");
+  require_ndim(w_out, 4, "w_out");
   require_ndim(scale, 1, "scale");
   const int64_t k = tokens.shape(0) - 1, cols = tokens.shape(1), width = scale.shape(0);
   SEPFL_CHECK(k >= 1, "tokens must have at least 2 rows (k tokens and the row of ones)");
-  require_dim(w_in, 0, sepfl::token_mix_rows(2 * k), "w_in");
-  require_dim(w_in, 1, sepfl::token_mix_depth(k + 1), "w_in");
-  require_dim(w_out, 0, sepfl::token_mix_rows(k), "w_out");
-  require_dim(w_out, 1, sepfl::token_mix_depth(2 * k + 1), "w_out");
+  const int64_t in_shape[4] = {sepfl::token_mix_rows(2 * k) / 32,
+                               sepfl::token_mix_depth(k + 1) / 32, 32, 32};
+  const int64_t out_shape[4] = {sepfl::token_mix_rows(k) / 32,
+                                sepfl::token_mix_depth(2 * k + 1) / 32, 32, 32};
+  for (int axis = 0; axis < 4; ++axis) {
+    require_dim(w_in, axis, in_shape[axis], "w_in");
+    require_dim(w_out, axis, out_shape[axis], "w_out");
+  }
   SEPFL_CHECK(width >= 1 && cols % width == 0,
               "tokens' " << cols << " columns must be a multiple of scale's " << width);
   uint16_t* data = tokens.mutable_data();
@@ -250,7 +254,8 @@ py::tuple channel_mix_shape(int64_t width, int64_t depth) {
                         sepfl::channel_mix_depth(depth) / 32, 16, 32);
 }
 
-// The padded shapes of token_mix's weights for k tokens: ((rows, cols) of w_in, of w_out).
+// The padded shapes of token_mix's weights for k tokens, before tiling: ((rows, cols) of
+// w_in, of w_out).
 py::tuple token_mix_shapes(int64_t k) {
   SEPFL_CHECK(k >= 1, "k must be >= 1, got " << k);
   return py::make_tuple(

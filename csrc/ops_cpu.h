@@ -68,8 +68,9 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
 //   m = [GELU(w_in @ tokens); 1] (exact-form GELU, float32 sums, m rounded to bfloat16),
 // where w_in holds the first token-mix Linear with its bias as column k, zero-padded to
 // [token_mix_rows(2k), token_mix_depth(k + 1)], and w_out the second with its bias as
-// column 2k, padded to [token_mix_rows(k), token_mix_depth(2k + 1)] (bfloat16 bits);
-// scale [width] float32, cols a multiple of width. Only where amx_ready(): AMX-BF16
+// column 2k, padded to [token_mix_rows(k), token_mix_depth(2k + 1)], both as AMX A tiles
+// (bfloat16 bits [rows / 32, depth / 32, 32, 32], element [i, c, r, j] = W[32 i + r,
+// 32 c + j]); scale [width] float32, cols a multiple of width. Only where amx_ready(): AMX-BF16
 // (token_mix_amx.cpp); throws std::runtime_error elsewhere.
 bool amx_ready();
 void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
@@ -110,9 +111,9 @@ void attention_scores_cpu(const uint16_t* x, int64_t rows, int64_t width,
 // tiles per step), depth to a multiple of 32 (one AMX product's depth).
 constexpr int64_t channel_mix_width(int64_t width) { return (width + 31) / 32 * 32; }
 constexpr int64_t channel_mix_depth(int64_t depth) { return (depth + 31) / 32 * 32; }
-// Padded weight shapes of token_mix_cpu: rows to a multiple of 16 (an AMX tile's rows),
+// Padded weight shapes of token_mix_cpu: rows to a multiple of 32 (two AMX tiles' rows),
 // columns to a multiple of 32 (the bfloat16 depth of one AMX product).
-constexpr int64_t token_mix_rows(int64_t rows) { return (rows + 15) / 16 * 16; }
+constexpr int64_t token_mix_rows(int64_t rows) { return (rows + 31) / 32 * 32; }
 constexpr int64_t token_mix_depth(int64_t cols) { return (cols + 31) / 32 * 32; }
 
 // nbrs [n, k], edges (src, dst) [e] -> shared, reverse [e]: shared[i] = how many entries

@@ -28,6 +28,7 @@ NBRS = np.array([[0, 1], [1, 0], [2, 1]], np.int64)
 DENS = np.array([0.1, 0.5, 0.9], np.float32)
 FEATS = np.ones((3, 4), np.float32)
 IDS = np.array([0, 2], np.int64)
+W = np.zeros((1, 1, 32, 32), np.uint16)  # token_mix's tiled weights for k = 2
 
 
 def f32(*shape, fill=0.0):
@@ -192,21 +193,17 @@ CASES = [
          "_core.link(i64(0), i64(1), f32(1, fill=1.0), float('nan'), 2).tolist()",
          "returned [0, 1]"),
     case("link-no-nodes", "_core.link(i64(), i64(), None, 0.5, 0).shape", "returned (0,)"),
-    # token_mix (k = 2 tokens: w_in [16, 32], w_out [16, 32]), checked before any AMX work
-    case("token-mix-one-row", "_core.token_mix(u16(1, 4), u16(16, 32), u16(16, 32), f32(4))",
+    # token_mix (k = 2 tokens: w_in, w_out both W = [1, 1, 32, 32]), checked before any AMX work
+    case("token-mix-one-row", "_core.token_mix(u16(1, 4), W, W, f32(4))", "raised ValueError"),
+    case("token-mix-w-in-untiled", "_core.token_mix(u16(3, 4), u16(4, 3), W, f32(4))",
          "raised ValueError"),
-    case("token-mix-w-in-unpadded", "_core.token_mix(u16(3, 4), u16(4, 3), u16(16, 32), f32(4))",
+    case("token-mix-w-out-short", "_core.token_mix(u16(3, 4), W, u16(1, 1, 32, 16), f32(4))",
          "raised ValueError"),
-    case("token-mix-w-out-short", "_core.token_mix(u16(3, 4), u16(16, 32), u16(16, 16), f32(4))",
+    case("token-mix-width-not-dividing", "_core.token_mix(u16(3, 4), W, W, f32(3))",
          "raised ValueError"),
-    case("token-mix-width-not-dividing",
-         "_core.token_mix(u16(3, 4), u16(16, 32), u16(16, 32), f32(3))", "raised ValueError"),
-    case("token-mix-empty-scale", "_core.token_mix(u16(3, 0), u16(16, 32), u16(16, 32), f32(0))",
-         "raised ValueError"),
-    case("token-mix-float-tokens", "_core.token_mix(f32(3, 4), u16(16, 32), u16(16, 32), f32(4))",
-         "raised TypeError"),
-    case("token-mix-read-only-tokens",
-         "_core.token_mix(readonly(u16(3, 4)), u16(16, 32), u16(16, 32), f32(4))",
+    case("token-mix-empty-scale", "_core.token_mix(u16(3, 0), W, W, f32(0))", "raised ValueError"),
+    case("token-mix-float-tokens", "_core.token_mix(f32(3, 4), W, W, f32(4))", "raised TypeError"),
+    case("token-mix-read-only-tokens", "_core.token_mix(readonly(u16(3, 4)), W, W, f32(4))",
          "raised ValueError"),
     case("token-mix-shapes-k-0", "_core.token_mix_shapes(0)", "raised ValueError"),
     # channel_mix (out [1, 16], tables of 3 rows, depth 32: weights [2, 1, 16, 32]), every

@@ -340,17 +340,18 @@ def token_mix_weights(w_in: torch.Tensor, w_out: torch.Tensor) -> Tuple[torch.Te
                                                                          torch.Tensor]:
     """The token-mix Linears ``w_in`` [2k, k + 1] and ``w_out`` [k, 2k + 1] (bias as
     the last column; any float dtype) as :func:`token_mix_` reads them: bfloat16,
-    zero-padded to the AMX tile shapes."""
+    zero-padded to multiples of 32 and cut into AMX A tiles [rows / 32, cols / 32, 32, 32]
+    (element ``[i, c, r, j]`` = ``W[32 i + r, 32 c + j]``)."""
     k = w_out.shape[0]
     if w_in.shape != (2 * k, k + 1) or w_out.shape != (k, 2 * k + 1):
         raise ValueError(f"expected w_in [2k, k + 1] and w_out [k, 2k + 1], got "
                          f"{tuple(w_in.shape)} and {tuple(w_out.shape)}")
-    padded = []
-    for weight, shape in zip((w_in, w_out), _core.token_mix_shapes(k)):
-        tiles = torch.zeros(shape, dtype=torch.bfloat16)
-        tiles[:weight.shape[0], :weight.shape[1]] = weight
-        padded.append(tiles)
-    return padded[0], padded[1]
+    tiled = []
+    for weight, (rows, cols) in zip((w_in, w_out), _core.token_mix_shapes(k)):
+        padded = torch.zeros((rows, cols), dtype=torch.bfloat16)
+        padded[:weight.shape[0], :weight.shape[1]] = weight
+        tiled.append(padded.view(rows // 32, 32, cols // 32, 32).transpose(1, 2).contiguous())
+    return tiled[0], tiled[1]
 
 
 def token_mix_(tokens: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
