@@ -10,14 +10,15 @@ with the bundled weights, it prints milliseconds per node of
   ``--old-nodes`` nodes, plus its projections over all N;
 * the **new path** (``node_embeddings``) in float32 and in the auto-selected
   compute dtype, over all N; where its bfloat16 steps written out for the CPU run
-  (the token mix fused on AMX, ``ops.token_mix_``; the hidden gather with its GELU
-  on AVX-512 BF16, ``ops.gather_gelu``), also with those steps as torch's ops (as
-  on a CPU without them);
+  (the channel mix, token mix and attention scores fused on AMX,
+  ``ops.channel_mix`` / ``ops.token_mix_`` / ``ops.attention_scores``; the hidden
+  gather with its GELU on AVX-512 BF16, ``ops.gather_gelu``), also with those
+  steps as torch's ops (as on a CPU without them);
 * the **GEMM floor**: the same matrix products as the new path (channel mix,
   token mix, attention, projections) as plain ``torch.mm`` calls on node
-  tiles with preallocated outputs, at the new path's tile size and at
-  256-node tiles, the token mix in both orientations, best of float32 and
-  bfloat16;
+  tiles with preallocated outputs, at both dtypes' tile sizes of the new path
+  and at 256-node tiles (the best of them), the token mix in both orientations,
+  best of float32 and bfloat16;
 
 then checks that the decisions agree: links (P(same) > 0.5) of the new default
 against the float32 reference path (``embed`` over gathered neighbour features
@@ -165,9 +166,12 @@ def main() -> None:
     ids = torch.arange(min(args.old_nodes, n))
     names = ["old path, fp32 (old default)", "old path, bf16 autocast", "new path, fp32",
              f"new path, {auto_name} (new default)"]
-    tiles = {dtype: cpu_tile(dim, k, dtype) for dtype in (torch.float32, torch.bfloat16)}
-    names += [f"GEMM floor, {str(dtype)[6:]} (tiles of {tile} and 256 nodes)"
-              for dtype, tile in tiles.items()]
+    # the floor in each dtype: the best over both paths' tile sizes and 256 nodes
+    floor_tiles = sorted({cpu_tile(dim, k, dtype) for dtype in (torch.float32, torch.bfloat16)}
+                         | {256})
+    dtypes = (torch.float32, torch.bfloat16)
+    names += [f"GEMM floor, {str(dtype)[6:]} (best of tiles of "
+              f"{', '.join(map(str, floor_tiles))} nodes)" for dtype in dtypes]
     # the bf16 path with torch's ops only, where native steps run in it
     native = ops.amx_ready() or ops.gather_gelu_ready()
     unfused = "new path, bf16, torch ops only" if auto and native else None
@@ -191,9 +195,9 @@ def main() -> None:
                 start = time.perf_counter()
                 model.node_embeddings(x, nbrs, bf16=True)
                 best[unfused] = min(best[unfused], (time.perf_counter() - start) / n)
-        for name, (dtype, tile) in zip(names[4:], tiles.items()):
+        for name, dtype in zip(names[4:], dtypes):
             best[name] = min(best[name], *(gemm_floor(dim, k, t, dtype, 2048)
-                                           for t in (tile, 256)))
+                                           for t in floor_tiles))
     best_floor = min(best[name] for name in names[4:])
     new_default, old_default = best[names[3]], best[names[0]]
 
