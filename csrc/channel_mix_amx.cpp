@@ -7,13 +7,14 @@
 // Each thread takes a contiguous range of blocks of 32 rows; per block:
 //   1. the rows' hidden activations GELU(hidden[a] + hidden[b]) (float32 sum, exact-form
 //      GELU, rounded to bfloat16 once) are written into a per-thread A operand [32, depth]
-//      that stays in cache (rows past the last zero); this is AVX-512 work, done a few
-//      vectors at a time between the AMX products of the previous block, so that the two
-//      units overlap;
+//      that stays in cache (rows past the last zero), and the rows' table lines are
+//      prefetched; this is AVX-512 work, done a few vectors at a time between the AMX
+//      products of the previous block, so that the two units overlap;
 //   2. for every 32 output columns, four float32 result tiles (2 row tiles x 2 column
 //      tiles) accumulate A @ W over the whole depth, W read from the packed weights;
 //   3. out[r, c] = tokens[a, c] + tokens[b, c] + result[r, c], summed in float32 and
-//      rounded to bfloat16 once.
+//      rounded to bfloat16 once, a few rows at a time between the next 32 columns'
+//      products.
 // So the [rows, depth] hidden activations never leave the core's cache.
 #include <immintrin.h>
 
@@ -38,9 +39,10 @@ namespace {
 // block's last and depth past `depth` are written as zeros.
 class HiddenRows {
  public:
-  HiddenRows(const uint16_t* hidden, int64_t depth, const int64_t* pairs)
-      : table_(hidden), depth_(depth), depth_p_(channel_mix_depth(depth)), pairs_(pairs),
-        tail_(static_cast<__mmask16>((1u << (depth % 16)) - 1)) {}
+  HiddenRows(const uint16_t* hidden, int64_t depth, const uint16_t* tokens, int64_t width,
+             const int64_t* pairs)
+      : table_(hidden), depth_(depth), depth_p_(channel_mix_depth(depth)), tokens_(tokens),
+        width_(width), pairs_(pairs), tail_(static_cast<__mmask16>((1u << (depth % 16)) - 1)) {}
 
   // Start on rows [first, first + count) into a.
   void start(int64_t first, int64_t count, uint16_t* a) {
@@ -60,6 +62,13 @@ class HiddenRows {
         // the next row's cache lines, a row ahead of their use
         _mm_prefetch(reinterpret_cast<const char*>(next_p_ + col_), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(next_q_ + col_), _MM_HINT_T0);
+      }
+      // the row's two token rows, which the block's results are added to, a line a vector
+      const int64_t line = col_ / 16 * 32;
+      if (p_ != nullptr && line < 2 * width_) {
+        const int64_t pair = 2 * (first_ + row_) + (line >= width_);
+        _mm_prefetch(reinterpret_cast<const char*>(tokens_ + pairs_[pair] * width_ + line % width_),
+                     _MM_HINT_T1);
       }
       __m256i bits = _mm256_setzero_si256();
       if (p_ != nullptr && col_ < depth_) {
@@ -92,11 +101,59 @@ class HiddenRows {
 
   const uint16_t* table_;
   int64_t depth_, depth_p_;
+  const uint16_t* tokens_;
+  int64_t width_;
   const int64_t* pairs_;
   __mmask16 tail_;
   int64_t first_ = 0, count_ = 0, row_ = kBlock, col_ = 0;
   uint16_t* a_ = nullptr;
   const uint16_t *p_ = nullptr, *q_ = nullptr, *next_p_ = nullptr, *next_q_ = nullptr;
+};
+
+// Rows [first, first + count) of out from a 32 x 32 result c of columns [n, n + 32): the
+// two token rows of each plus the result, rounded once, a few rows at a time.
+class TokenRows {
+ public:
+  TokenRows(const uint16_t* tokens, int64_t width, const int64_t* pairs, uint16_t* out)
+      : tokens_(tokens), width_(width), pairs_(pairs), out_(out) {}
+
+  void start(const float* c, int64_t n, int64_t first, int64_t count) {
+    c_ = c;
+    n_ = n;
+    first_ = first;
+    count_ = count;
+    row_ = 0;
+    for (int t = 0; t < 2; ++t) {
+      const int64_t left = width_ - n - t * kTile;
+      lanes_[t] = left >= kTile ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
+  }
+
+  void step(int64_t rows) {
+    for (; rows > 0 && row_ < count_; --rows, ++row_) {
+      const int64_t i = first_ + row_;
+      const uint16_t* a = tokens_ + pairs_[2 * i] * width_ + n_;
+      const uint16_t* b = tokens_ + pairs_[2 * i + 1] * width_ + n_;
+      uint16_t* row = out_ + i * width_ + n_;
+      for (int t = 0; t < 2; ++t) {
+        const __m512 sum = _mm512_add_ps(
+            _mm512_load_ps(c_ + row_ * kBlock + t * kTile),
+            _mm512_add_ps(load_bf16(a + t * kTile, lanes_[t]), load_bf16(b + t * kTile, lanes_[t])));
+        _mm256_mask_storeu_epi16(row + t * kTile, lanes_[t], (__m256i)_mm512_cvtneps_pbh(sum));
+      }
+    }
+  }
+
+  void finish() { step(kBlock); }
+
+ private:
+  const uint16_t* tokens_;
+  int64_t width_;
+  const int64_t* pairs_;
+  uint16_t* out_;
+  const float* c_ = nullptr;
+  int64_t n_ = 0, first_ = 0, count_ = 0, row_ = 0;
+  __mmask16 lanes_[2] = {};
 };
 
 }  // namespace
@@ -110,13 +167,17 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
   // vectors of the next block's hidden rows per product step: all of them over this block's
   const int64_t steps = (width_p / kBlock) * chunks;
   const int64_t per_step = (kBlock * depth_p / 16 + steps - 1) / steps;
+  const int64_t rows_per_step = (kBlock + chunks - 1) / chunks;
 #pragma omp parallel
   {
     load_tile_config();
     // A operands of this block and the next
     AlignedBuffer<uint16_t> a(2 * kBlock * depth_p);
-    AlignedBuffer<float> c(kBlock * kBlock);
-    HiddenRows next(hidden, depth, pairs);
+    // two results: the one the products fill, the one whose rows are written out
+    AlignedBuffer<float> c(2 * kBlock * kBlock);
+    TokenRows token_rows(tokens, width, pairs, out);
+    int64_t results = 0;
+    HiddenRows next(hidden, depth, tokens, width, pairs);
     int64_t threads = 1, thread = 0;
 #if defined(_OPENMP)
     threads = omp_get_num_threads();
@@ -138,27 +199,21 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
         next.start(first + kBlock, count_of(block + 1),
                    a.data() + (block + 1 - lo) % 2 * kBlock * depth_p);
       }
-      for (int64_t n = 0; n < width_p; n += kBlock) {
+      for (int64_t n = 0; n < width_p; n += kBlock, ++results) {
         const uint16_t* w0 = weights + (n / kTile) * chunks * tile_size;
-        products_2x2(current, w0, w0 + chunks * tile_size, chunks,
-                     [&](int64_t) { next.step(per_step); });
-        store_results(c.data());
-        for (int64_t i = 0; i < count; ++i) {
-          const uint16_t* token_a = tokens + pairs[2 * (first + i)] * width + n;
-          const uint16_t* token_b = tokens + pairs[2 * (first + i) + 1] * width + n;
-          uint16_t* row = out + (first + i) * width + n;
-          for (int64_t j = 0; j < kBlock && n + j < width; j += kTile) {
-            const int64_t left = width - n - j;
-            const __mmask16 lanes = left >= kTile ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            const __m512 sum = _mm512_add_ps(
-                _mm512_loadu_ps(c.data() + i * kBlock + j),
-                _mm512_add_ps(load_bf16(token_a + j, lanes), load_bf16(token_b + j, lanes)));
-            _mm256_mask_storeu_epi16(row + j, lanes, (__m256i)_mm512_cvtneps_pbh(sum));
-          }
-        }
+        float* result = c.data() + results % 2 * kBlock * kBlock;
+        // the previous result's rows between these products
+        products_2x2(current, w0, w0 + chunks * tile_size, chunks, [&](int64_t) {
+          next.step(per_step);
+          token_rows.step(rows_per_step);
+        });
+        token_rows.finish();
+        store_results(result);
+        token_rows.start(result, n, first, count);
       }
       next.step(kBlock * depth_p);  // whatever the steps left (none when per_step fits)
     }
+    token_rows.finish();
     _tile_release();
   }
 }
