@@ -13,6 +13,7 @@ namespace sepfl {
 constexpr int64_t kTile = 16;          // rows of a tile, columns of a float32 result tile
 constexpr int64_t kDepth = 32;         // bfloat16 values of an A tile row (one product's depth)
 constexpr int64_t kBlock = 2 * kTile;  // rows and columns of a 2 x 2 block of result tiles
+constexpr int64_t kTileSize = kTile * kDepth;  // bfloat16 values of an A or B tile
 
 // Palette 1, all eight tiles 16 rows of 64 bytes. Per thread, before any other tile
 // instruction.
@@ -46,8 +47,8 @@ inline void products_2x2(const uint16_t* a, const uint16_t* w0, const uint16_t* 
   for (int64_t kc = 0; kc < chunks; ++kc) {
     _tile_loadd(4, a + kc * kBlock * kDepth, 64);
     _tile_loadd(5, a + (kc * kBlock + kTile) * kDepth, 64);
-    _tile_loadd(6, w0 + kc * kTile * kDepth, 64);
-    _tile_loadd(7, w1 + kc * kTile * kDepth, 64);
+    _tile_loadd(6, w0 + kc * kTileSize, 64);
+    _tile_loadd(7, w1 + kc * kTileSize, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(2, 5, 6);

@@ -93,7 +93,6 @@ void attention_scores_amx(const uint16_t* x, int64_t rows, int64_t width,
                           const float* out_w, float* scores) {
   const int64_t chunks = channel_mix_depth(width) / kDepth;
   const int64_t out_p = channel_mix_width(out), blocks = (rows + kBlock - 1) / kBlock;
-  const int64_t tile_size = kTile * kDepth;  // bfloat16 values of one tile
   // epilogue rows per product step: all 32 over the next 32 columns' steps
   const int64_t per_step = (kBlock + chunks - 1) / chunks;
 #pragma omp parallel
@@ -117,10 +116,10 @@ void attention_scores_amx(const uint16_t* x, int64_t rows, int64_t width,
         _mm512_storeu_ps(lanes.data() + i, _mm512_setzero_ps());
       }
       for (int64_t n = 0, step = 0; n < out_p; n += kBlock, ++step) {
-        const uint16_t* w0 = weights + (n / kTile) * chunks * tile_size;
+        const uint16_t* w0 = weights + (n / kTile) * chunks * kTileSize;
         float* result = c.data() + step % 2 * kBlock * kBlock;
         // the previous 32 columns' epilogue between these products
-        products_2x2(a.data(), w0, w0 + chunks * tile_size, chunks,
+        products_2x2(a.data(), w0, w0 + chunks * kTileSize, chunks,
                      [&](int64_t) { epilogue.step(per_step); });
         epilogue.finish();
         store_results(result);

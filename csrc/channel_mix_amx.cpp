@@ -163,7 +163,6 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
                      uint16_t* out) {
   const int64_t depth_p = channel_mix_depth(depth), width_p = channel_mix_width(width);
   const int64_t chunks = depth_p / kDepth, blocks = (rows + kBlock - 1) / kBlock;
-  const int64_t tile_size = kTile * kDepth;  // bfloat16 values of one tile
   // vectors of the next block's hidden rows per product step: all of them over this block's
   const int64_t steps = (width_p / kBlock) * chunks;
   const int64_t per_step = (kBlock * depth_p / 16 + steps - 1) / steps;
@@ -200,10 +199,10 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
                    a.data() + (block + 1 - lo) % 2 * kBlock * depth_p);
       }
       for (int64_t n = 0; n < width_p; n += kBlock, ++results) {
-        const uint16_t* w0 = weights + (n / kTile) * chunks * tile_size;
+        const uint16_t* w0 = weights + (n / kTile) * chunks * kTileSize;
         float* result = c.data() + results % 2 * kBlock * kBlock;
         // the previous result's rows between these products
-        products_2x2(current, w0, w0 + chunks * tile_size, chunks, [&](int64_t) {
+        products_2x2(current, w0, w0 + chunks * kTileSize, chunks, [&](int64_t) {
           next.step(per_step);
           token_rows.step(rows_per_step);
         });

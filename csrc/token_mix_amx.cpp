@@ -27,8 +27,6 @@ namespace sepfl {
 
 namespace {
 
-constexpr int64_t kTileSize = kTile * kDepth;  // bfloat16 values of one tile
-
 // Rows a and b (16 floats each) as 32 bfloat16 values a0 b0 a1 b1 ...: one row pair of a
 // B operand.
 inline __m512i row_pair(__m512 a, __m512 b) {
