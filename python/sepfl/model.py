@@ -758,7 +758,8 @@ class _Tables:
         self.tokens[n, dim:] = folded.mix_bias[dim:]
         self.tokens[n + 1] = 0.5
         self.slots = torch.arange(n + 2, n + 2 + batch, device=features.device)
-        self._scratch: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._scratch: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor],
+                                       Optional[torch.Tensor]]] = {}
 
     def _scratch_for(self, b: int, k: int) -> Tuple[torch.Tensor, Optional[torch.Tensor],
                                                     Optional[torch.Tensor]]:
