@@ -68,7 +68,7 @@ def _rank(rank, port, features, model, settings, fail, queue):
               for name in ("features", "nbrs", "sims", "density", "embeddings")}
     queue.put((rank, "ok", result.rows, shapes, result.labels, result.density, result.nbrs,
                result.src, result.timings, result.collectives, result.dst, result.scores,
-               result.grouping))
+               result.grouping, result.sims))
 
 
 def _spawn(features, model, settings, fail=None, ranks=range(WORLD)):
@@ -190,12 +190,23 @@ def test_sharded_features_give_the_one_process_lists_and_partition(runs, faces):
         assert (nbrs == expected).mean() > 0.999
         np.testing.assert_array_equal(np.sort(nbrs, 1), np.sort(expected, 1))
         np.testing.assert_array_equal(report[5], single.density[rows.start:rows.stop])
-        assert _moved(single.labels, labels) <= 3
         # the shards' broadcasts and the named rows' fetch, no all-gather of features
         assert "knn" in report[9]
     np.testing.assert_array_equal(ranks[0][4], ranks[1][4])
     # the edges' statistics, fetched in chunks of 50 source rows, are the single process's
     _assert_scores_match(single, ranks)
+    # A list that differs by an exact tie can move a whole cluster in Infomap's partition
+    # (one such row moved 35 samples here), so the partition is compared with one process
+    # clustering the ranks' own lists.
+    lists = tuple(np.concatenate([ranks[r][i] for r in range(WORLD)]) for i in (6, 13))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        same_lists = cluster(faces.features, model, ClusterConfig(device="cpu", progress=False),
+                             knn=lists)
+    finally:
+        torch.set_num_threads(threads)
+    assert _moved(same_lists.labels, ranks[0][4]) <= 3
 
 
 def test_sepfl_scheme_matches_one_process(faces):

@@ -44,7 +44,10 @@ Every rank gets all N labels, the same partition as a single process up to
 float rounding: the shard's rows share node tiles differently in the network
 (:meth:`PairClassifier.embed_nodes`), so an embedding, and a score near the
 threshold, can differ in the last bits. kNN lists, similarities and (on the
-CPU) densities are bit for bit the single process's.
+CPU) densities are bit for bit the single process's, except that the ring search
+of sharded features may order exactly tied neighbours differently (or keep
+another of them last); such a list changes its row's candidate edges, and
+Infomap can then place a whole cluster differently.
 
 Failures: a rank that raises or dies makes the others raise
 :class:`DistributedError`, naming the stage, at their next collective (at the
