@@ -8,6 +8,10 @@
 
 #include <cstdint>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace sepfl {
 
 constexpr int64_t kTile = 16;          // rows of a tile, columns of a float32 result tile
@@ -55,6 +59,22 @@ inline void products_2x2(const uint16_t* a, const uint16_t* w0, const uint16_t* 
     _tile_dpbf16ps(3, 5, 7);
     between(kc);
   }
+}
+
+// This thread's contiguous share [lo, hi) of `blocks` blocks, inside an OpenMP parallel
+// region (all of them without OpenMP): contiguous, so that a thread can prepare its next
+// block while it works on the current one.
+struct BlockRange {
+  int64_t lo, hi;
+};
+
+inline BlockRange thread_blocks(int64_t blocks) {
+  int64_t threads = 1, thread = 0;
+#if defined(_OPENMP)
+  threads = omp_get_num_threads();
+  thread = omp_get_thread_num();
+#endif
+  return {blocks * thread / threads, blocks * (thread + 1) / threads};
 }
 
 // Tiles 0-3 into c as [32 rows][32 columns] float32.

@@ -16,10 +16,6 @@
 
 #include <cstdint>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "amx_tiles.h"
 #include "bf16_avx512.h"
 #include "ops_cpu.h"
@@ -102,12 +98,7 @@ void attention_scores_amx(const uint16_t* x, int64_t rows, int64_t width,
     // two results (the one the products fill, the one the epilogue reads) and the lanes
     AlignedBuffer<float> c(2 * kBlock * kBlock), lanes(kBlock * kTile);
     Epilogue epilogue(bias, out_w, out, lanes.data());
-    int64_t threads = 1, thread = 0;
-#if defined(_OPENMP)
-    threads = omp_get_num_threads();
-    thread = omp_get_thread_num();
-#endif
-    const int64_t lo = blocks * thread / threads, hi = blocks * (thread + 1) / threads;
+    const auto [lo, hi] = thread_blocks(blocks);
     for (int64_t block = lo; block < hi; ++block) {
       const int64_t first = block * kBlock;
       const int64_t count = rows - first < kBlock ? rows - first : kBlock;

@@ -20,10 +20,6 @@
 
 #include <cstdint>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "amx_tiles.h"
 #include "bf16_avx512.h"
 #include "ops_cpu.h"
@@ -177,13 +173,8 @@ void channel_mix_amx(const uint16_t* tokens, int64_t width, const uint16_t* hidd
     TokenRows token_rows(tokens, width, pairs, out);
     int64_t results = 0;
     HiddenRows next(hidden, depth, tokens, width, pairs);
-    int64_t threads = 1, thread = 0;
-#if defined(_OPENMP)
-    threads = omp_get_num_threads();
-    thread = omp_get_thread_num();
-#endif
-    // this thread's blocks: a contiguous range, each next one prepared during the current
-    const int64_t lo = blocks * thread / threads, hi = blocks * (thread + 1) / threads;
+    // this thread's blocks, each next one prepared during the current
+    const auto [lo, hi] = thread_blocks(blocks);
     auto count_of = [&](int64_t block) {
       return rows - block * kBlock < kBlock ? rows - block * kBlock : kBlock;
     };
