@@ -62,6 +62,10 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
                    const int64_t* node_ids, int64_t n, int64_t k, int64_t d, int64_t b,
                    float* out);
 
+// Whether the AMX kernels (token_mix_cpu, channel_mix_cpu, attention_scores_cpu) run here:
+// this build has them, the CPU lists AMX-BF16 and AVX-512 BF16, and Linux grants this
+// process the tile state (bf16_dispatch_cpu.cpp).
+bool amx_ready();
 // The token-mixing step of the node embeddings' bfloat16 path, in place on tokens
 // [k + 1, cols] (bfloat16 bits; row k all ones, the bias row): for rows r < k,
 //   tokens[r, c] += scale[c % width] * sum_j w_out[r, j] * m[j, c],
@@ -72,7 +76,6 @@ void aggregate_cpu(const float* weights, const float* features, const int64_t* n
 // (bfloat16 bits [rows / 32, depth / 32, 32, 32], element [i, c, r, j] = W[32 i + r,
 // 32 c + j]); scale [width] float32, cols a multiple of width. Only where amx_ready(): AMX-BF16
 // (token_mix_amx.cpp); throws std::runtime_error elsewhere.
-bool amx_ready();
 void token_mix_cpu(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
                    const uint16_t* w_in, const uint16_t* w_out, const float* scale);
 // table [*, width] and pairs [rows, 2] -> out [rows, width], all bfloat16 bits but pairs:
