@@ -124,6 +124,8 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
   // row pairs (rows) of the previous result per chunk of the next products: all of them
   const int64_t pairs_per_step = (kTile + in_chunks - 1) / in_chunks;
   const int64_t rows_per_step = (kBlock + out_chunks - 1) / out_chunks;
+  // the next block's token lines (one per row) asked for per chunk of the first products
+  const int64_t lines_per_step = (k + in_blocks * in_chunks) / (in_blocks * in_chunks);
 #pragma omp parallel
   {
     load_tile_config();
@@ -132,8 +134,21 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
     AlignedBuffer<float> c(2 * kBlock * kBlock);
     const __m512 ones = _mm512_set1_ps(1.f), zeros = _mm512_setzero_ps();
     GeluPack gelu_pack(mixed.data(), out_chunks);
+    // the next block's k + 1 token lines, rows 2 KB or more apart that the hardware does not
+    // fetch ahead, asked for a few at a time during this block's first products
+    int64_t ahead_row = k + 1, ahead_col = 0;
+    auto prefetch_next = [&](int64_t lines) {
+      for (; lines > 0 && ahead_row <= k; --lines, ++ahead_row) {
+        _mm_prefetch(reinterpret_cast<const char*>(tokens + ahead_row * cols + ahead_col),
+                     _MM_HINT_T0);
+      }
+    };
 #pragma omp for schedule(static)
     for (int64_t block = 0; block < blocks; ++block) {
+      if (block + 1 < blocks) {
+        ahead_row = 0;
+        ahead_col = (block + 1) * kBlock;
+      }
       const int64_t c0 = block * kBlock;
       __mmask16 lanes[2];
       __m512 gains[2];
@@ -158,7 +173,10 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
         float* result = c.data() + m % 2 * kBlock * kBlock;
         const uint16_t* w = w_in + m * in_chunks * kBlock * kDepth;
         products_2x2(w, in.data(), in.data() + in_chunks * kTileSize, in_chunks,
-                     [&](int64_t) { gelu_pack.step(pairs_per_step); });
+                     [&](int64_t) {
+                       gelu_pack.step(pairs_per_step);
+                       prefetch_next(lines_per_step);
+                     });
         gelu_pack.finish();
         store_results(result);
         gelu_pack.start(result, m);
