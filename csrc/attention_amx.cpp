@@ -36,8 +36,7 @@ class Epilogue {
     c_ = c;
     row_ = 0;
     for (int64_t j = 0; j < kBlock; j += kTile) {
-      const int64_t left = out_ - n - j;
-      const __mmask16 mask = left >= kTile ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+      const __mmask16 mask = first_lanes(out_ - n - j);
       bias_v_[j / kTile] = _mm512_maskz_loadu_ps(mask, bias_ + n + j);
       out_w_v_[j / kTile] = _mm512_maskz_loadu_ps(mask, out_w_ + n + j);
     }

@@ -1,6 +1,6 @@
-// Helpers of the bfloat16 kernels compiled with AVX-512 (token_mix_amx.cpp,
-// gather_gelu_avx512.cpp): a masked bfloat16 load and the exact-form GELU. Include this only
-// from files built with AVX-512 flags.
+// Helpers of the bfloat16 kernels compiled with AVX-512 (gather_gelu_avx512.cpp and the AMX
+// kernels): an aligned buffer, lane masks, a masked bfloat16 load and the exact-form GELU.
+// Include this only from files built with AVX-512 flags.
 #pragma once
 
 #include <immintrin.h>
@@ -28,6 +28,12 @@ class AlignedBuffer {
  private:
   T* data_;
 };
+
+// The first min(count, 16) lanes (none for count <= 0): the mask of a row's last, partial
+// vector.
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? 0xFFFF : count > 0 ? static_cast<__mmask16>((1u << count) - 1) : 0;
+}
 
 // The `lanes` of 16 bfloat16 values at p as floats (the other lanes 0).
 inline __m512 load_bf16(const uint16_t* p, __mmask16 lanes) {
@@ -58,6 +64,13 @@ inline __m512 gelu_avx512(__m512 x) {
   const __m512 q = _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_set1_ps(0.5f));
   const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
   return _mm512_mul_ps(x, _mm512_mask_blend_ps(negative, _mm512_sub_ps(one, q), q));
+}
+
+// GELU(a + b) of the `lanes` of 16 bfloat16 values at a and b (float32 sum, the GELU above),
+// rounded to bfloat16 once: 16 bfloat16 values, 0 in the other lanes.
+inline __m256i gelu_of_sum_bf16(const uint16_t* a, const uint16_t* b, __mmask16 lanes) {
+  const __m512 sum = _mm512_add_ps(load_bf16(a, lanes), load_bf16(b, lanes));
+  return (__m256i)_mm512_cvtneps_pbh(gelu_avx512(sum));
 }
 
 }  // namespace sepfl

@@ -93,7 +93,6 @@ void channel_mix_cpu(const uint16_t* tokens, int64_t width, const uint16_t* hidd
   throw std::runtime_error("channel_mix needs AMX-BF16 (see amx_ready())");
 }
 
-
 void attention_scores_cpu(const uint16_t* x, int64_t rows, int64_t width,
                           const uint16_t* weights, int64_t out, const float* bias,
                           const float* out_w, float* scores) {

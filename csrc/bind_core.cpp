@@ -196,6 +196,14 @@ Array<uint16_t> gather_gelu(const Array<uint16_t>& table, const Indices& pairs) 
   return out;
 }
 
+// ValueError unless weights is a [width, depth] Linear packed as channel_mix_cpu reads it.
+void require_packed(const Array<uint16_t>& weights, int64_t width, int64_t depth) {
+  require_ndim(weights, 4, "weights");
+  const int64_t shape[4] = {sepfl::channel_mix_width(width) / 16,
+                            sepfl::channel_mix_depth(depth) / 32, 16, 32};
+  for (int axis = 0; axis < 4; ++axis) require_dim(weights, axis, shape[axis], "weights");
+}
+
 // out [rows, width], tokens [R, width] and hidden [R, depth] bfloat16 bits; pairs [rows, 2]
 // of rows in [0, R); weights packed as channel_mix_cpu says (channel_mix_shape gives the
 // shape). Writes out.
@@ -207,15 +215,11 @@ void channel_mix(Array<uint16_t>& out, const Array<uint16_t>& tokens,
   require_ndim(hidden, 2, "hidden");
   require_ndim(pairs, 2, "pairs");
   require_dim(pairs, 1, 2, "pairs");
-  require_ndim(weights, 4, "weights");
   const int64_t rows = out.shape(0), width = out.shape(1), depth = hidden.shape(1);
   require_dim(tokens, 1, width, "tokens");
   require_dim(hidden, 0, tokens.shape(0), "hidden");
   require_dim(pairs, 0, rows, "pairs");
-  require_dim(weights, 0, sepfl::channel_mix_width(width) / 16, "weights");
-  require_dim(weights, 1, sepfl::channel_mix_depth(depth) / 32, "weights");
-  require_dim(weights, 2, 16, "weights");
-  require_dim(weights, 3, 32, "weights");
+  require_packed(weights, width, depth);
   check_pairs(pairs, tokens.shape(0));
   uint16_t* data = out.mutable_data();
   py::gil_scoped_release release;
@@ -228,16 +232,12 @@ void channel_mix(Array<uint16_t>& out, const Array<uint16_t>& tokens,
 Floats attention_scores(const Array<uint16_t>& x, const Array<uint16_t>& weights,
                         const Floats& bias, const Floats& out_w) {
   require_ndim(x, 2, "x");
-  require_ndim(weights, 4, "weights");
   require_ndim(bias, 1, "bias");
   require_ndim(out_w, 1, "out_w");
   const int64_t rows = x.shape(0), width = x.shape(1), out = bias.shape(0);
   SEPFL_CHECK(out >= 1, "bias must not be empty");
   require_dim(out_w, 0, out, "out_w");
-  require_dim(weights, 0, sepfl::channel_mix_width(out) / 16, "weights");
-  require_dim(weights, 1, sepfl::channel_mix_depth(width) / 32, "weights");
-  require_dim(weights, 2, 16, "weights");
-  require_dim(weights, 3, 32, "weights");
+  require_packed(weights, out, width);
   Floats scores(rows);
   float* data = scores.mutable_data();
   py::gil_scoped_release release;

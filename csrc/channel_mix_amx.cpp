@@ -38,7 +38,7 @@ class HiddenRows {
   HiddenRows(const uint16_t* hidden, int64_t depth, const uint16_t* tokens, int64_t width,
              const int64_t* pairs)
       : table_(hidden), depth_(depth), depth_p_(channel_mix_depth(depth)), tokens_(tokens),
-        width_(width), pairs_(pairs), tail_(static_cast<__mmask16>((1u << (depth % 16)) - 1)) {}
+        width_(width), pairs_(pairs) {}
 
   // Start on rows [first, first + count) into a.
   void start(int64_t first, int64_t count, uint16_t* a) {
@@ -66,12 +66,9 @@ class HiddenRows {
         _mm_prefetch(reinterpret_cast<const char*>(tokens_ + pairs_[pair] * width_ + line % width_),
                      _MM_HINT_T1);
       }
-      __m256i bits = _mm256_setzero_si256();
-      if (p_ != nullptr && col_ < depth_) {
-        const __mmask16 lanes = depth_ - col_ >= 16 ? 0xFFFF : tail_;
-        const __m512 sum = _mm512_add_ps(load_bf16(p_ + col_, lanes), load_bf16(q_ + col_, lanes));
-        bits = (__m256i)_mm512_cvtneps_pbh(gelu_avx512(sum));
-      }
+      const __m256i bits = p_ != nullptr ? gelu_of_sum_bf16(p_ + col_, q_ + col_,
+                                                             first_lanes(depth_ - col_))
+                                         : _mm256_setzero_si256();
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bits);
       col_ += 16;
       if (col_ == depth_p_) {
@@ -100,7 +97,6 @@ class HiddenRows {
   const uint16_t* tokens_;
   int64_t width_;
   const int64_t* pairs_;
-  __mmask16 tail_;
   int64_t first_ = 0, count_ = 0, row_ = kBlock, col_ = 0;
   uint16_t* a_ = nullptr;
   const uint16_t *p_ = nullptr, *q_ = nullptr, *next_p_ = nullptr, *next_q_ = nullptr;
@@ -119,10 +115,7 @@ class TokenRows {
     first_ = first;
     count_ = count;
     row_ = 0;
-    for (int t = 0; t < 2; ++t) {
-      const int64_t left = width_ - n - t * kTile;
-      lanes_[t] = left >= kTile ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-    }
+    for (int t = 0; t < 2; ++t) lanes_[t] = first_lanes(width_ - n - t * kTile);
   }
 
   void step(int64_t rows) {

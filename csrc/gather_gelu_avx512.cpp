@@ -14,16 +14,14 @@ namespace sepfl {
 
 void gather_gelu_avx512(const uint16_t* table, int64_t width, const int64_t* pairs,
                         int64_t rows, uint16_t* out) {
-  const __mmask16 tail = static_cast<__mmask16>((1u << (width % 16)) - 1);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows; ++i) {
     const uint16_t* a = table + pairs[2 * i] * width;
     const uint16_t* b = table + pairs[2 * i + 1] * width;
     uint16_t* row = out + i * width;
     for (int64_t c = 0; c < width; c += 16) {
-      const __mmask16 lanes = width - c >= 16 ? 0xFFFF : tail;
-      const __m512 sum = _mm512_add_ps(load_bf16(a + c, lanes), load_bf16(b + c, lanes));
-      _mm256_mask_storeu_epi16(row + c, lanes, (__m256i)_mm512_cvtneps_pbh(gelu_avx512(sum)));
+      const __mmask16 lanes = first_lanes(width - c);
+      _mm256_mask_storeu_epi16(row + c, lanes, gelu_of_sum_bf16(a + c, b + c, lanes));
     }
   }
 }

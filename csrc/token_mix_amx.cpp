@@ -154,7 +154,7 @@ void token_mix_amx(uint16_t* tokens, int64_t k, int64_t cols, int64_t width,
       __m512 gains[2];
       for (int t = 0; t < 2; ++t) {
         const int64_t left = cols - c0 - t * kTile;
-        lanes[t] = left >= kTile ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+        lanes[t] = first_lanes(left);
         float lane_scale[kTile] = {};
         for (int64_t j = 0; j < kTile && j < left; ++j) {
           lane_scale[j] = scale[(c0 + t * kTile + j) % width];
